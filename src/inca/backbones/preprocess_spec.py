@@ -1,0 +1,54 @@
+"""What the data layer must do to an image before a backbone can read it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from inca.errors import IncaError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_MODES = ("shorter-crop", "stretch")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Image size, normalisation and resize policy of a backbone.
+
+    resize: "shorter-crop" scales the shorter side to ``image_size`` and centre-crops a square
+    (keeps the aspect ratio); "stretch" scales both sides to ``image_size``.
+    patch_size: when set, ``image_size`` must be a multiple of it (ViTs cut the image in patches).
+    """
+
+    image_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resize: str = "shorter-crop"
+    interpolation: str = "bicubic"
+    patch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_size < 1:
+            raise IncaError(f"image_size must be positive, got {self.image_size}")
+        if self.patch_size and self.image_size % self.patch_size:
+            lo = max(self.patch_size, self.image_size // self.patch_size * self.patch_size)
+            raise IncaError(
+                f"image size {self.image_size} is not a multiple of the backbone's patch size "
+                f"{self.patch_size}; use {lo} or {lo + self.patch_size}"
+            )
+        if self.resize not in RESIZE_MODES:
+            raise IncaError(
+                f"unknown resize mode {self.resize!r}; valid: {', '.join(RESIZE_MODES)}"
+            )
+        if self.interpolation not in ("bicubic", "bilinear", "nearest"):
+            raise IncaError(
+                f"unknown interpolation {self.interpolation!r}; valid: bicubic, bilinear, nearest"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise IncaError("mean and std need 3 values each, std > 0")
+
+    def with_size(self, image_size: int) -> Preprocess:
+        return replace(self, image_size=int(image_size))
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,141 @@
+"""Train / validation / test subsets of a dataset, stratified, seeded and reproducible.
+
+Validation is carved from the official train split (never from test, so test stays untouched
+for the final number); the official test split is kept apart and only optionally subsampled.
+Same arguments, same indices: on every call, machine and run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from inca.data._stratify import carve_indices, stratified_indices
+from inca.data.sources import ImageDataset, load_dataset
+from inca.errors import IncaError
+
+__all__ = ["Splits", "Subset", "make_splits", "stratified_indices"]
+
+
+@dataclass(frozen=True, eq=False)
+class Subset:
+    """Some images of a dataset: ``indices`` (n,) int64 are positions into ``dataset``."""
+
+    dataset: ImageDataset
+    indices: np.ndarray = field(repr=False)
+
+    def __post_init__(self) -> None:
+        indices = np.array(self.indices, dtype=np.int64)  # a copy: it is made read-only below
+        if indices.ndim != 1 or (
+            len(indices) and not 0 <= indices.min() <= indices.max() < len(self.dataset)
+        ):
+            raise IncaError(
+                f"subset indices must be positions 0..{len(self.dataset) - 1} into "
+                f"{self.dataset.name!r} ({self.dataset.split})"
+            )
+        indices.setflags(write=False)
+        object.__setattr__(self, "indices", indices)
+
+    @classmethod
+    def whole(cls, dataset: ImageDataset) -> Subset:
+        """Every image of ``dataset``."""
+        return cls(dataset, np.arange(len(dataset)))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.dataset.labels[self.indices]  # (n,) int64
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.dataset.class_names
+
+    def class_counts(self) -> np.ndarray:
+        """Images per class, (num_classes,) int64 (zeros included)."""
+        return np.bincount(self.labels, minlength=len(self.class_names))
+
+    def __repr__(self) -> str:
+        return f"Subset({self.dataset.name!r}, split={self.dataset.split!r}, n={len(self)})"
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The three subsets of one experiment; train and val share a dataset, test has its own."""
+
+    train: Subset
+    val: Subset
+    test: Subset
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.train.class_names
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def _count(value: float | int | None, total: int, what: str) -> int | None:
+    """A whole count as is; a fraction 0 < f < 1 of ``total`` (at least 1); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise IncaError(f"{what} must be a number, got {value!r}")
+    if value < 0 or (value > 1 and not float(value).is_integer()):
+        raise IncaError(f"{what} must be a fraction between 0 and 1 or a whole count, got {value}")
+    if 0 < value < 1:
+        return max(1, round(float(value) * total))
+    return int(value)
+
+
+def _check_fits(count: int | None, available: int, what: str, why: str) -> None:
+    if count is not None and count > available:
+        raise IncaError(
+            f"{what} asks for {count} images but only {available} are available ({why}); "
+            "ask for fewer"
+        )
+
+
+def make_splits(
+    spec: str,
+    train_size: int | None = None,
+    val_size: float | int | None = 0.1,
+    test_size: int | None = None,
+    seed: int = 0,
+) -> Splits:
+    """Stratified train / val / test subsets of dataset ``spec``.
+
+    val_size: a fraction (0 < f < 1) or a count of the official train split, carved stratified
+        by class (never the last image of a class, so train keeps every class). 0 or None
+        means no validation set (an empty ``val``).
+    train_size: how many of the remaining training images to keep (stratified); None keeps all.
+    test_size: a stratified subsample of the official test split; None keeps all of it.
+    seed: drives every random choice. Changing ``train_size`` or ``test_size`` never changes
+        ``val``, so results with different training budgets are validated on the same images.
+    """
+    train_set = load_dataset(spec, "train")
+    test_set = load_dataset(spec, "test")
+    n_val = _count(val_size, len(train_set), "val_size") or 0
+    n_classes = len(np.unique(train_set.labels))
+    why = f"{len(train_set)} train images, one per class ({n_classes}) stays in train"
+    _check_fits(n_val, len(train_set) - n_classes, "val_size", why)
+    pool, val = carve_indices(train_set.labels, n_val, seed)  # (n_pool,), (n_val,) positions
+    n_train = _count(train_size, len(pool), "train_size")
+    _check_fits(n_train, len(pool), "train_size", f"the train split minus {n_val} for val")
+    if n_train is not None:
+        pool = pool[stratified_indices(train_set.labels[pool], n_train, seed)]
+    n_test = _count(test_size, len(test_set), "test_size")
+    _check_fits(n_test, len(test_set), "test_size", "the size of the test split")
+    test = np.arange(len(test_set))
+    if n_test is not None:
+        test = stratified_indices(test_set.labels, n_test, seed)
+    splits = Splits(Subset(train_set, pool), Subset(train_set, val), Subset(test_set, test))
+    empty = [k for k, n in splits.sizes().items() if n == 0 and not (k == "val" and n_val == 0)]
+    if empty:
+        raise IncaError(
+            f"the {' and '.join(empty)} split of {spec!r} would be empty "
+            f"(sizes: {splits.sizes()}); ask for a size of at least 1"
+        )
+    return splits
