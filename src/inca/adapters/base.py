@@ -1,0 +1,69 @@
+"""What every adapter is: a config dataclass that checks itself, and a module reading one tap.
+
+An adapter reads the *normalised* tokens of one tap, ``x̂ = LayerNorm(tokens)`` without affine,
+(B, T, D) float32. The normalisation is shared by every adapter on the same tap (one-to-many
+training computes it once per tap and batch); an adapter that wants a learnable affine folds it
+into its own weights (see ``inca_xattn``). The adapter returns class logits (B, C).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from inca.errors import IncaError
+
+
+def normalize_tokens(tokens: Tensor) -> Tensor:
+    """LayerNorm without affine over the last dim, in float32: (B, T, D) -> (B, T, D).
+
+    The result is an ordinary tensor even when ``tokens`` came from inference mode, so it can
+    feed adapters that are being trained.
+    """
+    x = tokens.float()
+    return torch.nn.functional.layer_norm(x, x.shape[-1:]).clone()
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Base of adapter configs: plain values only, validated in ``__post_init__``."""
+
+    kind: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise IncaError(
+                f"{cls.kind} adapter: unknown option(s) {sorted(unknown)}; "
+                f"valid: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    def short(self) -> str:
+        """The non-default options as ``key=value`` text, for readable adapter names."""
+        default = type(self)()
+        diff = {k: v for k, v in self.to_dict().items() if getattr(default, k) != v}
+        return json.dumps(diff, sort_keys=True) if diff else ""
+
+
+class Adapter(nn.Module):
+    """An adapter module: normalised tokens (B, T, D) -> logits (B, C)."""
+
+    config: AdapterConfig
+    in_dim: int
+    num_classes: int
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, x: Tensor, num_prefix_tokens: int = 1) -> Tensor:  # pragma: no cover
+        raise NotImplementedError

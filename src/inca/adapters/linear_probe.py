@@ -1,0 +1,56 @@
+"""The linear probe: pooled normalised tokens of one tap, then one linear classifier.
+
+Pooling reads the tap's shared non-affine LayerNorm'd tokens x̂ (the same the InCA adapters
+read): "cls" is the first token, "mean" the mean of the patch tokens (after any prefix tokens),
+"cls+mean" both concatenated (the usual DINOv2 linear-eval feature).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from inca.adapters.base import Adapter, AdapterConfig
+from inca.adapters.registry import register_adapter
+from inca.errors import IncaError
+
+POOLS = ("cls", "mean", "cls+mean")
+
+
+@dataclass(frozen=True)
+class LinearProbeConfig(AdapterConfig):
+    kind: ClassVar[str] = "linear"
+    pool: str = "cls+mean"
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise IncaError(f"linear probe: pool must be one of {POOLS}, got {self.pool!r}")
+
+
+@register_adapter(LinearProbeConfig)
+class LinearProbe(Adapter):
+    def __init__(
+        self, config: LinearProbeConfig, in_dim: int, num_classes: int, num_prefix_tokens: int = 1
+    ) -> None:
+        super().__init__()
+        if "cls" in config.pool and num_prefix_tokens == 0:
+            raise IncaError(
+                f"linear probe: pool {config.pool!r} needs a CLS token, but this backbone's "
+                "taps have none (e.g. CNN maps); use pool='mean'"
+            )
+        self.config, self.in_dim, self.num_classes = config, in_dim, num_classes
+        self.num_prefix_tokens = num_prefix_tokens
+        features = in_dim * (2 if config.pool == "cls+mean" else 1)
+        self.head = nn.Linear(features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: normalised tokens (B, T, D) -> logits (B, C)."""
+        parts = []
+        if "cls" in self.config.pool:
+            parts.append(x[:, 0])  # (B, D)
+        if "mean" in self.config.pool:
+            parts.append(x[:, self.num_prefix_tokens :].mean(1))  # (B, D)
+        return self.head(torch.cat(parts, -1) if len(parts) > 1 else parts[0])

@@ -1,0 +1,122 @@
+"""Adapters: every fast form equals the plain nn.MultiheadAttention form (forward and grads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from inca.adapters import (
+    InCAAdapter,
+    InCAConfig,
+    LinearProbeConfig,
+    adapter_config,
+    build_adapter,
+    normalize_tokens,
+)
+from inca.errors import IncaError, UnknownNameError
+
+
+def reference_logits(adapter: InCAAdapter, x: torch.Tensor) -> torch.Tensor:
+    """The InCA adapter written with torch's own nn.MultiheadAttention and an affine LayerNorm."""
+    d, D, h = adapter.dim, adapter.in_dim, adapter.heads
+    mha = nn.MultiheadAttention(d, h, kdim=D, vdim=D, batch_first=True)
+    w = {"q": adapter.q_proj.weight, "k": adapter.k_proj.weight, "v": adapter.v_proj.weight}
+    if mha._qkv_same_embed_dim:
+        del mha.in_proj_weight
+        mha.in_proj_weight = torch.cat([w["q"], w["k"], w["v"]])
+    else:
+        for name in "qkv":
+            delattr(mha, f"{name}_proj_weight")
+            setattr(mha, f"{name}_proj_weight", w[name])
+    del mha.in_proj_bias, mha.out_proj.weight, mha.out_proj.bias
+    no_key_bias = torch.zeros_like(adapter.q_proj.bias)
+    mha.in_proj_bias = torch.cat([adapter.q_proj.bias, no_key_bias, adapter.v_proj.bias])
+    mha.out_proj.weight, mha.out_proj.bias = adapter.o_proj.weight, adapter.o_proj.bias
+    tokens = x * adapter.norm_weight + adapter.norm_bias  # LayerNorm with affine, on x̂
+    queries = adapter.queries.expand(x.shape[0], -1, -1)
+    attn, _ = mha(queries, tokens, tokens, need_weights=False)
+    z = adapter.queries + attn
+    if adapter.mlp is not None:
+        z = z + adapter.mlp(z)
+    return adapter.head(adapter.out_norm(z).mean(1))
+
+
+def randomize(adapter: nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if p.ndim == 1 else 0.0))
+
+
+@pytest.mark.parametrize("path", ["plain", "folded"])
+@pytest.mark.parametrize(
+    "in_dim, options",
+    [
+        (32, {}),
+        (24, {"queries": 3, "dim": 16, "heads": 4}),
+        (32, {"queries": 2, "heads": 2, "mlp_ratio": 2.0}),
+    ],
+)
+def test_both_paths_equal_multihead_attention(path, in_dim, options) -> None:
+    torch.manual_seed(0)
+    adapter = InCAAdapter(InCAConfig(path=path, **options), in_dim=in_dim, num_classes=5)
+    randomize(adapter)
+    x = normalize_tokens(torch.randn(4, 11, in_dim))
+    ours = adapter(x)
+    ref = reference_logits(adapter, x)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+    g_ours = torch.autograd.grad(ours.square().sum(), list(adapter.parameters()), allow_unused=True)
+    g_ref = torch.autograd.grad(ref.square().sum(), list(adapter.parameters()), allow_unused=True)
+    for (name, _), a, b in zip(adapter.named_parameters(), g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_auto_path_picks_the_cheaper_form() -> None:
+    few = InCAAdapter(InCAConfig(), in_dim=384, num_classes=10)
+    assert few.choose_path(tokens=65) == "folded"
+    many = InCAAdapter(InCAConfig(queries=64, heads=12), in_dim=384, num_classes=10)
+    assert many.choose_path(tokens=65) == "plain"
+
+
+def test_parameter_count_matches_the_paper_for_vit_l() -> None:
+    adapter = build_adapter(InCAConfig(), in_dim=1024, num_classes=100)
+    projections = 4 * 1024 * 1024 + 3 * 1024  # q, k, v, o (no key bias)
+    norms, query, head = 2 * 1024 + 2 * 1024, 1024, 1024 * 100 + 100
+    assert adapter.num_params() == projections + norms + query + head
+    assert 0.013 < adapter.num_params() / 304_326_632 < 0.0145  # ViT-L/16: 1.3-1.4%
+    assert adapter.heads == 16
+
+
+def test_linear_probe_pools() -> None:
+    x = normalize_tokens(torch.randn(3, 5, 8))
+    for pool, width in [("cls", 8), ("mean", 8), ("cls+mean", 16)]:
+        probe = build_adapter(LinearProbeConfig(pool=pool), in_dim=8, num_classes=4)
+        assert probe.head.in_features == width
+        assert probe(x).shape == (3, 4)
+    probe = build_adapter(LinearProbeConfig(pool="mean"), 8, 4, num_prefix_tokens=2)
+    expected = probe.head(x[:, 2:].mean(1))
+    torch.testing.assert_close(probe(x), expected)
+
+
+def test_normalize_tokens_of_inference_tensors_can_be_trained_on() -> None:
+    with torch.inference_mode():
+        tokens = torch.randn(2, 5, 8)
+    x = normalize_tokens(tokens)
+    probe = build_adapter(LinearProbeConfig(), 8, 3)
+    probe(x).sum().backward()  # would raise if x were an inference tensor saved for backward
+    torch.testing.assert_close(x.mean(-1), torch.zeros(2, 5), atol=1e-6, rtol=0)
+
+
+def test_bad_options_are_named() -> None:
+    with pytest.raises(IncaError, match="queries must be at least 1"):
+        InCAConfig(queries=0)
+    with pytest.raises(IncaError, match="does not split into 5 heads"):
+        build_adapter(InCAConfig(heads=5), in_dim=32, num_classes=2)
+    with pytest.raises(IncaError, match=r"unknown option\(s\) \['query'\]"):
+        adapter_config("inca", {"query": 2})
+    with pytest.raises(UnknownNameError, match="unknown adapter kind 'lora'"):
+        adapter_config("lora")
+    with pytest.raises(IncaError, match="needs a CLS token"):
+        build_adapter(LinearProbeConfig(pool="cls"), 8, 2, num_prefix_tokens=0)
