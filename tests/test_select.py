@@ -18,9 +18,9 @@ def test_rank_is_by_score_then_name() -> None:
 def test_ensemble_beats_members_when_errors_differ() -> None:
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     # each adapter is right on 4 of 6, wrong on different images; soft votes fix them together
-    a = one_hot([0, 1, 2, 0, 2, 0]) * 0.6 + 0.4 / 3
-    b = one_hot([0, 1, 2, 1, 1, 0]) * 0.6 + 0.4 / 3
-    c = one_hot([1, 0, 2, 0, 1, 2]) * 0.6 + 0.4 / 3
+    a = one_hot([0, 1, 2, 0, 0, 0]) * 0.6 + 0.4 / 3  # wrong on images 4, 5
+    b = one_hot([0, 1, 1, 1, 1, 2]) * 0.6 + 0.4 / 3  # wrong on 2, 3
+    c = one_hot([2, 2, 2, 0, 1, 2]) * 0.6 + 0.4 / 3  # wrong on 0, 1
     probs = {"a": a, "b": b, "c": c}
     assert [accuracy(p, labels) for p in probs.values()] == pytest.approx([4 / 6, 4 / 6, 4 / 6])
     choice = select_ensemble(probs, labels, max_k=3)
