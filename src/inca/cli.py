@@ -135,6 +135,137 @@ def cmd_extract(args: argparse.Namespace) -> None:
         print(f"saved {out}/features.safetensors ({shapes}) and features.json")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from inca.train import TrainConfig, train
+
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        warmup=args.warmup,
+        label_smoothing=args.label_smoothing,
+        augment=not args.no_augment,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    results = train(
+        model=args.model,
+        data=args.data,
+        plan=args.plan,
+        out=args.out,
+        train_size=args.train_size,
+        val_size=args.val_size,
+        test_size=args.test_size,
+        image_size=args.image_size,
+        precision=args.precision,
+        device=args.device,
+        lr=args.lr,
+        weight_decay=args.wd,
+        max_ensemble=args.max_ensemble,
+        resume=args.resume,
+        config=config,
+    )
+    from inca.report import results_table
+
+    print()
+    print(results_table(results))
+    run = results["run"]
+    share = 100 * run["backbone_share_of_train_time"]
+    print(
+        f"wall time {run['wall_time_s'] / 60:.1f} min (training {run['train_time_s']:.0f} s at "
+        f"{run['train_images_per_s']:.1f} img/s; the backbone's share {share:.0f}%)"
+    )
+    print(f"report: {args.out}/report.md, plot: {args.out}/accuracy_by_layer.png")
+    print(
+        f"saved tasks: {args.out}/tasks/best, {args.out}/tasks/ensemble "
+        f"(try: inca predict {args.out}/tasks/best IMAGE...)"
+    )
+
+
+def _task_dirs(path: str) -> list[str]:
+    """A task directory, or a run directory's saved tasks (tasks/*/task.json)."""
+    from pathlib import Path
+
+    root = Path(path)
+    if (root / "task.json").is_file():
+        return [str(root)]
+    found = sorted(str(p.parent) for p in root.glob("tasks/*/task.json"))
+    if not found:
+        raise IncaError(
+            f"{path} is neither a task directory (with task.json) nor a run "
+            "directory with saved tasks (tasks/*/task.json)"
+        )
+    return found
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    import torch
+
+    from inca.data import ImageTransform, Subset, load_dataset, make_loader, make_splits
+    from inca.select import accuracy
+    from inca.tasks import MultiTask, load_task
+
+    tasks = [load_task(p) for p in _task_dirs(args.run)]
+    multi = MultiTask(tasks, device=args.device, precision=args.precision)
+    first = tasks[0]
+    if args.data:
+        subset = Subset.whole(load_dataset(args.data, "test" if args.split == "test" else "train"))
+        where = f"{args.data} ({subset.dataset.split})"
+    else:  # the run's own split, rebuilt from the same arguments
+        info = first.data
+        sizes = info["sizes"]
+        splits = make_splits(
+            info["data"],
+            train_size=sizes["train"],
+            val_size=sizes["val"],
+            test_size=sizes["test"],
+            seed=info["seed"],
+        )
+        subset = getattr(splits, args.split)
+        where = f"{info['data']} {args.split} split of the run"
+    for t in tasks:
+        if list(t.class_names) != list(subset.class_names):
+            raise IncaError(
+                f"task {t.name} knows classes {t.class_names[:5]}..., the data has "
+                f"{subset.class_names[:5]}...; evaluate on data with its classes"
+            )
+    loader = make_loader(
+        subset, ImageTransform(multi.backbone.preprocess), batch_size=args.batch_size
+    )
+    probs: dict[str, list] = {n: [] for n in multi.task_names}
+    labels = []
+    from tqdm.auto import tqdm
+
+    for pixels, y, _ in tqdm(loader, desc="eval", unit="batch", disable=args.no_progress):
+        for n, p in multi.predict_proba(pixels).items():  # ONE backbone pass for all tasks
+            probs[n].append(p.cpu())
+        labels.append(y)
+    y = torch.cat(labels)
+    print(f"{len(y)} images of {where}; one backbone pass for {len(tasks)} task(s):")
+    for n in multi.task_names:
+        saved = multi.tasks[n].metrics.get(f"{args.split}_acc") if not args.data else None
+        note = f" (saved: {100 * saved:.2f}%)" if saved is not None else ""
+        print(f"  {n:<40} {100 * accuracy(torch.cat(probs[n]), y):6.2f}%{note}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from inca.predict import format_predictions, predict_images
+    from inca.tasks import MultiTask, load_task
+
+    tasks = [p for p in args.paths if (Path(p) / "task.json").is_file()]
+    images = [p for p in args.paths if p not in tasks]
+    if not tasks or not images:
+        raise IncaError(
+            "give one or more task directories (with task.json), then images or "
+            "folders of images: inca predict TASK... IMAGE..."
+        )
+    multi = MultiTask([load_task(t) for t in tasks], device=args.device, precision=args.precision)
+    rows = predict_images(multi, images, batch_size=args.batch_size)
+    print(format_predictions(rows, multi.task_names))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inca",
@@ -175,6 +306,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for features.safetensors + .json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
+
+    from inca.train.plan import DEFAULT_PLAN
+
+    p = sub.add_parser("train", help="one-to-many training of many adapters (the main job)")
+    _add_backbone_options(p)
+    p.set_defaults(image_size=112)
+    p.add_argument("--data", default="fashion-mnist", help="dataset (see `inca datasets`)")
+    p.add_argument(
+        "--plan",
+        default=DEFAULT_PLAN,
+        help='adapters to train, e.g. "inca taps=block.* lr=1e-3,3e-4; linear '
+        'taps=block.*[-3:]" (default: %(default)s)',
+    )
+    p.add_argument("--out", default="runs/train", help="run directory (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--train-size", type=int, default=10_000)
+    p.add_argument(
+        "--val-size",
+        type=float,
+        default=2_000,
+        help="count (or fraction) carved from train for validation",
+    )
+    p.add_argument("--test-size", type=int, default=None, help="default: the whole test split")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="for plan entries without lr=")
+    p.add_argument("--wd", type=float, default=1e-4, help="for plan entries without wd=")
+    p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
+    p.add_argument("--max-ensemble", type=int, default=10, help="largest top-k ensemble tried")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="a run's saved tasks on a dataset split (one backbone pass)")
+    p.add_argument("run", help="run directory (evaluates tasks/*) or one task directory")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument(
+        "--data",
+        default=None,
+        help="another dataset with the same classes (default: the run's own data and split)",
+    )
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="predict images with one or more tasks, one pass")
+    p.add_argument("paths", nargs="+", help="task directories, then image files or folders")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

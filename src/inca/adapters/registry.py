@@ -39,5 +39,6 @@ def build_adapter(
 ) -> Adapter:
     """The module for ``config`` reading tokens of width ``in_dim``."""
     _, module_cls = _ADAPTERS[config.kind]
-    return module_cls(config, in_dim=in_dim, num_classes=num_classes,
-                      num_prefix_tokens=num_prefix_tokens)
+    return module_cls(
+        config, in_dim=in_dim, num_classes=num_classes, num_prefix_tokens=num_prefix_tokens
+    )

@@ -1,0 +1,188 @@
+"""A `Task`: the trained result of one job, ready to predict.
+
+A task is one or more adapters (its *members*) reading taps of one frozen backbone; it predicts
+the mean of the members' softmax probabilities (one member: a single adapter; several: an
+ensemble, as ``inca.select`` chose them). It remembers which backbone it was trained on (name,
+weights hash, preprocessing) so that serving can refuse a backbone that would give other tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from inca.adapters import Adapter, normalize_tokens
+from inca.backbones.base import Backbone
+from inca.errors import IncaError
+
+Member = tuple[str, str, Adapter]  # (member name, tap, adapter)
+
+
+_EMPTY = nn.ModuleDict()  # what a ModuleDict key must not shadow
+
+
+def module_key(name: str) -> str:
+    """An ``nn.ModuleDict`` key for member ``name``, one-to-one.
+
+    ModuleDict keys may not contain "." (member names do: "block.3/inca") nor shadow its
+    attributes ("keys", "training"). So "%" and "." are percent-escaped, and a clash gets a
+    leading "%": escaped names have "%" only before "25" or "2E", so keys stay distinct.
+    """
+    key = name.replace("%", "%25").replace(".", "%2E")
+    return "%" + key if hasattr(_EMPTY, key) else key
+
+
+def backbone_info(backbone: Backbone) -> dict[str, Any]:
+    """What a task records about its backbone: enough to reload it and to check it is the same."""
+    return {
+        "name": backbone.name,
+        "weights_hash": backbone.weights_hash,
+        "preprocess": backbone.preprocess.to_dict(),
+        "num_prefix_tokens": backbone.num_prefix_tokens,
+    }
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Task(nn.Module):
+    """Adapters on taps of one backbone; ``forward`` gives the mean of their probabilities.
+
+    Args:
+        name: how the task is called in predictions and on disk.
+        method: how it was made ("inca", "linear", "ensemble", ...): informative only.
+        backbone_info: ``{"name", "weights_hash", "preprocess", "num_prefix_tokens"}``.
+        class_names: one per output of every member, in output order.
+        members: ``(member name, tap, adapter)``; the task holds these modules, not copies.
+        metrics, data: free-form JSON-able records (accuracies, dataset and split).
+        created: ISO time of creation (now when not given).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        method: str,
+        backbone_info: Mapping[str, Any],
+        class_names: Sequence[str],
+        members: Sequence[Member],
+        metrics: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        created: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(name, str) or not name:
+            raise IncaError(f"a task needs a non-empty name, got {name!r}")
+        if not members:
+            raise IncaError(f"task {name!r} has no members; give it at least one adapter")
+        self.name, self.method = name, method
+        self.backbone_info = dict(backbone_info)
+        self.class_names = [str(c) for c in class_names]
+        self.metrics, self.data = dict(metrics or {}), dict(data or {})
+        self.created = created or now_iso()
+        self.members = nn.ModuleDict()
+        self.member_taps: dict[str, str] = {}
+        self._keys: dict[str, str] = {}  # member name -> ModuleDict key
+        for member, tap, adapter in members:
+            self._add(member, tap, adapter)
+
+    def _add(self, member: str, tap: str, adapter: Adapter) -> None:
+        where = f"task {self.name!r}, member {member!r}"
+        if not isinstance(member, str) or not member:
+            raise IncaError(f"task {self.name!r}: member names must be non-empty strings")
+        if member in self._keys:
+            raise IncaError(f"{where} appears twice; give every member its own name")
+        if not isinstance(adapter, Adapter):
+            raise IncaError(f"{where} is a {type(adapter).__name__}, not an inca Adapter")
+        if adapter.num_classes != len(self.class_names):
+            raise IncaError(
+                f"{where} predicts {adapter.num_classes} classes but the task has "
+                f"{len(self.class_names)} class names; give one name per class"
+            )
+        self._keys[member] = module_key(member)
+        self.members[self._keys[member]] = adapter
+        self.member_taps[member] = tap
+
+    @classmethod
+    def from_adapters(
+        cls,
+        name: str,
+        method: str,
+        backbone: Backbone,
+        class_names: Sequence[str],
+        members: Sequence[Member],
+        metrics: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> Task:
+        """A task from adapters trained on ``backbone``; checks each tap exists and fits."""
+        for member, tap, adapter in members:
+            info = backbone.taps.get(tap)
+            if info is None:
+                backbone.validate_taps([tap])  # raises UnknownNameError listing the valid taps
+            elif adapter.in_dim != info.dim:
+                raise IncaError(
+                    f"task {name!r}, member {member!r}: the adapter reads width {adapter.in_dim} "
+                    f"but tap {tap!r} of {backbone.name} has width {info.dim}; build it with "
+                    f"in_dim={info.dim}"
+                )
+        return cls(name, method, backbone_info(backbone), class_names, members, metrics, data)
+
+    # ----------------------------------------------------------------- what it holds
+    @property
+    def member_names(self) -> list[str]:
+        return list(self.member_taps)
+
+    def member(self, name: str) -> Adapter:
+        """The adapter of member ``name`` (its real name, dots and all)."""
+        if name not in self._keys:
+            raise IncaError(
+                f"task {self.name!r} has no member {name!r}; it has {self.member_names}"
+            )
+        return self.members[self._keys[name]]  # type: ignore[return-value]
+
+    @property
+    def taps(self) -> list[str]:
+        """The taps the members read, each once, in the order members first use them."""
+        return list(dict.fromkeys(self.member_taps.values()))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, method={self.method!r}, classes={self.num_classes}"
+
+    # ----------------------------------------------------------------- predicting
+    def forward(self, tokens: Mapping[str, Tensor]) -> Tensor:
+        """Raw tokens {tap: (B, T, D)} -> class probabilities (B, C); each tap normalised once."""
+        missing = [t for t in self.taps if t not in tokens]
+        if missing:
+            raise IncaError(
+                f"task {self.name!r} needs taps {missing}; pass backbone.forward_taps(pixels, "
+                "task.taps)"
+            )
+        return self.forward_normalized({t: normalize_tokens(tokens[t]) for t in self.taps})
+
+    def forward_normalized(self, normed: Mapping[str, Tensor]) -> Tensor:
+        """Normalised tokens {tap: x̂ (B, T, D) float32} -> mean member probabilities (B, C).
+
+        Takes x̂ rather than raw tokens so that a caller serving several tasks normalises each
+        tap once for all of them (``MultiTask``).
+        """
+        probs = [
+            self.members[self._keys[m]](normed[tap]).float().softmax(-1)  # (B, C)
+            for m, tap in self.member_taps.items()
+        ]
+        return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
+
+    # ----------------------------------------------------------------- on disk
+    def save(self, path: str | Path) -> Path:
+        """Write the task directory ``path`` atomically (see ``inca.tasks.storage``)."""
+        from inca.tasks.storage import save_task
+
+        return save_task(self, path)

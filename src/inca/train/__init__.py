@@ -1,0 +1,16 @@
+"""One-to-many training of many adapters from one frozen backbone pass."""
+
+from inca.train.bank import AdapterBank
+from inca.train.engine import OneToManyTrainer, TrainConfig
+from inca.train.plan import DEFAULT_PLAN, AdapterSpec, parse_plan
+from inca.train.run import train
+
+__all__ = [
+    "DEFAULT_PLAN",
+    "AdapterBank",
+    "AdapterSpec",
+    "OneToManyTrainer",
+    "TrainConfig",
+    "parse_plan",
+    "train",
+]

@@ -1,0 +1,75 @@
+"""Resumable training state in ONE safetensors file, replaced atomically after every epoch.
+
+Tensors (current adapters, best-epoch adapters, best-epoch validation probabilities, AdamW
+moments) are safetensors entries; everything else (epoch, step, best accuracies, optimiser
+groups, the run's signature) is JSON in the file's metadata. Nothing is unpickled on load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from inca.errors import IncaError
+from inca.io import atomic_write
+
+FILE = "checkpoint.safetensors"
+
+
+def flatten(prefix: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {f"{prefix}/{k}": v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def unflatten(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    p = prefix + "/"
+    return {k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)}
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict]]:
+    """AdamW state as flat tensors + its param groups (without the tensors) as JSON."""
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for key, value in st.items():
+            tensors[f"optim/{idx}/{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    return tensors, sd["param_groups"]
+
+
+def optimizer_from_tensors(
+    opt: torch.optim.Optimizer, tensors: dict[str, Tensor], groups: list[dict]
+) -> None:
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, idx, name = key.split("/", 2)
+            state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save(out_dir: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(out_dir) / FILE
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"inca": json.dumps(meta, sort_keys=True)})
+    return path
+
+
+def load(out_dir: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(out_dir) / FILE
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["inca"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise IncaError(
+            f"checkpoint {path} is unreadable or corrupt ({e}); delete it to start the run "
+            "again, or use another --out"
+        ) from e
+    return tensors, meta

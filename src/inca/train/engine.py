@@ -1,0 +1,286 @@
+"""One-to-many training: one backbone pass feeds every adapter; one summed loss, one backward.
+
+Per batch: ONE ``forward_taps`` of the frozen backbone (no grad, bf16 where supported) for the
+union of the plan's taps; every adapter's cross-entropy; their sum; ONE backward; ONE AdamW step
+(a parameter group per adapter; linear warm-up then cosine). After each epoch every adapter is
+evaluated on validation and its best epoch kept; a checkpoint makes the run resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from inca.backbones.base import Backbone
+from inca.data import ImageTransform, Splits, Subset, make_loader
+from inca.errors import IncaError
+from inca.select import accuracy, rank
+from inca.train import checkpoint
+from inca.train.bank import AdapterBank, lr_factor
+from inca.train.plan import AdapterSpec
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 4
+    batch_size: int = 64
+    eval_batch_size: int = 128
+    warmup: float = 0.1  # fraction of all steps spent warming up
+    label_smoothing: float = 0.0
+    augment: bool = True
+    seed: int = 0
+    workers: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise IncaError("epochs, batch_size and eval_batch_size must be at least 1")
+        if not 0 <= self.warmup < 1:
+            raise IncaError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        if not 0 <= self.label_smoothing < 1:
+            raise IncaError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    def signature(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed (progress display and workers may not)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("progress", "workers")}
+
+
+@torch.no_grad()
+def predict_all(
+    backbone: Backbone, bank: AdapterBank, subset: Subset, config: TrainConfig, desc: str
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Every adapter's class probabilities on ``subset``: ({name: (N, C)}, labels (N,))."""
+    bank.eval()
+    loader = make_loader(
+        subset,
+        ImageTransform(backbone.preprocess),
+        config.eval_batch_size,
+        num_workers=config.workers,
+    )
+    probs: dict[str, list[Tensor]] = {n: [] for n in bank.names}
+    labels = []
+    for pixels, y, _ in tqdm(
+        loader,
+        desc=desc,
+        unit="batch",
+        leave=False,
+        disable=not config.progress,
+        dynamic_ncols=True,
+    ):
+        logits = bank(backbone.forward_taps(pixels, bank.taps))
+        for n, lg in logits.items():
+            probs[n].append(lg.float().softmax(-1).cpu())
+        labels.append(y)
+    return {n: torch.cat(p) for n, p in probs.items()}, torch.cat(labels)
+
+
+class OneToManyTrainer:
+    """Trains every adapter of ``specs`` on ``splits`` from one backbone pass per batch."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        splits: Splits,
+        specs: list[AdapterSpec],
+        config: TrainConfig,
+        out_dir: str | Path,
+        signature: dict[str, Any],
+    ) -> None:
+        self.backbone, self.splits, self.config = backbone, splits, config
+        self.out_dir = Path(out_dir)
+        self.signature = signature | {"train": config.signature()}
+        num_classes = len(splits.class_names)
+        self.bank = AdapterBank(
+            specs, backbone.taps, num_classes, backbone.num_prefix_tokens, seed=config.seed
+        ).to(backbone.device)
+        self.optimizer = torch.optim.AdamW(self.bank.param_groups())
+        self.steps_per_epoch = len(splits.train) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise IncaError(
+                f"the training split has {len(splits.train)} images, fewer than one "
+                f"batch of {config.batch_size}; lower --batch-size"
+            )
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.warmup_steps = int(config.warmup * self.total_steps)
+        self.epoch = 0  # epochs done
+        self.step = 0
+        self.best_acc = {n: -1.0 for n in self.bank.names}
+        self.best_epoch = {n: 0 for n in self.bank.names}
+        self.best_state = {n: self._adapter_state(n) for n in self.bank.names}
+        self.best_val_probs: dict[str, Tensor] = {}
+        self.val_labels: Tensor | None = None
+        self.train_seconds = 0.0
+        self.backbone_seconds = 0.0
+        self.images_seen = 0
+
+    # ------------------------------------------------------------------ state
+    def _adapter_state(self, name: str) -> dict[str, Tensor]:
+        return {
+            k: v.detach().cpu().clone() for k, v in self.bank.adapter(name).state_dict().items()
+        }
+
+    def save_checkpoint(self) -> None:
+        tensors = checkpoint.flatten("bank", self.bank.state_dict())
+        for n in self.bank.names:
+            tensors |= checkpoint.flatten(f"best/{n}", self.best_state[n])
+        tensors |= {f"valprobs/{n}": p for n, p in self.best_val_probs.items()}
+        if self.val_labels is not None:
+            tensors["val_labels"] = self.val_labels
+        optim_tensors, groups = checkpoint.optimizer_to_tensors(self.optimizer)
+        meta = {
+            "signature": self.signature,
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "optimizer_groups": groups,
+            "train_seconds": self.train_seconds,
+            "backbone_seconds": self.backbone_seconds,
+            "images_seen": self.images_seen,
+        }
+        checkpoint.save(self.out_dir, tensors | optim_tensors, meta)
+
+    def load_checkpoint(self) -> None:
+        tensors, meta = checkpoint.load(self.out_dir)
+        if meta["signature"] != self.signature:
+            diff = sorted(
+                k
+                for k in set(meta["signature"]) | set(self.signature)
+                if meta["signature"].get(k) != self.signature.get(k)
+            )
+            raise IncaError(
+                f"cannot resume {self.out_dir}: the run was started with other "
+                f"settings ({', '.join(diff)} differ); use the same options or "
+                "another --out"
+            )
+        self.bank.load_state_dict(checkpoint.unflatten(tensors, "bank"))
+        for n in self.bank.names:
+            self.best_state[n] = checkpoint.unflatten(tensors, f"best/{n}")
+            if f"valprobs/{n}" in tensors:
+                self.best_val_probs[n] = tensors[f"valprobs/{n}"]
+        self.val_labels = tensors.get("val_labels")
+        checkpoint.optimizer_from_tensors(self.optimizer, tensors, meta["optimizer_groups"])
+        self.epoch, self.step = meta["epoch"], meta["step"]
+        self.best_acc, self.best_epoch = meta["best_acc"], meta["best_epoch"]
+        self.train_seconds, self.backbone_seconds = meta["train_seconds"], meta["backbone_seconds"]
+        self.images_seen = meta["images_seen"]
+
+    # ------------------------------------------------------------------ training
+    def best_name(self) -> str | None:
+        if self.epoch == 0:
+            return None
+        return rank(self.best_acc)[0]
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the training split: returns each adapter's mean training loss."""
+        cfg, epoch = self.config, self.epoch
+        transform = ImageTransform(
+            self.backbone.preprocess,
+            augment=cfg.augment,
+            allow_hflip=self.splits.train.dataset.allow_hflip,
+        )
+        loader = make_loader(
+            self.splits.train,
+            transform,
+            cfg.batch_size,
+            shuffle=True,
+            seed=cfg.seed * 1000 + epoch,
+            num_workers=cfg.workers,
+            drop_last=True,
+        )
+        self.bank.train()
+        loss_sum = {n: 0.0 for n in self.bank.names}
+        device = self.backbone.device
+        start, seen = time.perf_counter(), 0
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            disable=not cfg.progress,
+            dynamic_ncols=True,
+        )
+        for pixels, labels, _ in bar:
+            t0 = time.perf_counter()
+            tokens = self.backbone.forward_taps(pixels, self.bank.taps)  # ONE pass, no grad
+            self.backbone_seconds += time.perf_counter() - t0
+            labels = labels.to(device)
+            logits = self.bank(tokens)
+            losses = {
+                n: F.cross_entropy(lg.float(), labels, label_smoothing=cfg.label_smoothing)
+                for n, lg in logits.items()
+            }
+            factor = lr_factor(self.step, self.total_steps, self.warmup_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.stack(list(losses.values())).sum().backward()  # ONE backward for all
+            self.optimizer.step()
+            self.step += 1
+            for n, loss in losses.items():
+                loss_sum[n] += loss.item()
+            seen += len(labels)
+            best = self.best_name()
+            bar.set_postfix_str(
+                f"{seen / (time.perf_counter() - start):.0f} img/s"
+                + (f", best {best} {100 * self.best_acc[best]:.2f}%" if best else "")
+            )
+        bar.close()
+        self.train_seconds += time.perf_counter() - start
+        self.images_seen += seen
+        return {n: s / max(1, len(loader)) for n, s in loss_sum.items()}
+
+    def validate(self) -> dict[str, float]:
+        probs, labels = predict_all(
+            self.backbone, self.bank, self.splits.val, self.config, desc="validate"
+        )
+        self.val_labels = labels
+        accs = {n: accuracy(p, labels) for n, p in probs.items()}
+        for n, acc in accs.items():
+            if acc > self.best_acc[n]:
+                self.best_acc[n], self.best_epoch[n] = acc, self.epoch
+                self.best_state[n] = self._adapter_state(n)
+                self.best_val_probs[n] = probs[n]
+        return accs
+
+    def fit(self, resume: bool = False) -> None:
+        """Train for the configured epochs (continuing from the checkpoint when ``resume``)."""
+        log = self.out_dir / "log.jsonl"
+        if resume and (self.out_dir / checkpoint.FILE).exists():
+            self.load_checkpoint()
+            print(f"resuming {self.out_dir} after epoch {self.epoch}/{self.config.epochs}")
+        while self.epoch < self.config.epochs:
+            t0 = time.perf_counter()
+            losses = self.train_epoch()
+            t_train = time.perf_counter() - t0
+            self.epoch += 1
+            accs = self.validate()
+            self.save_checkpoint()
+            best = self.best_name()
+            entry = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "train_seconds": t_train,
+                "val_seconds": time.perf_counter() - t0 - t_train,
+                "train_loss": losses,
+                "val_acc": accs,
+                "best": {"name": best, "val_acc": self.best_acc[best]},
+            }
+            with open(log, "a") as f:
+                f.write(json.dumps(entry, sort_keys=True) + "\n")
+            print(
+                f"epoch {self.epoch}/{self.config.epochs}: best {best} "
+                f"{100 * self.best_acc[best]:.2f}% val ({t_train:.0f} s train)"
+            )
+
+    def load_best(self) -> None:
+        """Put every adapter back to its best validation epoch."""
+        for n in self.bank.names:
+            self.bank.adapter(n).load_state_dict(self.best_state[n])

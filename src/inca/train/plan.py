@@ -1,0 +1,141 @@
+"""Training plans: which adapters to train, on which taps, with which hyper-parameters.
+
+A plan is a list of :class:`AdapterSpec`, each with a readable unique name that encodes kind, tap
+and hyper-parameters (``inca.block.7.lr3e-4``). Plans are written as one line:
+
+    "inca taps=block.* lr=1e-3,3e-4; linear taps=block.*[-3:]"
+
+Entries are separated by ``;``. Each starts with an adapter kind, then ``key=value`` options;
+comma-separated values are swept (every combination becomes an adapter). ``taps`` takes tap
+names or globs, each optionally followed by a Python slice over its matches in depth order
+(``block.*[-3:]`` = the last three blocks); default: every tap. ``lr`` and ``wd`` set the
+optimiser; every other key is an option of the adapter kind (``queries``, ``heads``, ``pool``...).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from inca.adapters import AdapterConfig, adapter_config
+from inca.errors import IncaError
+
+DEFAULT_PLAN = "inca taps=block.* lr=1e-3; linear taps=block.*[-3:] lr=1e-3,1e-2"
+_SLICE = re.compile(r"^(?P<glob>[^\[\]]+)\[(?P<slice>-?\d*(?::-?\d*){0,2})\]$")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """One adapter of a plan."""
+
+    name: str
+    kind: str
+    tap: str
+    config: AdapterConfig
+    lr: float
+    weight_decay: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "tap": self.tap,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "config": self.config.to_dict(),
+        }
+
+
+def compact(value: Any) -> str:
+    """Short text for a name: 0.0003 -> 3e-4, 1.5 -> 1.5, 4 -> 4, 'cls+mean' -> cls+mean."""
+    if isinstance(value, float):
+        mantissa, exponent = f"{value:e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        short = f"{mantissa}e{int(exponent)}"
+        return short if len(short) < len(f"{value:g}") else f"{value:g}"
+    return str(value)
+
+
+def parse_value(text: str) -> Any:
+    """'3' -> 3, '1e-3' -> 0.001, 'true' -> True, 'none' -> None, anything else: the text."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def select_taps(selector: str, taps: Sequence[str]) -> list[str]:
+    """Taps (in depth order) matching comma-separated names/globs, each with an optional slice."""
+    chosen: list[str] = []
+    for item in selector.split(","):
+        item = item.strip()
+        m = _SLICE.match(item)
+        glob, sl = (m["glob"], m["slice"]) if m else (item, None)
+        found = [t for t in taps if fnmatch.fnmatchcase(t, glob)]
+        if sl is not None:
+            parts = [int(p) if p else None for p in sl.split(":")]
+            if ":" in sl:
+                found = found[slice(*parts)]
+            else:
+                found = found[parts[0] : parts[0] + 1 or None]  # one index, as a slice
+        if not found:
+            raise IncaError(f"plan: taps {item!r} match no tap; taps: {', '.join(taps)}")
+        chosen += [t for t in found if t not in chosen]
+    return chosen
+
+
+def _split_entry(entry: str) -> tuple[str, dict[str, list[str]]]:
+    words = entry.split()
+    kind, options = words[0], {}
+    for word in words[1:]:
+        key, eq, value = word.partition("=")
+        if not eq or not value:
+            raise IncaError(f"plan: expected key=value, got {word!r} in {entry!r}")
+        if key in options:
+            raise IncaError(f"plan: {key!r} given twice in {entry!r}")
+        options[key] = value
+    return kind, options
+
+
+def parse_plan(
+    text: str, taps: Sequence[str], lr: float = 1e-3, weight_decay: float = 1e-4
+) -> list[AdapterSpec]:
+    """The adapters a plan line asks for, over the backbone's ``taps`` (in depth order)."""
+    specs: list[AdapterSpec] = []
+    for entry in filter(None, (e.strip() for e in text.split(";"))):
+        kind, options = _split_entry(entry)
+        wd_given = "wd" in options
+        tap_list = select_taps(options.pop("taps", "*"), taps)
+        lrs = [float(v) for v in options.pop("lr", str(lr)).split(",")]
+        wds = [float(v) for v in options.pop("wd", str(weight_decay)).split(",")]
+        swept = {k: [parse_value(v) for v in vs.split(",")] for k, vs in options.items()}
+        for tap, lr_, wd, combo in itertools.product(
+            tap_list, lrs, wds, itertools.product(*swept.values())
+        ):
+            opts = dict(zip(swept, combo, strict=True))
+            config = adapter_config(kind, opts)
+            name = ".".join(
+                [kind, tap, f"lr{compact(lr_)}"]
+                + ([f"wd{compact(wd)}"] if wd_given else [])
+                + [f"{k}{compact(v)}" for k, v in opts.items()]
+            )
+            specs.append(AdapterSpec(name, kind, tap, config, lr_, wd))
+    if not specs:
+        raise IncaError(f"plan {text!r} has no adapters; e.g. {DEFAULT_PLAN!r}")
+    seen: set[str] = set()
+    for s in specs:
+        if s.name in seen:
+            raise IncaError(f"plan: adapter {s.name!r} appears twice; remove the duplicate")
+        seen.add(s.name)
+    return specs

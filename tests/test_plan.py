@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+
+from inca.errors import IncaError, UnknownNameError
+from inca.train.plan import DEFAULT_PLAN, compact, parse_plan, select_taps
+
+TAPS = ["embed"] + [f"block.{i}" for i in range(12)] + ["final"]
+
+
+def test_the_issue_example_is_one_line() -> None:
+    specs = parse_plan("inca taps=block.* lr=1e-3,3e-4; linear taps=block.*[-3:]", TAPS)
+    names = [s.name for s in specs]
+    assert len(specs) == 12 * 2 + 3
+    assert "inca.block.7.lr3e-4" in names and "inca.block.0.lr1e-3" in names
+    assert [s.tap for s in specs if s.kind == "linear"] == ["block.9", "block.10", "block.11"]
+    assert len(set(names)) == len(names)
+
+
+def test_default_plan() -> None:
+    specs = parse_plan(DEFAULT_PLAN, TAPS)
+    assert {s.kind for s in specs} == {"inca", "linear"} and len(specs) == 12 + 3 * 2
+
+
+def test_options_are_swept_and_named() -> None:
+    specs = parse_plan("inca taps=final queries=1,4 wd=0.05", TAPS, lr=2e-3)
+    assert [s.name for s in specs] == [
+        "inca.final.lr2e-3.wd0.05.queries1",
+        "inca.final.lr2e-3.wd0.05.queries4",
+    ]
+    assert specs[1].config.queries == 4 and specs[1].weight_decay == 0.05
+
+
+def test_tap_selectors() -> None:
+    assert select_taps("block.*[::4]", TAPS) == ["block.0", "block.4", "block.8"]
+    assert select_taps("block.*[-1],final", TAPS) == ["block.11", "final"]
+    assert select_taps("embed,block.1?", TAPS) == ["embed", "block.10", "block.11"]
+
+
+def test_compact_numbers() -> None:
+    assert [compact(v) for v in (0.001, 0.0003, 0.05, 1.5, 4)] == [
+        "1e-3",
+        "3e-4",
+        "0.05",
+        "1.5",
+        "4",
+    ]
+
+
+def test_bad_plans_are_named() -> None:
+    with pytest.raises(IncaError, match="match no tap"):
+        parse_plan("inca taps=layer.*", TAPS)
+    with pytest.raises(UnknownNameError, match="unknown adapter kind 'lora'"):
+        parse_plan("lora taps=final", TAPS)
+    with pytest.raises(IncaError, match="expected key=value"):
+        parse_plan("inca final", TAPS)
+    with pytest.raises(IncaError, match="appears twice"):
+        parse_plan("inca taps=final; inca taps=final", TAPS)
+    with pytest.raises(IncaError, match="no adapters"):
+        parse_plan(" ; ", TAPS)
+    with pytest.raises(IncaError, match="queries must be at least 1"):
+        parse_plan("inca queries=0", TAPS)

@@ -1,0 +1,92 @@
+"""One-to-many training: N adapters trained together == each trained alone; resume == straight."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import inca
+from inca.data import make_splits
+from inca.errors import IncaError
+from inca.train import OneToManyTrainer, TrainConfig, parse_plan
+
+PLAN = "inca taps=block.1,final lr=3e-3; linear taps=block.3 lr=1e-2"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    backbone = inca.load_backbone("tiny-vit", precision="fp32")
+    splits = make_splits("digits", train_size=120, val_size=60, test_size=60, seed=0)
+    return backbone, splits
+
+
+def trainer(setup, plan, out, epochs=2, **kw):
+    backbone, splits = setup
+    specs = parse_plan(plan, list(backbone.taps))
+    cfg = TrainConfig(epochs=epochs, batch_size=40, workers=0, progress=False, **kw)
+    return OneToManyTrainer(backbone, splits, specs, cfg, out, signature={"plan": plan})
+
+
+def test_together_equals_alone(setup, tmp_path) -> None:
+    together = trainer(setup, PLAN, tmp_path / "all")
+    together.fit()
+    names = together.bank.names
+    assert len(names) == 3
+    for name in names:
+        spec = together.bank.specs[name]
+        alone_plan = f"{spec.kind} taps={spec.tap} lr={spec.lr}"
+        alone = trainer(setup, alone_plan, tmp_path / name)
+        assert alone.bank.names == [name]
+        alone.fit()
+        mine = together.bank.adapter(name).state_dict()
+        theirs = alone.bank.adapter(name).state_dict()
+        for key in mine:  # float32 rounding of a summed vs single loss: 1e-6 is ample
+            torch.testing.assert_close(mine[key], theirs[key], rtol=1e-5, atol=1e-6, msg=key)
+        assert together.best_acc[name] == alone.best_acc[name]
+
+
+def test_training_learns_and_logs(setup, tmp_path) -> None:
+    t = trainer(setup, PLAN, tmp_path, epochs=8, warmup=0.0)
+    t.fit()
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == list(range(1, 9))
+    assert set(log[0]["val_acc"]) == set(t.bank.names)
+    for name in t.bank.names:  # a random 4-block ViT: weak features, but every adapter learns
+        assert log[-1]["train_loss"][name] < log[0]["train_loss"][name] - 0.05, name
+    assert max(t.best_acc.values()) > 0.15  # 10 classes: chance is 0.1
+
+
+def test_resume_continues_exactly(setup, tmp_path) -> None:
+    straight = trainer(setup, PLAN, tmp_path / "a", epochs=2)
+    straight.fit()
+    first = trainer(setup, PLAN, tmp_path / "b", epochs=2)
+    first.config = TrainConfig(**(first.config.__dict__ | {"epochs": 1}))
+    first.fit()  # "interrupted" after epoch 1
+    resumed = trainer(setup, PLAN, tmp_path / "b", epochs=2)
+    resumed.fit(resume=True)
+    assert resumed.epoch == 2
+    for name in straight.bank.names:
+        for key, value in straight.bank.adapter(name).state_dict().items():
+            torch.testing.assert_close(
+                resumed.bank.adapter(name).state_dict()[key],
+                value,
+                rtol=0,
+                atol=0,
+                msg=f"{name}.{key}",
+            )
+
+
+def test_resume_refuses_other_settings(setup, tmp_path) -> None:
+    trainer(setup, PLAN, tmp_path, epochs=1).fit()
+    other = trainer(setup, "inca taps=final", tmp_path, epochs=1)
+    with pytest.raises(IncaError, match="cannot resume.*plan"):
+        other.fit(resume=True)
+
+
+def test_too_small_training_split(setup, tmp_path) -> None:
+    backbone, splits = setup
+    specs = parse_plan("linear taps=final", list(backbone.taps))
+    with pytest.raises(IncaError, match="fewer than one batch"):
+        OneToManyTrainer(backbone, splits, specs, TrainConfig(batch_size=500), tmp_path, {})
