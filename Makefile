@@ -34,10 +34,10 @@ data:
 	       "the four *-ubyte.gz files"; \
 	fi
 
+# The main job on the built-in defaults; a rerun continues (or just re-reports) the same run.
 demo: setup data
-	$(BIN)/inca layers dinov2-small
-	$(BIN)/inca extract --model dinov2-small --data fashion-mnist --train-size 2000 \
-	  --image-size 112 --taps block.5,final --out runs/demo-features
+	$(BIN)/inca layers dinov2-small --image-size 112
+	$(BIN)/inca train --out runs/demo --resume
 
 test: setup-test data
 	$(BIN)/ruff check src tests benchmarks

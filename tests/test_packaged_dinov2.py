@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 import inca
-from inca.backbones.base import state_dict_hash
 from inca.backbones import packaged_dinov2 as pk
+from inca.backbones.base import state_dict_hash
 from tests.conftest import require_or_skip
 
 pytestmark = pytest.mark.slow

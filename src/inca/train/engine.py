@@ -96,7 +96,8 @@ class OneToManyTrainer:
     ) -> None:
         self.backbone, self.splits, self.config = backbone, splits, config
         self.out_dir = Path(out_dir)
-        self.signature = signature | {"train": config.signature()}
+        # as JSON gives it back (tuples become lists), to compare with a saved checkpoint's
+        self.signature = json.loads(json.dumps(signature | {"train": config.signature()}))
         num_classes = len(splits.class_names)
         self.bank = AdapterBank(
             specs, backbone.taps, num_classes, backbone.num_prefix_tokens, seed=config.seed

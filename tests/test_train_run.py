@@ -1,0 +1,64 @@
+"""A whole run through the CLI on a tiny model: the run directory holds what the issue lists."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from inca.cli import main
+from inca.tasks import load_task
+
+ARGS = ["--model", "tiny-vit", "--data", "digits", "--image-size", "32", "--train-size", "200",
+        "--val-size", "80", "--test-size", "100", "--epochs", "2", "--batch-size", "40",
+        "--workers", "0", "--no-progress",
+        "--plan", "inca taps=block.* lr=3e-3; linear taps=block.*[-2:] lr=1e-2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", *ARGS, "--out", str(out)]) == 0
+    return out
+
+
+def test_run_directory_contents(run_dir) -> None:
+    for name in [
+        "plan.json",
+        "log.jsonl",
+        "checkpoint.safetensors",
+        "results.json",
+        "report.md",
+        "accuracy_by_layer.png",
+        "tasks/best/task.json",
+        "tasks/ensemble/task.json",
+    ]:
+        assert (run_dir / name).is_file(), name
+    results = json.loads((run_dir / "results.json").read_text())
+    adapters = {a["name"]: a for a in results["adapters"]}
+    assert len(adapters) == 4 + 2
+    for a in adapters.values():
+        assert {"tap", "kind", "params", "val_acc", "test_acc", "train_time_s"} <= a.keys()
+    best = results["selection"]["best"]
+    assert best["val_acc"] == max(a["val_acc"] for a in adapters.values())  # chosen on val
+    ens = results["selection"]["ensemble"]
+    assert ens["val_acc"] == max(row["val_acc"] for row in ens["k_curve"])
+    assert results["reference"]["name"].startswith("linear.block.3")
+
+
+def test_saved_best_task_reproduces_its_test_accuracy(run_dir, capsys) -> None:
+    results = json.loads((run_dir / "results.json").read_text())
+    task = load_task(run_dir / "tasks" / "best")
+    assert task.member_names == [results["selection"]["best"]["name"]]
+    assert main(["eval", str(run_dir), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    best_pct = f"{100 * results['selection']['best']['test_acc']:.2f}%"
+    line = next(ln for ln in out.splitlines() if task.name in ln)
+    assert line.split()[1] == best_pct  # re-evaluated == saved
+
+
+def test_existing_run_needs_resume(run_dir, capsys) -> None:
+    assert main(["train", *ARGS, "--out", str(run_dir)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", *ARGS, "--out", str(run_dir), "--resume"]) == 0  # finished: no training
+    assert "resuming" in capsys.readouterr().out
