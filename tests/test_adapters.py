@@ -120,3 +120,43 @@ def test_bad_options_are_named() -> None:
         adapter_config("lora")
     with pytest.raises(IncaError, match="needs a CLS token"):
         build_adapter(LinearProbeConfig(pool="cls"), 8, 2, num_prefix_tokens=0)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [InCAConfig(path="folded", queries=2), InCAConfig(path="plain", mlp_ratio=1.0),
+     LinearProbeConfig(pool="cls+mean")],
+)  # fmt: skip
+def test_a_stack_equals_its_adapters_one_by_one(config) -> None:
+    from inca.adapters.stack import AdapterStack
+
+    adapters = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        a = build_adapter(config, in_dim=16, num_classes=4)
+        randomize(a, seed)
+        adapters.append(a)
+    stack = AdapterStack(adapters)
+    x = normalize_tokens(torch.randn(3, 5, 7, 16))  # a different tap per adapter: (N, B, T, D)
+    ours = stack(x)  # (N, B, C)
+    for i, a in enumerate(adapters):
+        torch.testing.assert_close(ours[i], a(x[i]), rtol=1e-5, atol=1e-6)
+    # gradients reach each adapter's slice exactly as its own backward would
+    weights = torch.randn_like(ours)
+    (ours * weights).sum().backward()
+    for i, a in enumerate(adapters):
+        (a(x[i]) * weights[i]).sum().backward()
+        for name, p in a.named_parameters():
+            stacked_grad = stack.params[name.replace(".", "__")].grad[i]
+            torch.testing.assert_close(stacked_grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    exported = stack.export(1)
+    torch.testing.assert_close(exported(x[1]), adapters[1](x[1]))
+
+
+def test_adapters_of_other_shapes_do_not_stack() -> None:
+    from inca.adapters.stack import AdapterStack
+
+    a = build_adapter(InCAConfig(), 32, 3)
+    b = build_adapter(InCAConfig(queries=2), 32, 3)
+    with pytest.raises(IncaError, match="cannot be stacked"):
+        AdapterStack([a, b])

@@ -56,14 +56,46 @@ class AdapterConfig:
 
 
 class Adapter(nn.Module):
-    """An adapter module: normalised tokens (B, T, D) -> logits (B, C)."""
+    """An adapter module: normalised tokens (B, T, D) -> logits (B, C).
+
+    Every adapter is written once, in *stacked* form: ``stacked_forward(params, x)`` takes its
+    parameters with a leading dimension N (N adapters of the same shape) and tokens
+    (N, B, T, D), and returns logits (N, B, C). A single adapter is the case N = 1, so one code
+    path serves one adapter and sixty (see :class:`inca.adapters.stack.AdapterStack`).
+    """
 
     config: AdapterConfig
     in_dim: int
     num_classes: int
+    num_prefix_tokens: int
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x: Tensor, num_prefix_tokens: int = 1) -> Tensor:  # pragma: no cover
+    def stack_key(self) -> tuple:
+        """Adapters with equal keys have parameters of equal shapes: they can be stacked."""
+        return (type(self), self.config, self.in_dim, self.num_classes, self.num_prefix_tokens)
+
+    def stacked_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """params: name -> (N, *shape); x: (N, B, T, D) -> logits (N, B, C)."""
         raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: normalised tokens (B, T, D) -> logits (B, C)."""
+        params = {k: p.unsqueeze(0) for k, p in self.named_parameters()}
+        return self.stacked_forward(params, x.unsqueeze(0))[0]
+
+
+def stacked_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """N linear layers at once: x (N, ..., i), weight (N, o, i), bias (N, o) -> (N, ..., o)."""
+    out = torch.einsum("n...i,noi->n...o", x, weight)
+    if bias is not None:
+        out = out + bias.view(bias.shape[0], *([1] * (x.ndim - 2)), bias.shape[1])
+    return out
+
+
+def stacked_layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
+    """N LayerNorms at once: x (N, ..., d), weight and bias (N, d)."""
+    shape = (weight.shape[0], *([1] * (x.ndim - 2)), weight.shape[1])
+    normed = torch.nn.functional.layer_norm(x, x.shape[-1:], eps=eps)
+    return normed * weight.view(shape) + bias.view(shape)

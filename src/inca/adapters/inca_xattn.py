@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from inca.adapters.base import Adapter, AdapterConfig
+from inca.adapters.base import Adapter, AdapterConfig, stacked_layer_norm, stacked_linear
 from inca.adapters.registry import register_adapter
 from inca.errors import IncaError
 
@@ -84,6 +84,7 @@ class InCAAdapter(Adapter):
     ) -> None:
         super().__init__()
         self.config, self.in_dim, self.num_classes = config, in_dim, num_classes
+        self.num_prefix_tokens = num_prefix_tokens
         d, h = config.resolved(in_dim)
         self.dim, self.heads, self.head_dim = d, h, d // h
         self.norm_weight = nn.Parameter(torch.ones(in_dim))  # the token LayerNorm's affine
@@ -111,45 +112,64 @@ class InCAAdapter(Adapter):
         folded = 2 * tokens * D * m * h + m * D * d + m * h * d * D
         return "folded" if folded <= plain else "plain"
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: normalised tokens (B, T, D), no affine -> logits (B, C)."""
-        path = self.choose_path(x.shape[1])
-        attn = self._attend_folded(x) if path == "folded" else self._attend_plain(x)
-        z = self.queries + self.o_proj(attn)  # (B, m, d)
-        if self.mlp is not None:
-            z = z + self.mlp(z)
-        return self.head(self.out_norm(z).mean(1))  # (B, C)
+    def stacked_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """params: name -> (N, *shape); x: normalised tokens (N, B, T, D), no affine -> (N, B, C)."""
+        P = params
+        if self.choose_path(x.shape[2]) == "folded":
+            attn = self._attend_folded(P, x)
+        else:
+            attn = self._attend_plain(P, x)
+        z = P["queries"].unsqueeze(1) + stacked_linear(attn, P["o_proj.weight"], P["o_proj.bias"])
+        if self.mlp is not None:  # (N, B, m, d), pre-norm residual MLP
+            hidden = stacked_layer_norm(z, P["mlp.0.weight"], P["mlp.0.bias"])
+            hidden = F.gelu(stacked_linear(hidden, P["mlp.1.weight"], P["mlp.1.bias"]))
+            z = z + stacked_linear(hidden, P["mlp.3.weight"], P["mlp.3.bias"])
+        pooled = stacked_layer_norm(z, P["out_norm.weight"], P["out_norm.bias"]).mean(2)
+        return stacked_linear(pooled, P["head.weight"], P["head.bias"])  # (N, B, C)
 
-    def _attend_plain(self, x: Tensor) -> Tensor:
-        """Keys and values for every token, then attention. (B, T, D) -> (B, m, d)."""
-        B, T, _ = x.shape
+    def _queries(self, P: dict[str, Tensor]) -> Tensor:
+        """The projected queries, per head: (N, m, h, e)."""
+        q = stacked_linear(P["queries"], P["q_proj.weight"], P["q_proj.bias"])  # (N, m, d)
+        return q.view(q.shape[0], self.config.queries, self.heads, self.head_dim)
+
+    def _attend_plain(self, P: dict[str, Tensor], x: Tensor) -> Tensor:
+        """Keys and values for every token, then attention: (N, B, T, D) -> (N, B, m, d)."""
+        N, B, T, D = x.shape
         m, h, e = self.config.queries, self.heads, self.head_dim
-        x = x * self.norm_weight + self.norm_bias
-        q = self.q_proj(self.queries).view(1, m, h, e).transpose(1, 2).expand(B, h, m, e)
-        k = self.k_proj(x).view(B, T, h, e).transpose(1, 2)  # (B, h, T, e)
-        v = self.v_proj(x).view(B, T, h, e).transpose(1, 2)  # (B, h, T, e)
+        g, b = P["norm_weight"].view(N, 1, 1, D), P["norm_bias"].view(N, 1, 1, D)
+        xa = x * g + b  # the LayerNorm's affine
+        k = stacked_linear(xa, P["k_proj.weight"])  # (N, B, T, d)
+        v = stacked_linear(xa, P["v_proj.weight"], P["v_proj.bias"])  # (N, B, T, d)
+        q = self._queries(P).unsqueeze(1).expand(N, B, m, h, e)
+        q = q.reshape(N * B, m, h, e).transpose(1, 2)  # (N*B, h, m, e)
+        k = k.reshape(N * B, T, h, e).transpose(1, 2)  # (N*B, h, T, e)
+        v = v.reshape(N * B, T, h, e).transpose(1, 2)
         p = self.config.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, m, e)
-        return out.transpose(1, 2).reshape(B, m, h * e)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (N*B, h, m, e)
+        return out.transpose(1, 2).reshape(N, B, m, h * e)
 
-    def _attend_folded(self, x: Tensor) -> Tensor:
-        """Keys folded into the queries, values applied after pooling. (B, T, D) -> (B, m, d)."""
-        B = x.shape[0]
-        m, h, e, D = self.config.queries, self.heads, self.head_dim, self.in_dim
-        q = self.q_proj(self.queries).view(m, h, e)  # (m, h, e)
-        # the key bias would add q·b_k to every token's logit alike: no effect after softmax
-        w_k = self.k_proj.weight.view(h, e, D)  # (h, e, D)
-        u = torch.einsum("mhe,hed->mhd", q, w_k) * (self.norm_weight / math.sqrt(e))  # (m, h, D)
-        logits = torch.einsum("btd,md->bmt", x, u.reshape(m * h, D))  # (B, m*h, T)
-        alpha = logits.softmax(-1)
+    def _attend_folded(self, P: dict[str, Tensor], x: Tensor) -> Tensor:
+        """Keys folded into the queries, values applied after pooling: -> (N, B, m, d)."""
+        N, B, T, D = x.shape
+        m, h, e = self.config.queries, self.heads, self.head_dim
+        g, b = P["norm_weight"], P["norm_bias"]  # (N, D)
+        w_k = P["k_proj.weight"].view(N, h, e, D)
+        # u = W_kᵀ q per head, with the LayerNorm's scale folded in; the key bias and the
+        # LayerNorm's shift add the same q·const to every token's logit: no effect on softmax.
+        u = torch.einsum("nmhe,nhed->nmhd", self._queries(P), w_k)
+        u = (u * (g.view(N, 1, 1, D) / math.sqrt(e))).reshape(N, m * h, D)
+        logits = torch.bmm(x.reshape(N, B * T, D), u.transpose(1, 2))  # (N, B*T, m*h)
+        alpha = logits.view(N * B, T, m * h).softmax(1)  # over tokens
         if self.training and self.config.dropout:
             alpha = F.dropout(alpha, self.config.dropout)
-        pooled = torch.bmm(alpha, x).view(B, m, h, D)  # Σ_t α_t x̂_t: (B, m, h, D)
-        if self.training and self.config.dropout:  # dropped weights no longer sum to one
-            mass = alpha.sum(-1).view(B, m, h, 1)
+            mass = alpha.sum(1).view(N, B, m, h, 1)  # dropped weights no longer sum to one
         else:
             mass = 1.0
-        pooled = pooled * self.norm_weight + mass * self.norm_bias  # the LayerNorm affine
-        w_v = self.v_proj.weight.view(h, e, D)
-        v = torch.einsum("bmhd,hed->bmhe", pooled, w_v) + mass * self.v_proj.bias.view(h, e)
-        return v.reshape(B, m, h * e)  # (B, m, d)
+        pooled = torch.bmm(alpha.transpose(1, 2), x.reshape(N * B, T, D))  # Σ_t α_t x̂_t
+        pooled = pooled.view(N, B, m, h, D) * g.view(N, 1, 1, 1, D) + mass * b.view(
+            N, 1, 1, 1, D
+        )  # the LayerNorm's affine, after pooling
+        w_v = P["v_proj.weight"].view(N, h, e, D)
+        v = torch.einsum("nbmhd,nhed->nbmhe", pooled, w_v)
+        v = v + mass * P["v_proj.bias"].view(N, 1, 1, h, e)
+        return v.reshape(N, B, m, h * e)

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from inca.adapters.base import Adapter, AdapterConfig
+from inca.adapters.base import Adapter, AdapterConfig, stacked_linear
 from inca.adapters.registry import register_adapter
 from inca.errors import IncaError
 
@@ -46,11 +46,12 @@ class LinearProbe(Adapter):
         features = in_dim * (2 if config.pool == "cls+mean" else 1)
         self.head = nn.Linear(features, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: normalised tokens (B, T, D) -> logits (B, C)."""
+    def stacked_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """x: normalised tokens (N, B, T, D) -> logits (N, B, C)."""
         parts = []
         if "cls" in self.config.pool:
-            parts.append(x[:, 0])  # (B, D)
+            parts.append(x[:, :, 0])  # (N, B, D)
         if "mean" in self.config.pool:
-            parts.append(x[:, self.num_prefix_tokens :].mean(1))  # (B, D)
-        return self.head(torch.cat(parts, -1) if len(parts) > 1 else parts[0])
+            parts.append(x[:, :, self.num_prefix_tokens :].mean(2))  # (N, B, D)
+        features = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+        return stacked_linear(features, params["head.weight"], params["head.bias"])

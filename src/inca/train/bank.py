@@ -1,9 +1,11 @@
 """The AdapterBank: every adapter of a plan, fed from one backbone pass, one summed loss.
 
 Each tap's tokens are normalised once per batch and shared by all adapters reading that tap
-(dinov2's ``AllClassifiers`` habit: compute features once, a dict of named heads). Each adapter
-is initialised from its own seed (run seed + its name), so an adapter starts from the same
-weights whether it is trained alone or beside sixty others.
+(dinov2's ``AllClassifiers`` habit: compute features once, many named heads). Adapters of one
+shape and optimiser setting are stored stacked and run as ONE batched computation
+(:class:`~inca.adapters.stack.AdapterStack`), whichever taps they read: InCA on twelve blocks is
+one stack. Each adapter is initialised from its own seed (run seed + its name), so it starts
+from the same weights whether it is trained alone or beside sixty others.
 """
 
 from __future__ import annotations
@@ -13,20 +15,29 @@ import zlib
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from inca.adapters import Adapter, build_adapter, normalize_tokens
+from inca.adapters import Adapter, build_adapter
+from inca.adapters.stack import AdapterStack
 from inca.backbones.base import TapInfo
 from inca.train.plan import AdapterSpec
 
 
-def module_key(name: str) -> str:
-    """nn.ModuleDict keys cannot hold dots."""
-    return name.replace(".", "__")
-
-
 def adapter_seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def stack_taps(tokens: Mapping[str, Tensor], taps: Sequence[str], normalize: bool) -> Tensor:
+    """{tap: (B, T, D)} -> (n_taps, B, T, D) float32, LayerNorm'd (no affine) if ``normalize``.
+
+    The result is an ordinary tensor even when the tokens came from inference mode.
+    """
+    first = tokens[taps[0]]
+    out = torch.empty((len(taps), *first.shape), dtype=torch.float32, device=first.device)
+    for i, t in enumerate(taps):
+        out[i].copy_(tokens[t])  # converts bf16/fp16 -> fp32 on the way
+    return F.layer_norm(out, out.shape[-1:]) if normalize else out
 
 
 class AdapterBank(nn.Module):
@@ -40,35 +51,71 @@ class AdapterBank(nn.Module):
     ) -> None:
         super().__init__()
         self.specs = {s.name: s for s in specs}
-        self.adapters = nn.ModuleDict()
+        self.taps = [t for t in taps if any(s.tap == t for s in specs)]  # backbone order
+        groups: dict[tuple, list[tuple[AdapterSpec, Adapter]]] = {}
         for s in specs:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(adapter_seed(seed, s.name))
-                self.adapters[module_key(s.name)] = build_adapter(
-                    s.config, taps[s.tap].dim, num_classes, num_prefix_tokens
-                )
-        # taps in the order the backbone produces them
-        self.taps = [t for t in taps if any(s.tap == t for s in specs)]
+                adapter = build_adapter(s.config, taps[s.tap].dim, num_classes, num_prefix_tokens)
+            groups.setdefault((adapter.stack_key(), s.lr, s.weight_decay), []).append((s, adapter))
+        self.stacks = nn.ModuleList(AdapterStack([a for _, a in g]) for g in groups.values())
+        self.stack_names = [[s.name for s, _ in g] for g in groups.values()]
+        self._where = {n: (k, i) for k, names in enumerate(self.stack_names)
+                       for i, n in enumerate(names)}  # fmt: skip
+        for k, names in enumerate(self.stack_names):
+            idx = [self.taps.index(self.specs[n].tap) for n in names]
+            self.register_buffer(f"tap_index_{k}", torch.tensor(idx), persistent=False)
+        self._contiguous = [self._as_slice(names) for names in self.stack_names]
+
+    def _as_slice(self, names: list[str]) -> slice | None:
+        idx = [self.taps.index(self.specs[n].tap) for n in names]
+        if idx == list(range(idx[0], idx[0] + len(idx))):
+            return slice(idx[0], idx[0] + len(idx))
+        return None
 
     @property
     def names(self) -> list[str]:
         return list(self.specs)
 
-    def adapter(self, name: str) -> Adapter:
-        return self.adapters[module_key(name)]
+    def forward(self, tokens: Mapping[str, Tensor], normalized: bool = False) -> dict[str, Tensor]:
+        """{tap: (B, T, D)} -> {adapter name: logits (B, C)}; each tap normalised once.
 
-    def forward(self, tokens: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """{tap: (B, T, D)} -> {adapter name: logits (B, C)}; each tap normalised once."""
-        normed = {t: normalize_tokens(tokens[t]) for t in self.taps}
-        return {n: self.adapter(n)(normed[s.tap]) for n, s in self.specs.items()}
+        ``normalized``: the tokens are already LayerNorm'd (e.g. read from the activation cache).
+        """
+        x = stack_taps(tokens, self.taps, normalize=not normalized)  # (n_taps, B, T, D)
+        out: dict[str, Tensor] = {}
+        for k, stack in enumerate(self.stacks):
+            sl = self._contiguous[k]
+            xs = x[sl] if sl is not None else x.index_select(0, getattr(self, f"tap_index_{k}"))
+            logits = stack(xs)  # (N, B, C)
+            out.update(zip(self.stack_names[k], logits.unbind(0), strict=True))
+        return out
+
+    # ------------------------------------------------------------- per-adapter views
+    def adapter_state(self, name: str) -> dict[str, Tensor]:
+        k, i = self._where[name]
+        return self.stacks[k].state_of(i)
+
+    def load_adapter_state(self, name: str, state: dict[str, Tensor]) -> None:
+        k, i = self._where[name]
+        self.stacks[k].load_state_of(i, state)
+
+    def export_adapter(self, name: str) -> Adapter:
+        """A standalone copy of adapter ``name`` (for saving as a task)."""
+        k, i = self._where[name]
+        return self.stacks[k].export(i)
+
+    def num_params(self, name: str) -> int:
+        return self.stacks[self._where[name][0]].num_params_each()
 
     def param_groups(self) -> list[dict]:
-        """Two AdamW groups per adapter: matrices decay, vectors (norms, biases, queries) don't."""
+        """Two AdamW groups per stack: matrices decay; vectors (norms, biases, queries) don't."""
         groups = []
-        for name, spec in self.specs.items():
+        for names, stack in zip(self.stack_names, self.stacks, strict=True):
+            spec = self.specs[names[0]]  # one lr and weight decay per stack
             decay, plain = [], []
-            for pname, p in self.adapter(name).named_parameters():
-                (decay if p.ndim >= 2 and pname != "queries" else plain).append(p)
+            for pname, p in stack.stacked().items():
+                (decay if p.ndim >= 3 and pname != "queries" else plain).append(p)
             for params, wd in ((decay, spec.weight_decay), (plain, 0.0)):
                 if params:
                     groups.append(
@@ -77,13 +124,10 @@ class AdapterBank(nn.Module):
                             "lr": spec.lr,
                             "base_lr": spec.lr,
                             "weight_decay": wd,
-                            "adapter": name,
+                            "adapters": names,
                         }
                     )
         return groups
-
-    def num_params(self, name: str) -> int:
-        return self.adapter(name).num_params()
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:

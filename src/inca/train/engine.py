@@ -124,9 +124,7 @@ class OneToManyTrainer:
 
     # ------------------------------------------------------------------ state
     def _adapter_state(self, name: str) -> dict[str, Tensor]:
-        return {
-            k: v.detach().cpu().clone() for k, v in self.bank.adapter(name).state_dict().items()
-        }
+        return self.bank.adapter_state(name)
 
     def save_checkpoint(self) -> None:
         tensors = checkpoint.flatten("bank", self.bank.state_dict())
@@ -284,4 +282,4 @@ class OneToManyTrainer:
     def load_best(self) -> None:
         """Put every adapter back to its best validation epoch."""
         for n in self.bank.names:
-            self.bank.adapter(n).load_state_dict(self.best_state[n])
+            self.bank.load_adapter_state(n, self.best_state[n])

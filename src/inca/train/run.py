@@ -32,7 +32,7 @@ def _task(
         method,
         trainer.backbone,
         trainer.splits.class_names,
-        [(m, bank.specs[m].tap, bank.adapter(m)) for m in members],
+        [(m, bank.specs[m].tap, bank.export_adapter(m)) for m in members],
         metrics=metrics,
         data=data,
     )
