@@ -113,7 +113,7 @@ class InCAAdapter(Adapter):
         return "folded" if folded <= plain else "plain"
 
     def stacked_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        """params: name -> (N, *shape); x: normalised tokens (N, B, T, D), no affine -> (N, B, C)."""
+        """params: name -> (N, *shape); x: normalised tokens (N, B, T, D) -> logits (N, B, C)."""
         P = params
         if self.choose_path(x.shape[2]) == "folded":
             attn = self._attend_folded(P, x)
