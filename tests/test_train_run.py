@@ -62,3 +62,21 @@ def test_existing_run_needs_resume(run_dir, capsys) -> None:
     assert "--resume" in capsys.readouterr().err
     assert main(["train", *ARGS, "--out", str(run_dir), "--resume"]) == 0  # finished: no training
     assert "resuming" in capsys.readouterr().out
+
+
+def test_cached_run_and_cache_command(tmp_path, capsys) -> None:
+    cache_args = ["--model", "tiny-vit", "--data", "digits", "--image-size", "32",
+                  "--train-size", "200", "--val-size", "80", "--test-size", "100",
+                  "--workers", "0", "--no-progress"]  # fmt: skip
+    assert main(["cache", *cache_args, "--out", str(tmp_path / "c"), "--views", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 view(s), 4 taps" in out
+    run = tmp_path / "run"
+    assert main(["train", *ARGS, "--out", str(run), "--cache", str(tmp_path / "c"),
+                 "--cache-views", "2"]) == 0  # fmt: skip
+    results = json.loads((run / "results.json").read_text())
+    assert results["run"]["backbone_share_of_train_time"] == 0.0  # no backbone pass
+    # a cache built for other data is refused, saying what differs
+    assert main(["train", *ARGS, "--train-size", "160", "--out", str(tmp_path / "r2"),
+                 "--cache", str(tmp_path / "c"), "--cache-views", "2"]) == 2  # fmt: skip
+    assert "does not match this run" in capsys.readouterr().err

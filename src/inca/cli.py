@@ -164,6 +164,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         max_ensemble=args.max_ensemble,
         resume=args.resume,
         config=config,
+        cache=args.cache,
+        cache_views=args.cache_views,
+        cache_dtype=args.cache_dtype,
     )
     from inca.report import results_table
 
@@ -266,6 +269,47 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(format_predictions(rows, multi.task_names))
 
 
+def cmd_cache(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from inca.cache import ActivationCache, build_cache
+    from inca.cache.format import row_bytes
+    from inca.data import make_splits
+    from inca.train.plan import select_taps
+
+    backbone = _backbone(args)
+    taps = select_taps(args.taps, list(backbone.taps))
+    splits = make_splits(
+        args.data,
+        train_size=args.train_size,
+        val_size=args.val_size,
+        test_size=args.test_size,
+        seed=args.seed,
+    )
+    for split in [s.strip() for s in args.splits.split(",")]:
+        subset = getattr(splits, split)
+        views = args.views if split == "train" else 1
+        directory = build_cache(
+            backbone,
+            subset,
+            taps,
+            Path(args.out) / split,
+            views=views,
+            augment=views > 1,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
+        cache = ActivationCache(directory)
+        size = cache.header["rows"] * row_bytes(cache.shapes, cache.dtype) / 2**30
+        print(
+            f"{directory}: {len(subset)} images x {views} view(s), {len(taps)} taps, "
+            f"{cache.dtype}, {size:.2f} GiB"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inca",
@@ -340,7 +384,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--cache",
+        default=None,
+        metavar="DIR",
+        help="train from activation caches in DIR/{train,val,test} (built first "
+        "if absent): one backbone pass instead of one per epoch",
+    )
+    p.add_argument(
+        "--cache-views",
+        type=int,
+        default=1,
+        help="augmented views per training image in the cache (1: no augmentation)",
+    )
+    p.add_argument("--cache-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cache", help="write activation caches of a dataset's splits to disk")
+    _add_backbone_options(p)
+    p.set_defaults(image_size=112)
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--out", required=True, help="cache root: writes OUT/{train,val,test}")
+    p.add_argument("--taps", default="block.*", help="tap names/globs (default: %(default)s)")
+    p.add_argument("--splits", default="train,val,test")
+    p.add_argument("--train-size", type=int, default=10_000)
+    p.add_argument("--val-size", type=float, default=2_000)
+    p.add_argument("--test-size", type=int, default=None)
+    p.add_argument("--views", type=int, default=1, help="augmented views per training image")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("eval", help="a run's saved tasks on a dataset split (one backbone pass)")
     p.add_argument("run", help="run directory (evaluates tasks/*) or one task directory")

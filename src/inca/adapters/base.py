@@ -9,6 +9,7 @@ into its own weights (see ``inca_xattn``). The adapter returns class logits (B, 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -26,6 +27,19 @@ def normalize_tokens(tokens: Tensor) -> Tensor:
     """
     x = tokens.float()
     return torch.nn.functional.layer_norm(x, x.shape[-1:]).clone()
+
+
+def stack_taps(tokens: Mapping[str, Tensor], taps: Sequence[str], normalize: bool) -> Tensor:
+    """{tap: (B, T, D)} -> (n_taps, B, T, D) float32, LayerNorm'd (no affine) if ``normalize``.
+
+    One fp32 buffer for all taps (filled with a dtype-converting copy, then normalised in one
+    op); an ordinary tensor even when the tokens came from inference mode.
+    """
+    first = tokens[taps[0]]
+    out = torch.empty((len(taps), *first.shape), dtype=torch.float32, device=first.device)
+    for i, t in enumerate(taps):
+        out[i].copy_(tokens[t])
+    return torch.nn.functional.layer_norm(out, out.shape[-1:]) if normalize else out
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ import zlib
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from inca.adapters import Adapter, build_adapter
+from inca.adapters.base import stack_taps
 from inca.adapters.stack import AdapterStack
 from inca.backbones.base import TapInfo
 from inca.train.plan import AdapterSpec
@@ -26,18 +26,6 @@ from inca.train.plan import AdapterSpec
 
 def adapter_seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
-
-
-def stack_taps(tokens: Mapping[str, Tensor], taps: Sequence[str], normalize: bool) -> Tensor:
-    """{tap: (B, T, D)} -> (n_taps, B, T, D) float32, LayerNorm'd (no affine) if ``normalize``.
-
-    The result is an ordinary tensor even when the tokens came from inference mode.
-    """
-    first = tokens[taps[0]]
-    out = torch.empty((len(taps), *first.shape), dtype=torch.float32, device=first.device)
-    for i, t in enumerate(taps):
-        out[i].copy_(tokens[t])  # converts bf16/fp16 -> fp32 on the way
-    return F.layer_norm(out, out.shape[-1:]) if normalize else out
 
 
 class AdapterBank(nn.Module):
@@ -77,12 +65,12 @@ class AdapterBank(nn.Module):
     def names(self) -> list[str]:
         return list(self.specs)
 
-    def forward(self, tokens: Mapping[str, Tensor], normalized: bool = False) -> dict[str, Tensor]:
-        """{tap: (B, T, D)} -> {adapter name: logits (B, C)}; each tap normalised once.
+    def forward(self, tokens: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """{tap: (B, T, D)} -> {adapter name: logits (B, C)}; each tap normalised once."""
+        return self.forward_normalized(stack_taps(tokens, self.taps, normalize=True))
 
-        ``normalized``: the tokens are already LayerNorm'd (e.g. read from the activation cache).
-        """
-        x = stack_taps(tokens, self.taps, normalize=not normalized)  # (n_taps, B, T, D)
+    def forward_normalized(self, x: Tensor) -> dict[str, Tensor]:
+        """x: normalised tokens of ``self.taps`` stacked, (n_taps, B, T, D) -> {name: (B, C)}."""
         out: dict[str, Tensor] = {}
         for k, stack in enumerate(self.stacks):
             sl = self._contiguous[k]

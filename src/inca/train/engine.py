@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from inca.adapters.base import stack_taps
 from inca.backbones.base import Backbone
+from inca.cache import ActivationCache
 from inca.data import ImageTransform, Splits, Subset, make_loader
 from inca.errors import IncaError
 from inca.select import accuracy, rank
@@ -53,29 +56,92 @@ class TrainConfig:
         return {k: v for k, v in asdict(self).items() if k not in ("progress", "workers")}
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The shuffled order of epoch ``epoch``: the same for online and cached training."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+
+
+class BatchSource:
+    """Normalised tokens of the bank's taps, (n_taps, B, T, D), with labels: from the backbone
+    (online) or from activation caches (no backbone pass at all)."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        splits: Splits,
+        taps: list[str],
+        config: TrainConfig,
+        caches: Mapping[str, ActivationCache] | None = None,
+    ) -> None:
+        self.backbone, self.splits, self.taps, self.config = backbone, splits, taps, config
+        self.caches = dict(caches or {})
+        self.backbone_seconds = 0.0
+
+    def train(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        cfg, subset = self.config, self.splits.train
+        order = epoch_order(len(subset), cfg.seed, epoch)
+        usable = len(order) // cfg.batch_size * cfg.batch_size  # drop the last partial batch
+        if "train" in self.caches:
+            cache = self.caches["train"]
+            for pos in order[:usable].split(cfg.batch_size):
+                yield cache.read(pos, self.taps, view=epoch), cache.labels[pos]
+            return
+        transform = ImageTransform(
+            self.backbone.preprocess, augment=cfg.augment, allow_hflip=subset.dataset.allow_hflip
+        )
+        ordered = Subset(subset.dataset, subset.indices[order[:usable].numpy()])
+        loader = make_loader(
+            ordered,
+            transform,
+            cfg.batch_size,
+            seed=cfg.seed * 1000 + epoch,
+            num_workers=cfg.workers,
+        )
+        yield from self._online(loader)
+
+    def evaluate(self, split: str) -> Iterator[tuple[Tensor, Tensor]]:
+        cfg, subset = self.config, getattr(self.splits, split)
+        if split in self.caches:
+            cache = self.caches[split]
+            for pos in torch.arange(len(subset)).split(cfg.eval_batch_size):
+                yield cache.read(pos, self.taps), cache.labels[pos]
+            return
+        loader = make_loader(
+            subset,
+            ImageTransform(self.backbone.preprocess),
+            cfg.eval_batch_size,
+            num_workers=cfg.workers,
+        )
+        yield from self._online(loader)
+
+    def _online(self, loader) -> Iterator[tuple[Tensor, Tensor]]:
+        for pixels, labels, _ in loader:
+            t0 = time.perf_counter()
+            tokens = self.backbone.forward_taps(pixels, self.taps)  # ONE pass, no grad
+            x = stack_taps(tokens, self.taps, normalize=True)
+            self.backbone_seconds += time.perf_counter() - t0
+            yield x, labels
+
+
 @torch.no_grad()
 def predict_all(
-    backbone: Backbone, bank: AdapterBank, subset: Subset, config: TrainConfig, desc: str
+    source: BatchSource, bank: AdapterBank, split: str, progress: bool = True
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """Every adapter's class probabilities on ``subset``: ({name: (N, C)}, labels (N,))."""
+    """Every adapter's class probabilities on ``split``: ({name: (N, C)}, labels (N,))."""
     bank.eval()
-    loader = make_loader(
-        subset,
-        ImageTransform(backbone.preprocess),
-        config.eval_batch_size,
-        num_workers=config.workers,
-    )
     probs: dict[str, list[Tensor]] = {n: [] for n in bank.names}
     labels = []
-    for pixels, y, _ in tqdm(
-        loader,
-        desc=desc,
+    n_batches = -(-len(getattr(source.splits, split)) // source.config.eval_batch_size)
+    for x, y in tqdm(
+        source.evaluate(split),
+        desc=split,
         unit="batch",
+        total=n_batches,
         leave=False,
-        disable=not config.progress,
+        disable=not progress,
         dynamic_ncols=True,
     ):
-        logits = bank(backbone.forward_taps(pixels, bank.taps))
+        logits = bank.forward_normalized(x.to(source.backbone.device))
         for n, lg in logits.items():
             probs[n].append(lg.float().softmax(-1).cpu())
         labels.append(y)
@@ -93,6 +159,7 @@ class OneToManyTrainer:
         config: TrainConfig,
         out_dir: str | Path,
         signature: dict[str, Any],
+        caches: Mapping[str, ActivationCache] | None = None,
     ) -> None:
         self.backbone, self.splits, self.config = backbone, splits, config
         self.out_dir = Path(out_dir)
@@ -103,6 +170,7 @@ class OneToManyTrainer:
             specs, backbone.taps, num_classes, backbone.num_prefix_tokens, seed=config.seed
         ).to(backbone.device)
         self.optimizer = torch.optim.AdamW(self.bank.param_groups())
+        self.source = BatchSource(backbone, splits, self.bank.taps, config, caches)
         self.steps_per_epoch = len(splits.train) // config.batch_size
         if self.steps_per_epoch == 0:
             raise IncaError(
@@ -180,38 +248,23 @@ class OneToManyTrainer:
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the training split: returns each adapter's mean training loss."""
-        cfg, epoch = self.config, self.epoch
-        transform = ImageTransform(
-            self.backbone.preprocess,
-            augment=cfg.augment,
-            allow_hflip=self.splits.train.dataset.allow_hflip,
-        )
-        loader = make_loader(
-            self.splits.train,
-            transform,
-            cfg.batch_size,
-            shuffle=True,
-            seed=cfg.seed * 1000 + epoch,
-            num_workers=cfg.workers,
-            drop_last=True,
-        )
+        cfg = self.config
         self.bank.train()
         loss_sum = {n: 0.0 for n in self.bank.names}
         device = self.backbone.device
-        start, seen = time.perf_counter(), 0
+        start, seen, steps = time.perf_counter(), 0, 0
+        backbone_before = self.source.backbone_seconds
         bar = tqdm(
-            loader,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            self.source.train(self.epoch),
+            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            total=self.steps_per_epoch,
             unit="batch",
             disable=not cfg.progress,
             dynamic_ncols=True,
         )
-        for pixels, labels, _ in bar:
-            t0 = time.perf_counter()
-            tokens = self.backbone.forward_taps(pixels, self.bank.taps)  # ONE pass, no grad
-            self.backbone_seconds += time.perf_counter() - t0
+        for x, labels in bar:
             labels = labels.to(device)
-            logits = self.bank(tokens)
+            logits = self.bank.forward_normalized(x.to(device))
             losses = {
                 n: F.cross_entropy(lg.float(), labels, label_smoothing=cfg.label_smoothing)
                 for n, lg in logits.items()
@@ -222,7 +275,7 @@ class OneToManyTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             torch.stack(list(losses.values())).sum().backward()  # ONE backward for all
             self.optimizer.step()
-            self.step += 1
+            self.step, steps = self.step + 1, steps + 1
             for n, loss in losses.items():
                 loss_sum[n] += loss.item()
             seen += len(labels)
@@ -233,13 +286,12 @@ class OneToManyTrainer:
             )
         bar.close()
         self.train_seconds += time.perf_counter() - start
+        self.backbone_seconds += self.source.backbone_seconds - backbone_before
         self.images_seen += seen
-        return {n: s / max(1, len(loader)) for n, s in loss_sum.items()}
+        return {n: s / max(1, steps) for n, s in loss_sum.items()}
 
     def validate(self) -> dict[str, float]:
-        probs, labels = predict_all(
-            self.backbone, self.bank, self.splits.val, self.config, desc="validate"
-        )
+        probs, labels = predict_all(self.source, self.bank, "val", self.config.progress)
         self.val_labels = labels
         accs = {n: accuracy(p, labels) for n, p in probs.items()}
         for n, acc in accs.items():

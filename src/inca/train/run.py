@@ -9,11 +9,14 @@ test accuracy), ``tasks/best`` and ``tasks/ensemble`` (loadable with ``inca.load
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from inca.backbones import Backbone, load_backbone
-from inca.data import make_splits
+from inca.cache import ActivationCache, build_cache, cache_request
+from inca.cache.format import read_header
+from inca.data import Splits, make_splits
 from inca.errors import IncaError
 from inca.io import write_json
 from inca.select import accuracy, ensemble_probs, rank, select_ensemble
@@ -54,8 +57,17 @@ def train(
     max_ensemble: int = 10,
     resume: bool = False,
     config: TrainConfig | None = None,
+    cache: str | Path | None = None,
+    cache_views: int = 1,
+    cache_dtype: str = "float16",
 ) -> dict[str, Any]:
-    """Train every adapter of ``plan`` at once and write the run directory; returns results."""
+    """Train every adapter of ``plan`` at once and write the run directory; returns results.
+
+    With ``cache``, the plan's taps of every split are read from activation caches in
+    ``cache/{train,val,test}`` (built there first if absent): the backbone runs once, not once
+    per epoch. The training cache holds ``cache_views`` views per image, augmented when there
+    are several (epoch e reads view e mod views); with one view there is no augmentation.
+    """
     config = config or TrainConfig()
     out = Path(out)
     started = time.perf_counter()
@@ -96,21 +108,69 @@ def train(
         f"{backbone.device}; {len(specs)} adapters on {len({s.tap for s in specs})} taps"
     )
 
-    trainer = OneToManyTrainer(backbone, splits, specs, config, out, signature)
+    caches = None
+    if cache is not None:
+        if cache_views == 1 and config.augment:
+            config = TrainConfig(**(asdict(config) | {"augment": False}))
+            print(
+                "cached training with one view per image: no augmentation (--cache-views K "
+                "caches K augmented views)"
+            )
+        taps = [t for t in backbone.taps if any(s.tap == t for s in specs)]
+        caches = open_caches(backbone, splits, taps, Path(cache), cache_views, cache_dtype, config)
+        signature["cache"] = {"views": cache_views, "dtype": cache_dtype}
+    trainer = OneToManyTrainer(backbone, splits, specs, config, out, signature, caches)
     trainer.fit(resume=resume)
     trainer.load_best()
     return finish(trainer, out, max_ensemble, started, data_info)
+
+
+def open_caches(
+    backbone: Backbone,
+    splits: Splits,
+    taps: list[str],
+    root: Path,
+    views: int,
+    dtype: str,
+    config: TrainConfig,
+) -> dict[str, ActivationCache]:
+    """The activation cache of each split under ``root``: reused when it matches, finished when
+    interrupted, built when absent, refused (with the differences) when it is another's."""
+    caches = {}
+    for split in ("train", "val", "test"):
+        subset = getattr(splits, split)
+        v = views if split == "train" else 1
+        augment = split == "train" and v > 1
+        directory = root / split
+        if not (directory / "header.json").exists() or not read_header(directory)["complete"]:
+            build_cache(
+                backbone,
+                subset,
+                taps,
+                directory,
+                views=v,
+                augment=augment,
+                dtype=dtype,
+                batch_size=config.eval_batch_size,
+                seed=config.seed,
+                workers=config.workers,
+                progress=config.progress,
+            )
+        cache = ActivationCache(directory)
+        cache.check(cache_request(backbone, subset, taps, dtype, v, augment, config.seed))
+        caches[split] = cache
+    return caches
 
 
 def finish(
     trainer: OneToManyTrainer, out: Path, max_ensemble: int, started: float, data_info: dict
 ) -> dict[str, Any]:
     """Select on validation, compute test accuracy once, save tasks, results and report."""
-    bank, splits, backbone = trainer.bank, trainer.splits, trainer.backbone
+    bank, backbone = trainer.bank, trainer.backbone
     val_probs, val_labels = trainer.best_val_probs, trainer.val_labels
     ensemble = select_ensemble(val_probs, val_labels, max_k=max_ensemble)
     best = rank(trainer.best_acc)[0]
-    test_probs, test_labels = predict_all(backbone, bank, splits.test, trainer.config, "test")
+    test_probs, test_labels = predict_all(trainer.source, bank, "test", trainer.config.progress)
     test_acc = {n: accuracy(p, test_labels) for n, p in test_probs.items()}
     ens_test = accuracy(ensemble_probs(test_probs, ensemble.members), test_labels)
     taps_order = list(backbone.taps)

@@ -1,0 +1,200 @@
+"""Writing an activation cache: one backbone pass over a split, resumable and atomic.
+
+Rows are written in order into pre-sized memory-mapped files; the header's ``rows_done`` moves
+on only after the rows before it are flushed, so an interrupted extraction resumes where it
+stopped and never trusts a half-written row. Before anything is written, the size is estimated
+and checked against the free disk space.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from inca.adapters.base import stack_taps
+from inca.backbones.base import Backbone
+from inca.cache.format import (
+    DTYPES,
+    HEADER,
+    differences,
+    indices_hash,
+    make_request,
+    read_header,
+    row_bytes,
+    tap_file,
+)
+from inca.data import ImageTransform, Subset, make_loader
+from inca.errors import IncaError
+from inca.io import write_json
+
+SAVE_EVERY_S = 20.0  # how often progress is made durable during extraction
+DISK_MARGIN = 1.05  # keep 5% headroom beyond the estimate
+
+
+def subset_info(subset: Subset) -> dict[str, Any]:
+    """What identifies the images of a split: the dataset's fingerprint and the indices."""
+    return {
+        "dataset": subset.dataset.name,
+        "dataset_split": subset.dataset.split,
+        "fingerprint": subset.dataset.fingerprint(),
+        "indices": indices_hash(subset.indices),
+        "n": len(subset),
+    }
+
+
+def backbone_record(backbone: Backbone) -> dict[str, Any]:
+    return {
+        "name": backbone.name,
+        "weights_hash": backbone.weights_hash,
+        "preprocess": backbone.preprocess.to_dict(),
+        "num_prefix_tokens": backbone.num_prefix_tokens,
+    }
+
+
+def cache_request(
+    backbone: Backbone,
+    subset: Subset,
+    taps: Sequence[str],
+    dtype: str,
+    views: int,
+    augment: bool,
+    seed: int,
+) -> dict[str, Any]:
+    shapes = {t: list(backbone.taps[t].shape) for t in backbone.validate_taps(list(taps))}
+    return make_request(
+        backbone_record(backbone), shapes, dtype, subset_info(subset), views, augment, seed
+    )
+
+
+def file_crc32(path: Path) -> str:
+    crc = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
+
+
+def check_disk(directory: Path, needed: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if needed * DISK_MARGIN > free:
+        raise IncaError(
+            f"the activation cache needs {needed / 2**30:.2f} GiB but {directory} has "
+            f"{free / 2**30:.2f} GiB free; free some space, cache fewer taps or views, or use "
+            "dtype float16/bfloat16"
+        )
+
+
+def build_cache(
+    backbone: Backbone,
+    subset: Subset,
+    taps: Sequence[str],
+    directory: str | Path,
+    views: int = 1,
+    augment: bool = False,
+    dtype: str = "float16",
+    batch_size: int = 64,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Extract ``taps`` for every image of ``subset`` (``views`` augmented views each) to
+    ``directory``. A complete matching cache is reused; an interrupted one is resumed."""
+    directory = Path(directory)
+    request = cache_request(backbone, subset, taps, dtype, views, augment, seed)
+    n, shapes = len(subset), request["taps"]
+    total_rows = views * n
+    header: dict[str, Any]
+    if (directory / HEADER).exists():
+        header = read_header(directory)
+        diff = differences(header, request) + ([] if header["taps"] == shapes else ["taps"])
+        if diff:
+            raise IncaError(
+                f"{directory} already holds another activation cache ({'; '.join(diff)}"
+                "); delete it or choose another directory"
+            )
+        if header["complete"]:
+            return directory
+        print(
+            f"resuming the activation cache at {directory}: {header['rows_done']}/"
+            f"{total_rows} rows done"
+        )
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        check_disk(directory, total_rows * row_bytes(shapes, dtype) + 16 * n)
+        header = request | {
+            "format": "inca-activation-cache",
+            "rows_done": 0,
+            "complete": False,
+            "rows": total_rows,
+            "crc32": {},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        np.asarray(subset.labels, dtype="<i8").tofile(directory / "labels.bin")
+        np.asarray(subset.indices, dtype="<i8").tofile(directory / "indices.bin")
+        np_dtype = DTYPES[dtype][0]
+        for tap, (t, d) in shapes.items():  # pre-sized (sparse) files
+            np.memmap(directory / tap_file(tap), np_dtype, "w+", shape=(total_rows, t, d)).flush()
+        write_json(directory / HEADER, header)
+
+    arrays = {
+        tap: np.memmap(directory / tap_file(tap), DTYPES[dtype][0], "r+", shape=(total_rows, t, d))
+        for tap, (t, d) in shapes.items()
+    }
+    torch_dtype = DTYPES[dtype][1]
+    done = header["rows_done"]
+    bar = tqdm(
+        total=total_rows,
+        initial=done,
+        desc=f"cache {directory.name}",
+        unit="img",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    last_save = time.perf_counter()
+    try:
+        while done < total_rows:
+            view, start = divmod(done, n)
+            transform = ImageTransform(
+                backbone.preprocess, augment=augment, allow_hflip=subset.dataset.allow_hflip
+            )
+            rest = Subset(subset.dataset, subset.indices[start:])
+            loader = make_loader(
+                rest, transform, batch_size, seed=seed * 1000 + view, num_workers=workers
+            )
+            for pixels, _, _ in loader:
+                tokens = backbone.forward_taps(pixels, list(shapes))
+                x = stack_taps(tokens, list(shapes), normalize=True).to(torch_dtype).cpu()
+                rows = slice(done, done + len(pixels))
+                for i, tap in enumerate(shapes):
+                    bits = x[i].view(torch.uint16) if dtype == "bfloat16" else x[i]
+                    arrays[tap][rows] = bits.numpy()
+                done += len(pixels)
+                bar.update(len(pixels))
+                if time.perf_counter() - last_save > SAVE_EVERY_S:
+                    _save_progress(directory, header, arrays, done)
+                    last_save = time.perf_counter()
+    finally:
+        bar.close()
+        _save_progress(directory, header, arrays, done)
+    header["crc32"] = {
+        f: file_crc32(directory / f)
+        for f in [tap_file(t) for t in shapes] + ["labels.bin", "indices.bin"]
+    }
+    header["complete"] = True
+    write_json(directory / HEADER, header)
+    return directory
+
+
+def _save_progress(directory: Path, header: dict, arrays: dict, done: int) -> None:
+    for a in arrays.values():
+        a.flush()  # the rows must be on disk before the header says they are
+    header["rows_done"] = done
+    write_json(directory / HEADER, header)

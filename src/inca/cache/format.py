@@ -1,0 +1,124 @@
+"""The on-disk activation cache: flat memory-mapped arrays beside a JSON header (nanoGPT's habit).
+
+A cache directory holds one split's tokens for some taps of one backbone:
+
+    header.json          what the arrays are (below), written atomically, rewritten as rows land
+    tap.<name>.bin       (views * N, T, D) normalised tokens, float16 / bfloat16 / float32
+    labels.bin           (N,) int64 class indices
+    indices.bin          (N,) int64 positions in the source dataset
+
+Row ``v * N + i`` of a tap file is view ``v`` of image ``i``. The tokens are stored already
+LayerNorm'd without affine (x̂), which is all an adapter reads, so training from the cache does
+no normalisation at all. The header records the request (backbone name and weights hash, taps
+and shapes, dtype, preprocessing, dataset fingerprint, split indices, views and augmentation),
+progress (``rows_done``) and, once complete, a CRC32 per file so corruption is detected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from inca.errors import IncaError
+
+VERSION = 1
+HEADER = "header.json"
+DTYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
+    "float16": (np.dtype(np.float16), torch.float16),
+    "bfloat16": (np.dtype(np.uint16), torch.bfloat16),  # numpy has no bf16: stored as raw bits
+    "float32": (np.dtype(np.float32), torch.float32),
+}
+# what must be equal for a cache to serve a request (the rest is progress and bookkeeping)
+REQUEST_KEYS = ("version", "backbone", "taps", "dtype", "data", "views", "augment", "seed")
+
+
+def tap_file(tap: str) -> str:
+    return f"tap.{tap}.bin"
+
+
+def indices_hash(indices: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(indices, dtype="<i8").tobytes()).hexdigest()[:16]
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise IncaError(f"unknown cache dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    return dtype
+
+
+def make_request(
+    backbone_info: dict,
+    taps: dict[str, list[int]],
+    dtype: str,
+    data: dict,
+    views: int,
+    augment: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """The header fields that identify what a cache holds (JSON-normalised for comparing)."""
+    if views < 1:
+        raise IncaError(f"views must be at least 1, got {views}")
+    if views > 1 and not augment:
+        raise IncaError(
+            "several views of an image are only different with augmentation; "
+            "use views=1 or turn augmentation on"
+        )
+    request = {
+        "version": VERSION,
+        "backbone": backbone_info,
+        "taps": taps,
+        "dtype": check_dtype(dtype),
+        "data": data,
+        "views": views,
+        "augment": augment,
+        "seed": seed,
+    }
+    return json.loads(json.dumps(request))
+
+
+def differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Readable differences between a cache's request and the one at hand."""
+    out = []
+    for key in REQUEST_KEYS:
+        a, b = saved.get(key), wanted.get(key)
+        if key == "taps" and isinstance(a, dict) and isinstance(b, dict):
+            missing = [t for t in b if t not in a]
+            if missing:
+                out.append(f"taps {missing} are not cached (cached: {', '.join(a)})")
+            out += [f"tap {t} shape {a[t]} vs {b[t]}" for t in b if t in a and a[t] != b[t]]
+        elif isinstance(a, dict) and isinstance(b, dict):
+            out += [
+                f"{key}.{k}: cached {a.get(k)!r}, wanted {b.get(k)!r}"
+                for k in sorted(a.keys() | b.keys())
+                if a.get(k) != b.get(k)
+            ]
+        elif a != b:
+            out.append(f"{key}: cached {a!r}, wanted {b!r}")
+    return out
+
+
+def row_bytes(taps: dict[str, list[int]], dtype: str) -> int:
+    itemsize = DTYPES[dtype][0].itemsize
+    return sum(t * d for t, d in taps.values()) * itemsize
+
+
+def read_header(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / HEADER
+    try:
+        header = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise IncaError(
+            f"no activation cache at {directory} ({HEADER} is missing); build one with `inca cache`"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise IncaError(
+            f"{path} is unreadable or corrupt ({e}); delete {directory} and build the cache again"
+        ) from e
+    if header.get("format") != "inca-activation-cache":
+        raise IncaError(f"{path} is not an inca activation cache header")
+    return header

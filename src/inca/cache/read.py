@@ -1,0 +1,83 @@
+"""Reading an activation cache: checked before use, then batches of normalised tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from inca.cache.build import file_crc32
+from inca.cache.format import DTYPES, differences, read_header, tap_file
+from inca.errors import IncaError
+
+
+class ActivationCache:
+    """A complete cache directory, opened read-only.
+
+    On open: the header must say complete, every file must have its expected size (a truncated
+    file is refused) and, with ``verify`` (default), its CRC32 (one sequential read, which also
+    warms the page cache for the first epoch).
+    """
+
+    def __init__(self, directory: str | Path, verify: bool = True) -> None:
+        self.directory = d = Path(directory)
+        self.header = h = read_header(d)
+        if not h.get("complete"):
+            raise IncaError(
+                f"the activation cache at {d} is incomplete ({h.get('rows_done')}/"
+                f"{h.get('rows')} rows); run the same `inca cache` (or train) "
+                "command again to finish it: it resumes"
+            )
+        self.n, self.views, self.dtype = h["data"]["n"], h["views"], h["dtype"]
+        self.shapes: dict[str, list[int]] = h["taps"]
+        np_dtype, self.torch_dtype = DTYPES[self.dtype]
+        expected = {
+            tap_file(t): h["rows"] * s[0] * s[1] * np_dtype.itemsize for t, s in self.shapes.items()
+        } | {"labels.bin": 8 * self.n, "indices.bin": 8 * self.n}
+        for name, size in expected.items():
+            path = d / name
+            actual = path.stat().st_size if path.exists() else None
+            if actual != size:
+                raise IncaError(
+                    f"activation cache file {path} is "
+                    f"{'missing' if actual is None else f'{actual} bytes'}, expected "
+                    f"{size}: truncated or damaged; delete {d} and build it again"
+                )
+            if verify and file_crc32(path) != h["crc32"].get(name):
+                raise IncaError(
+                    f"activation cache file {path} fails its checksum: corrupted; "
+                    f"delete {d} and build it again"
+                )
+        self.labels = torch.from_numpy(np.fromfile(d / "labels.bin", dtype="<i8"))
+        self.indices = torch.from_numpy(np.fromfile(d / "indices.bin", dtype="<i8"))
+        self.arrays = {
+            t: np.memmap(d / tap_file(t), np_dtype, "r", shape=(h["rows"], *s))
+            for t, s in self.shapes.items()
+        }
+
+    def check(self, request: dict[str, Any]) -> None:
+        """Refuse to serve a request this cache was not built for, saying what differs."""
+        diff = differences(self.header, request)
+        if diff:
+            raise IncaError(
+                f"the activation cache at {self.directory} does not match this run: "
+                f"{'; '.join(diff)}. Build a new cache (another directory) or use "
+                "the cached settings"
+            )
+
+    def read(self, positions: Tensor | np.ndarray, taps: Sequence[str], view: int = 0) -> Tensor:
+        """Normalised tokens of images ``positions`` (0..n-1) for ``taps``, view ``view``:
+        (n_taps, B, T, D) float32."""
+        rows = np.asarray(positions, dtype=np.int64) + (view % self.views) * self.n
+        t0, d0 = self.shapes[taps[0]]
+        out = torch.empty((len(taps), len(rows), t0, d0), dtype=torch.float32)
+        for i, tap in enumerate(taps):
+            block = torch.from_numpy(self.arrays[tap][rows])  # a copy of B rows
+            if self.dtype == "bfloat16":
+                block = block.view(torch.bfloat16)
+            out[i].copy_(block)  # -> float32
+        return out
