@@ -49,6 +49,7 @@ lint: setup-test
 
 bench: setup data
 	$(BIN)/python benchmarks/backbone_throughput.py
+	$(BIN)/inca bench
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

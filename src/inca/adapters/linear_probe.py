@@ -50,8 +50,12 @@ class LinearProbe(Adapter):
         """x: normalised tokens (N, B, T, D) -> logits (N, B, C)."""
         parts = []
         if "cls" in self.config.pool:
-            parts.append(x[:, :, 0])  # (N, B, D)
+            parts.append(x[:, :, 0].float())  # (N, B, D)
         if "mean" in self.config.pool:
-            parts.append(x[:, :, self.num_prefix_tokens :].mean(2))  # (N, B, D)
+            # the mean of the patch tokens as a matmul with averaging weights: no copy of x
+            T, p = x.shape[2], self.num_prefix_tokens
+            weights = x.new_zeros(T)
+            weights[p:] = 1.0 / (T - p)
+            parts.append(torch.matmul(weights, x).float())  # (N, B, D)
         features = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
         return stacked_linear(features, params["head.weight"], params["head.bias"])

@@ -59,6 +59,14 @@ def backbone_record(backbone: Backbone) -> dict[str, Any]:
     }
 
 
+def resolve_dtype(dtype: str, backbone: Backbone) -> str:
+    """"auto": bfloat16 when the backbone's tokens are bf16 (adapters then read them without a
+    conversion), else float16 (finer than bf16 for normalised tokens)."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if backbone.precision.output_dtype == torch.bfloat16 else "float16"
+
+
 def cache_request(
     backbone: Backbone,
     subset: Subset,
@@ -68,6 +76,7 @@ def cache_request(
     augment: bool,
     seed: int,
 ) -> dict[str, Any]:
+    dtype = resolve_dtype(dtype, backbone)
     shapes = {t: list(backbone.taps[t].shape) for t in backbone.validate_taps(list(taps))}
     return make_request(
         backbone_record(backbone), shapes, dtype, subset_info(subset), views, augment, seed
@@ -99,7 +108,7 @@ def build_cache(
     directory: str | Path,
     views: int = 1,
     augment: bool = False,
-    dtype: str = "float16",
+    dtype: str = "auto",
     batch_size: int = 64,
     seed: int = 0,
     workers: int | None = None,
@@ -109,7 +118,7 @@ def build_cache(
     ``directory``. A complete matching cache is reused; an interrupted one is resumed."""
     directory = Path(directory)
     request = cache_request(backbone, subset, taps, dtype, views, augment, seed)
-    n, shapes = len(subset), request["taps"]
+    n, shapes, dtype = len(subset), request["taps"], request["dtype"]
     total_rows = views * n
     header: dict[str, Any]
     if (directory / HEADER).exists():

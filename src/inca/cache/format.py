@@ -46,7 +46,7 @@ def indices_hash(indices: np.ndarray) -> str:
 
 
 def check_dtype(dtype: str) -> str:
-    if dtype not in DTYPES:
+    if dtype not in DTYPES:  # ("auto" is resolved against the backbone before this)
         raise IncaError(f"unknown cache dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     return dtype
 

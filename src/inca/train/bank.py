@@ -36,8 +36,10 @@ class AdapterBank(nn.Module):
         num_classes: int,
         num_prefix_tokens: int,
         seed: int = 0,
+        token_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
+        self.token_dtype = token_dtype  # what the adapters' token-sized matmuls read
         self.specs = {s.name: s for s in specs}
         self.taps = [t for t in taps if any(s.tap == t for s in specs)]  # backbone order
         groups: dict[tuple, list[tuple[AdapterSpec, Adapter]]] = {}
@@ -67,7 +69,8 @@ class AdapterBank(nn.Module):
 
     def forward(self, tokens: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """{tap: (B, T, D)} -> {adapter name: logits (B, C)}; each tap normalised once."""
-        return self.forward_normalized(stack_taps(tokens, self.taps, normalize=True))
+        x = stack_taps(tokens, self.taps, normalize=True, dtype=self.token_dtype)
+        return self.forward_normalized(x)
 
     def forward_normalized(self, x: Tensor) -> dict[str, Tensor]:
         """x: normalised tokens of ``self.taps`` stacked, (n_taps, B, T, D) -> {name: (B, C)}."""

@@ -59,7 +59,7 @@ def train(
     config: TrainConfig | None = None,
     cache: str | Path | None = None,
     cache_views: int = 1,
-    cache_dtype: str = "float16",
+    cache_dtype: str = "auto",
 ) -> dict[str, Any]:
     """Train every adapter of ``plan`` at once and write the run directory; returns results.
 

@@ -1,0 +1,375 @@
+"""`inca bench`: does one-to-many training cost what one backbone pass costs? Measured here.
+
+All timings come from one run on one machine, so the ratios are what matter:
+
+- R1 = one online training epoch of the plan / one epoch of plain tap extraction (same loader).
+- R2 = one training epoch from the activation cache / one extraction epoch.
+- R3 = the plan trained as separate single-adapter runs (each its own backbone pass) / the
+  one-to-many run, on a small subset.
+- R4 = peak resident memory of one-to-many online training / of extraction alone (each in a
+  fresh process).
+- the epoch time (online and cached) against the number of adapters: 1, 4, 16, 64;
+- backbone throughput in fp32 and bf16; the adapter computation in plain and folded form.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inca.adapters import InCAConfig, build_adapter
+from inca.adapters.stack import AdapterStack
+from inca.backbones import Backbone, load_backbone
+from inca.cache import ActivationCache, build_cache
+from inca.data import ImageTransform, Splits, make_loader, make_splits
+from inca.io import write_json
+from inca.train import OneToManyTrainer, TrainConfig, parse_plan
+
+PLAN = "inca taps=block.*; linear taps=block.*[-3:]"  # 12 InCA + 3 linear probes
+CURVE_PLANS = {
+    1: "inca taps=block.6",
+    4: "inca taps=block.*[::3]",
+    16: "inca taps=block.*[-8:] lr=1e-3,3e-4",
+    64: "inca taps=block.*[-8:] lr=1e-3,3e-4,1e-4,3e-5 wd=1e-4,1e-2",
+}
+TARGETS = {"R1": ("<=", 1.15), "R2": ("<=", 0.05), "R3": (">=", 10.0), "R4": ("<=", 1.3)}
+
+
+def extraction_epoch(
+    backbone: Backbone, splits: Splits, taps: list[str], cfg: TrainConfig
+) -> float:
+    """Seconds for one epoch of tap extraction through the training loader (no adapters)."""
+    subset = splits.train
+    transform = ImageTransform(
+        backbone.preprocess, augment=cfg.augment, allow_hflip=subset.dataset.allow_hflip
+    )
+    loader = make_loader(
+        subset,
+        transform,
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        num_workers=cfg.workers,
+        drop_last=True,
+    )
+    start = time.perf_counter()
+    for pixels, _, _ in loader:
+        backbone.forward_taps(pixels, taps)
+    return time.perf_counter() - start
+
+
+def trainer_for(
+    backbone: Backbone,
+    splits: Splits,
+    plan: str,
+    cfg: TrainConfig,
+    out: Path,
+    caches: dict | None = None,
+) -> OneToManyTrainer:
+    specs = parse_plan(plan, list(backbone.taps))
+    return OneToManyTrainer(backbone, splits, specs, cfg, out, {}, caches)
+
+
+def training_epoch(trainer: OneToManyTrainer) -> float:
+    start = time.perf_counter()
+    trainer.train_epoch()
+    return time.perf_counter() - start
+
+
+def adapter_compute(
+    paths=("plain", "folded"),
+    n: int = 12,
+    batch: int = 64,
+    tokens: int = 65,
+    dim: int = 384,
+    repeats: int = 10,
+) -> dict[str, float]:
+    """Forward+backward time of a stack of ``n`` InCA adapters in each exact form, images/s."""
+    x = torch.randn(n, batch, tokens, dim)
+    out = {}
+    for path in paths:
+        torch.manual_seed(0)
+        stack = AdapterStack([build_adapter(InCAConfig(path=path), dim, 10) for _ in range(n)])
+        stack(x).sum().backward()  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            stack(x).sum().backward()
+        out[path] = repeats * batch / (time.perf_counter() - start)
+    return out
+
+
+def backbone_throughput(model: str, size: int, batch: int = 32, seconds: float = 4.0) -> dict:
+    out = {}
+    for precision in ("fp32", "bf16"):
+        bb = load_backbone(model, image_size=size, precision=precision)
+        x = torch.randn(batch, 3, size, size)
+        bb.forward_taps(x)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or n < 2:
+            bb.forward_taps(x)
+            n += 1
+        out[precision] = n * batch / (time.perf_counter() - start)
+    return out
+
+
+def peak_memory(mode: str, args: dict[str, Any]) -> float:
+    """Peak RSS (MiB) of a fresh process doing one epoch of ``mode`` (extract or train)."""
+    code = (
+        "import json, sys; from inca.bench import memory_child; "
+        f"print(json.dumps(memory_child({mode!r}, json.loads(sys.argv[1]))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def peak_rss_mib() -> float:
+    """This process's resident high-water mark. (getrusage's ru_maxrss would inherit the peak of
+    the process that forked this one; /proc's VmHWM belongs to this image alone.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_child(mode: str, args: dict[str, Any]) -> dict[str, float]:
+    backbone = load_backbone(args["model"], image_size=args["image_size"])
+    splits = make_splits(args["data"], train_size=args["n"], val_size=args["val"], seed=0)
+    cfg = TrainConfig(batch_size=args["batch_size"], workers=0, progress=False)
+    taps = [t for t in backbone.taps if t.startswith("block.")]
+    if mode == "extract":
+        extraction_epoch(backbone, splits, taps, cfg)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            training_epoch(trainer_for(backbone, splits, PLAN, cfg, Path(tmp)))
+    return {"peak_mib": peak_rss_mib()}
+
+
+def run_benchmark(
+    model: str = "dinov2-small",
+    data: str = "fashion-mnist",
+    n: int = 1024,
+    small: int = 128,
+    curve_n: int = 512,
+    image_size: int = 112,
+    batch_size: int = 64,
+    out: str | Path = "benchmarks/results",
+) -> dict[str, Any]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    backbone = load_backbone(model, image_size=image_size)
+    cfg = TrainConfig(batch_size=batch_size, progress=False)
+    splits = make_splits(data, train_size=n, val_size=200, test_size=200, seed=0)
+    taps = [t for t in backbone.taps if t.startswith("block.")]
+    res: dict[str, Any] = {
+        "setup": {
+            "model": model,
+            "data": data,
+            "train_images": n,
+            "image_size": image_size,
+            "batch_size": batch_size,
+            "precision": backbone.precision.name,
+            "device": str(backbone.device),
+            "plan": PLAN,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        }
+    }
+    say = print
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        extraction_epoch(backbone, splits, taps, cfg)  # warm-up: page cache, kernels, workers
+        e = extraction_epoch(backbone, splits, taps, cfg)
+        say(f"extraction epoch ({n} images): {e:.1f} s = {n / e:.1f} img/s")
+        trainer = trainer_for(backbone, splits, PLAN, cfg, tmp / "online")
+        t_online = training_epoch(trainer)
+        say(f"one-to-many online epoch ({len(trainer.bank.names)} adapters): {t_online:.1f} s")
+        t0 = time.perf_counter()
+        cache_dir = build_cache(
+            backbone, splits.train, taps, tmp / "cache", progress=False, batch_size=batch_size
+        )
+        t_build = time.perf_counter() - t0
+        cache = ActivationCache(cache_dir)
+        caches = {"train": cache}
+        nocfg = TrainConfig(batch_size=batch_size, progress=False, augment=False)
+        cached = trainer_for(backbone, splits, PLAN, nocfg, tmp / "cached", caches)
+        training_epoch(cached)  # warm-up
+        t_cached = training_epoch(cached)
+        say(f"cache build: {t_build:.1f} s; one-to-many epoch from the cache: {t_cached:.2f} s")
+
+        # R3: every adapter of the plan as its own run (own backbone pass), on a small subset
+        sub = make_splits(data, train_size=small, val_size=64, test_size=64, seed=0)
+        many = trainer_for(backbone, sub, PLAN, cfg, tmp / "small")
+        t_many = training_epoch(many)
+        t_separate = 0.0
+        for name in many.bank.names:
+            spec = many.bank.specs[name]
+            alone = trainer_for(
+                backbone,
+                sub,
+                f"{spec.kind} taps={spec.tap} lr={spec.lr}",
+                cfg,
+                tmp / f"alone-{name}",
+            )
+            t_separate += training_epoch(alone)
+        say(
+            f"{len(many.bank.names)} separate runs: {t_separate:.1f} s vs one-to-many "
+            f"{t_many:.1f} s ({small} images)"
+        )
+
+        # the curve: epoch time against the number of adapters
+        curve_splits = make_splits(data, train_size=curve_n, val_size=64, test_size=64, seed=0)
+        curve_cache = ActivationCache(
+            build_cache(
+                backbone,
+                curve_splits.train,
+                taps,
+                tmp / "curve-cache",
+                progress=False,
+                batch_size=batch_size,
+            )
+        )
+        curve = []
+        e_curve = extraction_epoch(backbone, curve_splits, taps, cfg)
+        for count, plan in CURVE_PLANS.items():
+            on = training_epoch(trainer_for(backbone, curve_splits, plan, cfg, tmp / f"c{count}"))
+            tr = trainer_for(
+                backbone, curve_splits, plan, nocfg, tmp / f"cc{count}", {"train": curve_cache}
+            )
+            assert len(tr.bank.names) == count
+            training_epoch(tr)  # warm-up
+            off = training_epoch(tr)
+            curve.append(
+                {
+                    "adapters": count,
+                    "online_s": on,
+                    "cached_s": off,
+                    "online_vs_extraction": on / e_curve,
+                    "cached_vs_extraction": off / e_curve,
+                }
+            )
+            say(
+                f"  {count:>3} adapters: online {on:6.2f} s, cached {off:6.3f} s "
+                f"(extraction {e_curve:.2f} s, {curve_n} images)"
+            )
+
+    mem_args = {
+        "model": model,
+        "image_size": image_size,
+        "data": data,
+        "n": 256,
+        "val": 64,
+        "batch_size": batch_size,
+    }
+    mem_extract, mem_train = peak_memory("extract", mem_args), peak_memory("train", mem_args)
+    say(f"peak RSS: extraction {mem_extract:.0f} MiB, one-to-many training {mem_train:.0f} MiB")
+
+    res["ratios"] = {
+        "R1": t_online / e,
+        "R2": t_cached / e,
+        "R3": t_separate / t_many,
+        "R4": mem_train / mem_extract,
+    }
+    res["seconds"] = {
+        "extraction_epoch": e,
+        "online_epoch": t_online,
+        "cache_build": t_build,
+        "cached_epoch": t_cached,
+        "separate_runs": t_separate,
+        "one_to_many_small": t_many,
+    }
+    res["memory_mib"] = {"extraction": mem_extract, "one_to_many_training": mem_train}
+    res["curve"] = curve
+    say("backbone throughput and adapter computation ...")
+    res["backbone_images_per_s"] = {f"{s}px": backbone_throughput(model, s) for s in (112, 224)}
+    res["adapter_stack_images_per_s"] = adapter_compute()
+    res["met"] = {
+        k: (res["ratios"][k] <= v if op == "<=" else res["ratios"][k] >= v)
+        for k, (op, v) in TARGETS.items()
+    }
+    write_json(out / "one_to_many.json", res)
+    plot_curve(curve, e_curve, out / "epoch_time_vs_adapters.png", res["setup"])
+    print(format_table(res))
+    return res
+
+
+def format_table(res: dict[str, Any]) -> str:
+    lines = ["| ratio | measured | target | met |", "|---|---|---|---|"]
+    what = {
+        "R1": "online epoch / extraction epoch",
+        "R2": "cached epoch / extraction epoch",
+        "R3": "separate runs / one-to-many",
+        "R4": "peak RSS training / extraction",
+    }
+    for k, (op, v) in TARGETS.items():
+        lines.append(
+            f"| {k}: {what[k]} | {res['ratios'][k]:.3f} | {op} {v} | "
+            f"{'yes' if res['met'][k] else 'no'} |"
+        )
+    lines += [
+        "",
+        "| adapters | online epoch (s) | cached epoch (s) | online / extraction | "
+        "cached / extraction |",
+        "|---|---|---|---|---|",
+    ]
+    for row in res["curve"]:
+        lines.append(
+            f"| {row['adapters']} | {row['online_s']:.2f} | {row['cached_s']:.3f} | "
+            f"{row['online_vs_extraction']:.3f} | {row['cached_vs_extraction']:.4f} |"
+        )
+    bb = res["backbone_images_per_s"]
+    lines += ["", "| backbone | fp32 img/s | bf16 img/s |", "|---|---|---|"]
+    lines += [f"| {s} | {v['fp32']:.1f} | {v['bf16']:.1f} |" for s, v in bb.items()]
+    ad = res["adapter_stack_images_per_s"]
+    lines += [
+        "",
+        f"12 stacked InCA adapters, forward+backward, fp32: plain {ad['plain']:.0f} "
+        f"img/s, folded {ad['folded']:.0f} img/s ({ad['folded'] / ad['plain']:.1f}x)",
+    ]
+    return "\n".join(lines)
+
+
+def plot_curve(curve: list[dict], extraction_s: float, path: Path, setup: dict) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), dpi=150)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    xs = [r["adapters"] for r in curve]
+    ax.plot(xs, [r["online_s"] for r in curve], "o-", label="one-to-many, online")
+    ax.plot(xs, [r["cached_s"] for r in curve], "s-", label="one-to-many, from the cache")
+    ax.axhline(extraction_s, color="grey", ls=":", label="tap extraction alone")
+    ax.plot(
+        xs,
+        [extraction_s * x for x in xs],
+        "--",
+        color="tab:red",
+        alpha=0.6,
+        label="separate runs (extraction x adapters)",
+    )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel("adapters trained")
+    ax.set_ylabel("epoch time (s)")
+    ax.set_title(f"{setup['model']}, {setup['image_size']} px, {setup['device']}: epoch time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    from inca.io import atomic_write
+
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png")
