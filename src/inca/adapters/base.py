@@ -37,16 +37,16 @@ def stack_taps(
 ) -> Tensor:
     """{tap: (B, T, D)} -> (n_taps, B, T, D), LayerNorm'd (no affine) if ``normalize``.
 
-    One buffer for all taps (a dtype-converting copy, then one normalisation, which computes in
-    fp32 whatever ``dtype`` stores); an ordinary tensor even when the tokens came from
-    inference mode. ``dtype`` bf16 halves the memory traffic of the adapters' token-sized
+    One buffer for all taps, filled tap by tap (LayerNorm computes in fp32 whatever ``dtype``
+    stores); an ordinary tensor even when the tokens came from inference mode. ``dtype`` bf16 halves the memory traffic of the adapters' token-sized
     matmuls, which is most of their cost.
     """
     first = tokens[taps[0]]
     out = torch.empty((len(taps), *first.shape), dtype=dtype, device=first.device)
-    for i, t in enumerate(taps):
-        out[i].copy_(tokens[t])
-    return torch.nn.functional.layer_norm(out, out.shape[-1:]) if normalize else out
+    for i, t in enumerate(taps):  # tap by tap: one (n_taps, B, T, D) buffer, no second one
+        x = tokens[t]
+        out[i] = torch.nn.functional.layer_norm(x.to(dtype), x.shape[-1:]) if normalize else x
+    return out
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def backbone_record(backbone: Backbone) -> dict[str, Any]:
 
 
 def resolve_dtype(dtype: str, backbone: Backbone) -> str:
-    """"auto": bfloat16 when the backbone's tokens are bf16 (adapters then read them without a
+    """ "auto": bfloat16 when the backbone's tokens are bf16 (adapters then read them without a
     conversion), else float16 (finer than bf16 for normalised tokens)."""
     if dtype != "auto":
         return dtype
