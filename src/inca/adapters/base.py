@@ -38,8 +38,8 @@ def stack_taps(
     """{tap: (B, T, D)} -> (n_taps, B, T, D), LayerNorm'd (no affine) if ``normalize``.
 
     One buffer for all taps, filled tap by tap (LayerNorm computes in fp32 whatever ``dtype``
-    stores); an ordinary tensor even when the tokens came from inference mode. ``dtype`` bf16 halves the memory traffic of the adapters' token-sized
-    matmuls, which is most of their cost.
+    stores); an ordinary tensor even when the tokens came from inference mode. ``dtype`` bf16
+    halves the memory traffic of the adapters' token-sized matmuls, most of their cost.
     """
     first = tokens[taps[0]]
     out = torch.empty((len(taps), *first.shape), dtype=dtype, device=first.device)

@@ -129,6 +129,7 @@ class BatchSource:
             del tokens  # not held while the adapters train on x
             self.backbone_seconds += time.perf_counter() - t0
             yield x, labels
+            del x  # resumed for the next batch: drop this one before the next backbone pass
 
 
 @torch.no_grad()
