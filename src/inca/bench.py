@@ -255,7 +255,7 @@ def run_benchmark(
             )
             assert len(tr.bank.names) == count
             training_epoch(tr)  # warm-up
-            off = best_of(2, lambda: training_epoch(tr))
+            off = best_of(2, lambda tr=tr: training_epoch(tr))
             curve.append(
                 {
                     "adapters": count,
