@@ -363,7 +363,7 @@ def plot_curve(curve: list[dict], extraction_s: float, path: Path, setup: dict) 
         "--",
         color="tab:red",
         alpha=0.6,
-        label="separate runs (extraction x adapters)",
+        label="separate runs, each a full backbone pass (extraction x adapters)",
     )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")

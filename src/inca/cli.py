@@ -37,6 +37,28 @@ def _add_backbone_options(p: argparse.ArgumentParser, model: str = "dinov2-small
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
 
+def _add_split_options(p: argparse.ArgumentParser, train_size: int | None, val_size: float) -> None:
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=train_size,
+        help="stratified training subset (default: %(default)s)",
+    )
+    p.add_argument(
+        "--val-size",
+        type=float,
+        default=val_size,
+        help="count, or fraction, carved from train for validation (default: %(default)s)",
+    )
+    p.add_argument(
+        "--test-size",
+        type=int,
+        default=None,
+        help="stratified test subset (default: the whole test split)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+
 def _backbone(args: argparse.Namespace, name: str | None = None):
     from inca.backbones import load_backbone
 
@@ -347,15 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backbone_options(p)
     p.add_argument("--data", default="fashion-mnist", help="dataset (see `inca datasets`)")
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
-    p.add_argument("--train-size", type=int, default=None, help="stratified training subset")
-    p.add_argument(
-        "--val-size",
-        type=float,
-        default=0.1,
-        help="fraction or count carved from train for validation (default %(default)s)",
-    )
-    p.add_argument("--test-size", type=int, default=None, help="stratified test subset")
-    p.add_argument("--seed", type=int, default=0)
+    _add_split_options(p, train_size=None, val_size=0.1)
     p.add_argument("--taps", default=None, help="comma-separated taps (default: all)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None, help="loader processes (default: 2)")
@@ -377,14 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/train", help="run directory (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--train-size", type=int, default=10_000)
-    p.add_argument(
-        "--val-size",
-        type=float,
-        default=2_000,
-        help="count (or fraction) carved from train for validation",
-    )
-    p.add_argument("--test-size", type=int, default=None, help="default: the whole test split")
+    _add_split_options(p, train_size=10_000, val_size=2_000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="for plan entries without lr=")
@@ -393,7 +400,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
     p.add_argument("--max-ensemble", type=int, default=10, help="largest top-k ensemble tried")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
@@ -424,9 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="cache root: writes OUT/{train,val,test}")
     p.add_argument("--taps", default="block.*", help="tap names/globs (default: %(default)s)")
     p.add_argument("--splits", default="train,val,test")
-    p.add_argument("--train-size", type=int, default=10_000)
-    p.add_argument("--val-size", type=float, default=2_000)
-    p.add_argument("--test-size", type=int, default=None)
+    _add_split_options(p, train_size=10_000, val_size=2_000)
     p.add_argument("--views", type=int, default=1, help="augmented views per training image")
     p.add_argument(
         "--dtype",
@@ -435,7 +439,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: bfloat16 when the backbone runs in bf16, else float16",
     )
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_cache)

@@ -137,6 +137,15 @@ class Backbone(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    def identity(self) -> dict[str, Any]:
+        """What decides the tokens it gives: saved tasks and caches must match it to be served."""
+        return {
+            "name": self.name,
+            "weights_hash": self.weights_hash,
+            "preprocess": self.preprocess.to_dict(),
+            "num_prefix_tokens": self.num_prefix_tokens,
+        }
+
     def describe(self) -> dict[str, Any]:
         """What a saved artefact must record to be reloaded against the same backbone."""
         return {

@@ -50,15 +50,6 @@ def subset_info(subset: Subset) -> dict[str, Any]:
     }
 
 
-def backbone_record(backbone: Backbone) -> dict[str, Any]:
-    return {
-        "name": backbone.name,
-        "weights_hash": backbone.weights_hash,
-        "preprocess": backbone.preprocess.to_dict(),
-        "num_prefix_tokens": backbone.num_prefix_tokens,
-    }
-
-
 def resolve_dtype(dtype: str, backbone: Backbone) -> str:
     """ "auto": bfloat16 when the backbone's tokens are bf16 (adapters then read them without a
     conversion), else float16 (finer than bf16 for normalised tokens)."""
@@ -79,7 +70,7 @@ def cache_request(
     dtype = resolve_dtype(dtype, backbone)
     shapes = {t: list(backbone.taps[t].shape) for t in backbone.validate_taps(list(taps))}
     return make_request(
-        backbone_record(backbone), shapes, dtype, subset_info(subset), views, augment, seed
+        backbone.identity(), shapes, dtype, subset_info(subset), views, augment, seed
     )
 
 

@@ -39,12 +39,7 @@ def module_key(name: str) -> str:
 
 def backbone_info(backbone: Backbone) -> dict[str, Any]:
     """What a task records about its backbone: enough to reload it and to check it is the same."""
-    return {
-        "name": backbone.name,
-        "weights_hash": backbone.weights_hash,
-        "preprocess": backbone.preprocess.to_dict(),
-        "num_prefix_tokens": backbone.num_prefix_tokens,
-    }
+    return backbone.identity()
 
 
 def now_iso() -> str:

@@ -1,0 +1,33 @@
+"""The benchmark's reporting (the measurements themselves are a benchmark, not a test)."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from inca.bench import TARGETS, adapter_compute, format_table, peak_rss_mib, plot_curve
+
+
+def test_table_and_curve(tmp_path) -> None:
+    curve = [{"adapters": n, "online_s": 5 + n / 10, "cached_s": n / 100,
+              "online_vs_extraction": (5 + n / 10) / 5, "cached_vs_extraction": n / 500}
+             for n in (1, 4, 16, 64)]  # fmt: skip
+    ratios = {"R1": 1.1, "R2": 0.08, "R3": 8.5, "R4": 1.2}
+    res = {"ratios": ratios, "curve": curve,
+           "met": {k: (ratios[k] <= v if op == "<=" else ratios[k] >= v)
+                   for k, (op, v) in TARGETS.items()},
+           "backbone_images_per_s": {"112px": {"fp32": 50.0, "bf16": 90.0}},
+           "adapter_stack_images_per_s": {"plain": 80.0, "folded": 1200.0}}  # fmt: skip
+    table = format_table(res)
+    assert "| R2: cached epoch / extraction epoch | 0.080 | <= 0.05 | no |" in table
+    assert "| R1: online epoch / extraction epoch | 1.100 | <= 1.15 | yes |" in table
+    assert "| 64 | 11.40 | 0.640 |" in table and "(15.0x)" in table
+    path = tmp_path / "curve.png"
+    plot_curve(curve, 5.0, path, {"model": "m", "image_size": 112, "device": "cpu"})
+    with Image.open(path) as img:
+        assert img.size[0] > 500
+
+
+def test_folded_adapters_are_faster_and_memory_is_read() -> None:
+    speed = adapter_compute(n=2, batch=8, tokens=65, dim=64, repeats=2)
+    assert speed["plain"] > 0 and speed["folded"] > 0
+    assert 50 < peak_rss_mib() < 100_000
