@@ -297,6 +297,7 @@ def run_benchmark(
     }
     res["memory_mib"] = {"extraction": mem_extract, "one_to_many_training": mem_train}
     res["curve"] = curve
+    res["curve_extraction_s"] = e_curve  # the extraction epoch of the curve's subset
     say("backbone throughput and adapter computation ...")
     res["backbone_images_per_s"] = {f"{s}px": backbone_throughput(model, s) for s in (112, 224)}
     res["adapter_stack_images_per_s"] = adapter_compute()
