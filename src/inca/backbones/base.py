@@ -120,6 +120,14 @@ class Backbone(nn.Module):
         self._run = run or (lambda m, x: m(x))
         self._clone = clone_outputs
         self._taps: dict[str, TapInfo] | None = None
+        # set by sources whose model can be fine-tuned (Hugging Face towers); None otherwise
+        self.block_paths: list[str] | None = None
+        self.final_norm_path: str | None = None
+        self.output_is_final = True
+
+    def run_model(self, model: nn.Module, pixels: Tensor) -> Any:
+        """Call ``model`` (this backbone's module or a copy of it) the way the backbone does."""
+        return self._run(model, pixels)
 
     # ----------------------------------------------------------------- what can be read
     @property

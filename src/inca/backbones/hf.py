@@ -143,7 +143,7 @@ def hf_backbone(
     kwargs: dict[str, Any] = {}
     if "interpolate_pos_encoding" in inspect.signature(tower.forward).parameters:
         kwargs["interpolate_pos_encoding"] = size != cfg.image_size
-    return Backbone(
+    backbone = Backbone(
         tower,
         name=name or mtype or type(tower).__name__,
         preprocess=preprocess,
@@ -156,3 +156,8 @@ def hf_backbone(
         weights_hash=weights_hash,
         num_prefix_tokens=1 + (mtype == "deit") + getattr(cfg, "num_register_tokens", 0),
     )
+    # what fine-tuning methods need to run a trainable copy of the tower
+    backbone.block_paths = [tap_modules[f"block.{i}"] for i in range(depth)]
+    backbone.final_norm_path = norm
+    backbone.output_is_final = norm != "post_layernorm"  # CLIP norms only its pooled token
+    return backbone

@@ -21,6 +21,7 @@ from inca.backbones.base import Backbone
 from inca.backbones.registry import load_backbone
 from inca.errors import IncaError
 from inca.tasks.storage import load_task
+from inca.tasks.finetuned import FineTunedTask
 from inca.tasks.task import Task, backbone_info
 
 
@@ -68,7 +69,7 @@ class MultiTask:
         device: str | torch.device | None = None,
         precision: str | None = "auto",
     ) -> None:
-        loaded = [t if isinstance(t, Task) else load_task(t) for t in tasks]
+        loaded = [t if isinstance(t, Task | FineTunedTask) else load_task(t) for t in tasks]
         if not loaded:
             raise IncaError("MultiTask needs at least one task")
         self.tasks: dict[str, Task] = {}
@@ -100,14 +101,21 @@ class MultiTask:
                     "to load it"
                 )
         self.backbone = backbone
+        # tasks that change the backbone (fine-tuned) cannot share its frozen pass
+        self.separate = [t.name for t in loaded if getattr(t, "changes_backbone", False)]
+        for name in self.separate:
+            print(f"inca: task {name!r} changes the backbone's weights: it runs its own pass")
         self.taps = list(dict.fromkeys(tap for t in loaded for tap in t.taps))
         self._check_taps()
         for task in loaded:
-            task.to(device=backbone.device, dtype=torch.float32).eval()
+            if task.name not in self.separate:
+                task.to(device=backbone.device, dtype=torch.float32).eval()
 
     def _check_taps(self) -> None:
         taps = self.backbone.taps
         for task in self.tasks.values():
+            if task.name in self.separate:
+                continue
             for member, tap in task.member_taps.items():
                 width = task.member(member).in_dim
                 if tap not in taps or taps[tap].dim != width:
@@ -126,10 +134,17 @@ class MultiTask:
 
         One ``forward_taps`` call for all tasks; each tap normalised once for all of them.
         """
-        tokens = self.backbone.forward_taps(pixels, self.taps)  # {tap: (B, T, D)}
-        with torch.inference_mode():
-            normed = {tap: normalize_tokens(t) for tap, t in tokens.items()}  # float32
-            return {name: task.forward_normalized(normed) for name, task in self.tasks.items()}
+        out: dict[str, Tensor] = {}
+        if self.taps:  # ONE frozen pass for every adapter task
+            tokens = self.backbone.forward_taps(pixels, self.taps)  # {tap: (B, T, D)}
+            with torch.inference_mode():
+                normed = {tap: normalize_tokens(t) for tap, t in tokens.items()}  # float32
+                for name, task in self.tasks.items():
+                    if name not in self.separate:
+                        out[name] = task.forward_normalized(normed)
+        for name in self.separate:  # each fine-tuned task: its own pass
+            out[name] = self.tasks[name].predict_pixels(pixels, self.backbone)
+        return {name: out[name] for name in self.tasks}
 
     def predict(self, pixels: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
         """Pixels (B, 3, S, S) -> {task name: (labels (B,) int64, probabilities (B, C))}."""

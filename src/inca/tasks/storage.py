@@ -28,15 +28,30 @@ from torch import Tensor
 
 from inca.adapters import Adapter, adapter_config, build_adapter
 from inca.errors import IncaError, UnknownNameError
+from inca.finetune.config import FineTuneConfig
 from inca.io import write_json
+from inca.tasks.finetuned import FineTunedTask
 from inca.tasks.task import Task
 
 FORMAT, VERSION = "inca-task", 1
 TASK_JSON, WEIGHTS = "task.json", "adapters.safetensors"
 
 
-def task_record(task: Task) -> dict[str, Any]:
+def task_record(task: Task | FineTunedTask) -> dict[str, Any]:
     """The content of ``task.json``."""
+    if isinstance(task, FineTunedTask):
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": task.name,
+            "method": task.method,
+            "backbone": task.backbone_info,
+            "class_names": task.class_names,
+            "finetune": task.config.to_dict(),
+            "metrics": task.metrics,
+            "data": task.data,
+            "created": task.created,
+        }
     members = []
     for name in task.member_names:
         adapter = task.member(name)
@@ -63,8 +78,11 @@ def task_record(task: Task) -> dict[str, Any]:
     }
 
 
-def task_tensors(task: Task) -> dict[str, Tensor]:
-    """Every member's state dict, keyed "{member}/{parameter}" (parameter names have no "/")."""
+def task_tensors(task: Task | FineTunedTask) -> dict[str, Tensor]:
+    """Every member's state dict, keyed "{member}/{parameter}" (parameter names have no "/");
+    for a fine-tuned task, the weights fine-tuning changed."""
+    if isinstance(task, FineTunedTask):
+        return {k: v.contiguous() for k, v in task.state.items()}
     out = {}
     for name in task.member_names:
         for key, t in task.member(name).state_dict().items():
@@ -73,7 +91,7 @@ def task_tensors(task: Task) -> dict[str, Tensor]:
 
 
 # --------------------------------------------------------------------------- saving
-def save_task(task: Task, path: str | os.PathLike) -> Path:
+def save_task(task: Task | FineTunedTask, path: str | os.PathLike) -> Path:
     """Write ``task`` to the directory ``path``, replacing a task saved there before."""
     path = Path(path).expanduser()
     _check_replaceable(path)
@@ -122,7 +140,7 @@ def _fsync(file: Path) -> None:
 
 
 # --------------------------------------------------------------------------- loading
-def load_task(path: str | os.PathLike) -> Task:
+def load_task(path: str | os.PathLike) -> Task | FineTunedTask:
     """The task saved in directory ``path``: in eval mode, on the CPU (``.to(device)`` moves it)."""
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -131,6 +149,22 @@ def load_task(path: str | os.PathLike) -> Task:
     record = _read_record(file)
     tensors = _read_tensors(path / WEIGHTS)
     bb = record["backbone"]
+    if "finetune" in record:
+        try:
+            config = FineTuneConfig(**record["finetune"])
+        except TypeError as e:
+            raise IncaError(f"{file}: field finetune is not a fine-tuning config ({e})") from None
+        return FineTunedTask(
+            record["name"],
+            record["method"],
+            bb,
+            record["class_names"],
+            config,
+            tensors,
+            metrics=record.get("metrics"),
+            data=record.get("data"),
+            created=record.get("created"),
+        )
     num_classes = len(record["class_names"])
     members, used = [], set()
     for m in record["members"]:
@@ -198,7 +232,11 @@ def _read_record(file: Path) -> dict[str, Any]:
             f"{file} has task format version {record.get('version')!r}; this inca reads version "
             f"{VERSION}: use the inca version that saved it, or re-train the task"
         )
-    _require(record, file, "", name=str, method=str, backbone=dict, class_names=list, members=list)
+    _require(record, file, "", name=str, method=str, backbone=dict, class_names=list)
+    if "finetune" in record:
+        _require(record, file, "", finetune=dict)
+    else:
+        _require(record, file, "", members=list)
     _require(
         record["backbone"],
         file,
@@ -208,9 +246,9 @@ def _read_record(file: Path) -> dict[str, Any]:
         preprocess=dict,
         num_prefix_tokens=int,
     )
-    if not record["members"]:
+    if "finetune" not in record and not record["members"]:
         raise IncaError(f"{file} lists no members; re-save the task")
-    for i, m in enumerate(record["members"]):
+    for i, m in enumerate(record.get("members", [])):
         if not isinstance(m, dict):
             raise IncaError(f"{file}: members[{i}] is not an object; re-save the task")
         _require(m, file, f"members[{i}].", name=str, kind=str, tap=str, config=dict, in_dim=int)

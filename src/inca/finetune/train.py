@@ -1,0 +1,143 @@
+"""Training a fine-tuning method in the same harness as InCA: same data, splits, seeds, batch
+order, augmentation, schedule and selection rules (best validation epoch; test once)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from inca.backbones.base import Backbone
+from inca.data import ImageTransform, Splits, Subset, make_loader
+from inca.device import native_bf16
+from inca.errors import IncaError
+from inca.finetune.config import FineTuneConfig
+from inca.finetune.model import FineTuneModel
+from inca.select import accuracy
+from inca.train.bank import lr_factor
+from inca.train.engine import TrainConfig, epoch_order
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast where the hardware has bf16 (fp32 master weights), fp16 on older GPUs."""
+    if native_bf16(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+    model: FineTuneModel, subset: Subset, backbone: Backbone, config: TrainConfig, desc: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities (N, C) and labels (N,) of ``subset``."""
+    model.eval()
+    loader = make_loader(
+        subset,
+        ImageTransform(backbone.preprocess),
+        config.eval_batch_size,
+        num_workers=config.workers,
+    )
+    probs, labels = [], []
+    for pixels, y, _ in tqdm(
+        loader,
+        desc=desc,
+        unit="batch",
+        leave=False,
+        disable=not config.progress,
+        dynamic_ncols=True,
+    ):
+        with autocast_for(backbone.device):
+            logits = model(pixels.to(backbone.device))
+        probs.append(logits.float().softmax(-1).cpu())
+        labels.append(y)
+    return torch.cat(probs), torch.cat(labels)
+
+
+def fine_tune(
+    backbone: Backbone, splits: Splits, ft: FineTuneConfig, config: TrainConfig, out_dir: str | Path
+) -> tuple[FineTuneModel, dict[str, Any]]:
+    """Train ``ft`` for ``config.epochs``; returns the model at its best validation epoch and
+    its record (accuracies, time, trainable parameters). Logs to ``out_dir/log.jsonl``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = backbone.device
+    torch.manual_seed(config.seed)
+    model = FineTuneModel(backbone, len(splits.class_names), ft).to(device)
+    optimizer = torch.optim.AdamW(model.param_groups(), fused=True)
+    subset = splits.train
+    steps = len(subset) // config.batch_size
+    if steps == 0:
+        raise IncaError(
+            f"the training split has {len(subset)} images, fewer than one batch of "
+            f"{config.batch_size}; lower the batch size"
+        )
+    total, warmup = steps * config.epochs, int(config.warmup * steps * config.epochs)
+    best_acc, best_epoch, best_state, step, seen = -1.0, 0, model.changed_state(), 0, 0
+    train_seconds = 0.0
+    for epoch in range(config.epochs):
+        model.train()
+        order = epoch_order(len(subset), config.seed, epoch)[: steps * config.batch_size]
+        transform = ImageTransform(
+            backbone.preprocess, augment=config.augment, allow_hflip=subset.dataset.allow_hflip
+        )
+        loader = make_loader(
+            Subset(subset.dataset, subset.indices[order.numpy()]),
+            transform,
+            config.batch_size,
+            seed=config.seed * 1000 + epoch,
+            num_workers=config.workers,
+        )
+        start = time.perf_counter()
+        bar = tqdm(
+            loader,
+            desc=f"{ft.method} epoch {epoch + 1}/{config.epochs}",
+            unit="batch",
+            disable=not config.progress,
+            dynamic_ncols=True,
+        )
+        for pixels, labels, _ in bar:
+            with autocast_for(device):
+                logits = model(pixels.to(device))
+            loss = F.cross_entropy(
+                logits.float(), labels.to(device), label_smoothing=config.label_smoothing
+            )
+            factor = lr_factor(step, total, warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, seen = step + 1, seen + len(labels)
+            bar.set_postfix_str(
+                f"loss {loss.item():.3f}, "
+                f"{seen / (train_seconds + time.perf_counter() - start):.1f} img/s"
+            )
+        train_seconds += time.perf_counter() - start
+        probs, labels = evaluate(model, splits.val, backbone, config, "validate")
+        acc = accuracy(probs, labels)
+        if acc > best_acc:
+            best_acc, best_epoch, best_state = acc, epoch + 1, model.changed_state()
+        with open(out_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": epoch + 1, "val_acc": acc, "step": step}) + "\n")
+        print(
+            f"{ft.method} epoch {epoch + 1}/{config.epochs}: val {100 * acc:.2f}% "
+            f"(best {100 * best_acc:.2f}%)"
+        )
+    model.load_changed_state(best_state)
+    record = {
+        "val_acc": best_acc,
+        "best_epoch": best_epoch,
+        "train_time_s": train_seconds,
+        "train_images_per_s": seen / max(train_seconds, 1e-9),
+        "trainable_params": model.trainable_params(),
+        "config": ft.to_dict(),
+    }
+    return model, record
