@@ -332,6 +332,40 @@ def cmd_cache(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from inca.compare import compare, default_options, parse_methods
+    from inca.compare_report import compare_table
+    from inca.train import TrainConfig
+
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.no_progress,
+        augment=not args.no_augment,
+    )
+    options = default_options(
+        args.model,
+        args.data,
+        args.image_size,
+        args.train_size,
+        args.val_size,
+        args.test_size,
+        config,
+    )
+    options |= {"precision": args.precision, "device": args.device}
+    if args.lrs:  # "full=1e-5,3e-5 lora=1e-3"
+        options["lrs"] = {
+            k: [float(v) for v in vs.split(",")]
+            for k, _, vs in (item.partition("=") for item in args.lrs.split())
+        }
+    summary = compare(parse_methods(args.methods), options, args.out)
+    print()
+    print(compare_table(summary))
+    print(f"report: {args.out}/compare.md, plot: {args.out}/accuracy_vs_cost.png")
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from inca.bench import run_benchmark
 
@@ -442,6 +476,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("compare", help="InCA against linear probing and fine-tuning")
+    _add_backbone_options(p)
+    p.set_defaults(image_size=112)
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument(
+        "--methods",
+        default="linear,inca,partial,lora,full",
+        help="comma-separated, from: linear, inca, partial, lora, full",
+    )
+    p.add_argument("--out", default="runs/compare")
+    _add_split_options(p, train_size=10_000, val_size=2_000)
+    p.add_argument("--epochs", type=int, default=4, help="the same budget for every method")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--lrs",
+        default=None,
+        help='learning rates to sweep per method, e.g. "full=1e-5,3e-5 lora=1e-3"',
+    )
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bench", help="measure the one-to-many claims (R1-R4, the curve)")
     p.add_argument("--model", default="dinov2-small")

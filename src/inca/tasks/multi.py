@@ -20,8 +20,8 @@ from inca.adapters import normalize_tokens
 from inca.backbones.base import Backbone
 from inca.backbones.registry import load_backbone
 from inca.errors import IncaError
-from inca.tasks.storage import load_task
 from inca.tasks.finetuned import FineTunedTask
+from inca.tasks.storage import load_task
 from inca.tasks.task import Task, backbone_info
 
 

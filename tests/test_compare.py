@@ -1,0 +1,33 @@
+"""`inca compare` on a tiny model: every method through one harness; finished methods are kept."""
+
+from __future__ import annotations
+
+import json
+
+from inca.cli import main
+
+ARGS = ["--model", "tiny-dinov2", "--data", "digits", "--image-size", "32", "--train-size", "80",
+        "--val-size", "40", "--test-size", "40", "--epochs", "1", "--batch-size", "20",
+        "--workers", "0", "--no-progress", "--precision", "fp32",
+        "--lrs", "partial=1e-3 lora=1e-3,3e-3 full=1e-4"]  # fmt: skip
+
+
+def test_compare_runs_every_method_and_resumes(tmp_path, capsys) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", *ARGS, "--out", str(out)]) == 0
+    summary = json.loads((out / "compare.json").read_text())
+    methods = [r["method"] for r in summary["rows"]]
+    assert methods == ["linear", "inca", "inca-ensemble", "partial", "lora", "full"]
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert rows["lora"]["trainable_params"] < rows["full"]["trainable_params"]
+    assert [s["lr"] for s in rows["lora"]["sweep"]] == [1e-3, 3e-3]
+    assert rows["lora"]["task_bytes"] < rows["full"]["task_bytes"]
+    assert all(r["peak_rss_mib"] > 50 and r["train_time_s"] > 0 for r in rows.values())
+    assert (out / "compare.md").is_file() and (out / "accuracy_vs_cost.png").is_file()
+    # the saved tasks predict, adapter and fine-tuned alike
+    assert main(["eval", str(out / "lora" / "task"), "--no-progress"]) == 0
+    assert main(["eval", str(out / "inca"), "--no-progress"]) == 0
+    capsys.readouterr()
+    # a finished method is not rerun
+    assert main(["compare", *ARGS, "--out", str(out), "--methods", "lora,linear"]) == 0
+    assert "lora: done before, not rerun" in capsys.readouterr().out
