@@ -9,13 +9,15 @@ from inca.cli import main
 ARGS = ["--model", "tiny-dinov2", "--data", "digits", "--image-size", "32", "--train-size", "80",
         "--val-size", "40", "--test-size", "40", "--epochs", "1", "--batch-size", "20",
         "--workers", "0", "--no-progress", "--precision", "fp32",
-        "--lrs", "partial=1e-3 lora=1e-3,3e-3 full=1e-4"]  # fmt: skip
+        "--lrs", "partial=1e-3 lora=1e-3,3e-3 full=1e-4",
+        "--finetune", "layer_decay=0.8 lora_r=4"]  # fmt: skip
 
 
 def test_compare_runs_every_method_and_resumes(tmp_path, capsys) -> None:
     out = tmp_path / "cmp"
     assert main(["compare", *ARGS, "--out", str(out)]) == 0
     summary = json.loads((out / "compare.json").read_text())
+    assert summary["options"]["finetune"] == {"layer_decay": 0.8, "lora_r": 4}
     methods = [r["method"] for r in summary["rows"]]
     assert methods == ["linear", "inca", "inca-ensemble", "partial", "lora", "full"]
     rows = {r["method"]: r for r in summary["rows"]}

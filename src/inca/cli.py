@@ -360,6 +360,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
             k: [float(v) for v in vs.split(",")]
             for k, _, vs in (item.partition("=") for item in args.lrs.split())
         }
+    if args.finetune:  # "layer_decay=0.75 blocks=2 grad_checkpointing=true"
+        from inca.train.plan import parse_value
+
+        options["finetune"] = {
+            k: parse_value(v) for k, _, v in (item.partition("=") for item in args.finetune.split())
+        }
     summary = compare(parse_methods(args.methods), options, args.out)
     print()
     print(compare_table(summary))
@@ -494,6 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--lrs",
         default=None,
         help='learning rates to sweep per method, e.g. "full=1e-5,3e-5 lora=1e-3"',
+    )
+    p.add_argument(
+        "--finetune",
+        default=None,
+        help='fine-tuning options, e.g. "layer_decay=0.75 blocks=2 lora_r=8 '
+        'grad_checkpointing=true" (see inca.finetune.FineTuneConfig)',
     )
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--workers", type=int, default=None)
