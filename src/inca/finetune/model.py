@@ -9,6 +9,7 @@ only that: everything for full fine-tuning, k blocks for partial, the LoRA matri
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -60,7 +61,9 @@ class FineTuneModel(nn.Module):
                 lora_dropout=config.lora_dropout,
                 target_modules=lora_targets(model),
             )
-            model = get_peft_model(model, lora)
+            with warnings.catch_warnings():  # peft asks transformers 5 a deprecated question
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated")
+                model = get_peft_model(model, lora)
         self.model = model
         self.block_paths = list(backbone.block_paths)
         dim = backbone.taps["final"].dim
