@@ -38,20 +38,20 @@ TASK_JSON, WEIGHTS = "task.json", "adapters.safetensors"
 
 
 def task_record(task: Task | FineTunedTask) -> dict[str, Any]:
-    """The content of ``task.json``."""
+    """The content of ``task.json``: a common header, then the members or the fine-tuning."""
+    record = {
+        "format": FORMAT,
+        "version": VERSION,
+        "name": task.name,
+        "method": task.method,
+        "backbone": task.backbone_info,
+        "class_names": task.class_names,
+        "metrics": task.metrics,
+        "data": task.data,
+        "created": task.created,
+    }
     if isinstance(task, FineTunedTask):
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "name": task.name,
-            "method": task.method,
-            "backbone": task.backbone_info,
-            "class_names": task.class_names,
-            "finetune": task.config.to_dict(),
-            "metrics": task.metrics,
-            "data": task.data,
-            "created": task.created,
-        }
+        return record | {"finetune": task.config.to_dict()}
     members = []
     for name in task.member_names:
         adapter = task.member(name)
@@ -64,18 +64,7 @@ def task_record(task: Task | FineTunedTask) -> dict[str, Any]:
                 "in_dim": adapter.in_dim,
             }
         )
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "name": task.name,
-        "method": task.method,
-        "backbone": task.backbone_info,
-        "class_names": task.class_names,
-        "members": members,
-        "metrics": task.metrics,
-        "data": task.data,
-        "created": task.created,
-    }
+    return record | {"members": members}
 
 
 def task_tensors(task: Task | FineTunedTask) -> dict[str, Tensor]:
