@@ -59,6 +59,32 @@ def _add_split_options(p: argparse.ArgumentParser, train_size: int | None, val_s
     p.add_argument("--seed", type=int, default=0)
 
 
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    """What every training method shares (the same harness for all)."""
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
+    p.add_argument("--workers", type=int, default=None, help="loader processes (default: 2)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _train_config(args: argparse.Namespace):
+    from inca.train import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        warmup=args.warmup,
+        label_smoothing=args.label_smoothing,
+        augment=not args.no_augment,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+
+
 def _backbone(args: argparse.Namespace, name: str | None = None):
     from inca.backbones import load_backbone
 
@@ -158,18 +184,9 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from inca.train import TrainConfig, train
+    from inca.train import train
 
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        warmup=args.warmup,
-        label_smoothing=args.label_smoothing,
-        augment=not args.no_augment,
-        seed=args.seed,
-        workers=args.workers,
-        progress=not args.no_progress,
-    )
+    config = _train_config(args)
     results = train(
         model=args.model,
         data=args.data,
@@ -335,16 +352,8 @@ def cmd_cache(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from inca.compare import compare, default_options, parse_methods
     from inca.compare_report import compare_table
-    from inca.train import TrainConfig
 
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        workers=args.workers,
-        progress=not args.no_progress,
-        augment=not args.no_augment,
-    )
+    config = _train_config(args)
     options = default_options(
         args.model,
         args.data,
@@ -432,16 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/train", help="run directory (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     _add_split_options(p, train_size=10_000, val_size=2_000)
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="for plan entries without lr=")
     p.add_argument("--wd", type=float, default=1e-4, help="for plan entries without wd=")
-    p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
     p.add_argument("--max-ensemble", type=int, default=10, help="largest top-k ensemble tried")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
+    _add_training_options(p)
     p.add_argument(
         "--cache",
         default=None,
@@ -494,8 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/compare")
     _add_split_options(p, train_size=10_000, val_size=2_000)
-    p.add_argument("--epochs", type=int, default=4, help="the same budget for every method")
-    p.add_argument("--batch-size", type=int, default=64)
+    _add_training_options(p)  # the same budget and schedule for every method
     p.add_argument(
         "--lrs",
         default=None,
@@ -507,9 +509,6 @@ def build_parser() -> argparse.ArgumentParser:
         help='fine-tuning options, e.g. "layer_decay=0.75 blocks=2 lora_r=8 '
         'grad_checkpointing=true" (see inca.finetune.FineTuneConfig)',
     )
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bench", help="measure the one-to-many claims (R1-R4, the curve)")
