@@ -1,9 +1,12 @@
 """One-to-many training: one backbone pass feeds every adapter; one summed loss, one backward.
 
 Per batch: ONE ``forward_taps`` of the frozen backbone (no grad, bf16 where supported) for the
-union of the plan's taps; every adapter's cross-entropy; their sum; ONE backward; ONE AdamW step
-(a parameter group per adapter; linear warm-up then cosine). After each epoch every adapter is
-evaluated on validation and its best epoch kept; a checkpoint makes the run resumable.
+union of the plan's taps (or a read of the activation cache instead); every adapter's
+cross-entropy; their sum; ONE backward; ONE fused AdamW step (linear warm-up then cosine), with
+parameter groups per stack of adapters sharing a shape, lr and weight decay: AdamW is
+element-wise, so that trains each adapter exactly as a group of its own would. After each epoch
+every adapter is evaluated on validation and its best epoch kept; a checkpoint makes the run
+resumable.
 """
 
 from __future__ import annotations
