@@ -33,3 +33,15 @@ def test_compare_runs_every_method_and_resumes(tmp_path, capsys) -> None:
     # a finished method is not rerun
     assert main(["compare", *ARGS, "--out", str(out), "--methods", "lora,linear"]) == 0
     assert "lora: done before, not rerun" in capsys.readouterr().out
+
+
+def test_other_options_are_refused(tmp_path, capsys) -> None:
+    from inca.compare import compare
+
+    (tmp_path / "options.json").write_text('{"model": "other"}')
+    import pytest
+
+    from inca.errors import IncaError
+
+    with pytest.raises(IncaError, match="other options"):
+        compare(["linear"], {"model": "tiny-vit"}, tmp_path)

@@ -160,7 +160,17 @@ def compare(
     """Run each method (skipping finished ones), then write compare.json and the report."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "options.json", options)
+    saved = out / "options.json"
+    if saved.exists():  # results made with other options must not be mixed into this table
+        before = json.loads(saved.read_text())
+        now = json.loads(json.dumps(options))
+        diff = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if diff:
+            raise IncaError(
+                f"{out} holds a comparison made with other options "
+                f"({', '.join(diff)} differ); use the same options or another --out"
+            )
+    write_json(saved, options)
     for method in methods:
         result_file = out / method / "result.json"
         if result_file.exists():
