@@ -70,6 +70,19 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _splits(args: argparse.Namespace):
+    """The splits that _add_split_options asked for."""
+    from inca.data import make_splits
+
+    return make_splits(
+        args.data,
+        train_size=args.train_size,
+        val_size=args.val_size,
+        test_size=args.test_size,
+        seed=args.seed,
+    )
+
+
 def _train_config(args: argparse.Namespace):
     from inca.train import TrainConfig
 
@@ -135,19 +148,13 @@ def cmd_datasets(args: argparse.Namespace) -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
-    from inca.data import ImageTransform, make_loader, make_splits
+    from inca.data import ImageTransform, make_loader
     from inca.extract import extract_features
 
     backbone = _backbone(args)
     taps = [t.strip() for t in args.taps.split(",")] if args.taps else backbone.tap_names
     taps = backbone.validate_taps(taps)
-    splits = make_splits(
-        args.data,
-        train_size=args.train_size,
-        val_size=args.val_size,
-        test_size=args.test_size,
-        seed=args.seed,
-    )
+    splits = _splits(args)
     subset = getattr(splits, args.split)
     print(
         f"{args.data}: {splits.sizes()} images; extracting {args.split} ({len(subset)}) "
@@ -313,18 +320,11 @@ def cmd_cache(args: argparse.Namespace) -> None:
 
     from inca.cache import ActivationCache, build_cache
     from inca.cache.format import row_bytes
-    from inca.data import make_splits
     from inca.train.plan import select_taps
 
     backbone = _backbone(args)
     taps = select_taps(args.taps, list(backbone.taps))
-    splits = make_splits(
-        args.data,
-        train_size=args.train_size,
-        val_size=args.val_size,
-        test_size=args.test_size,
-        seed=args.seed,
-    )
+    splits = _splits(args)
     for split in [s.strip() for s in args.splits.split(",")]:
         subset = getattr(splits, split)
         views = args.views if split == "train" else 1
