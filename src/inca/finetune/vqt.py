@@ -1,0 +1,192 @@
+"""VQT, Visual Query Tuning: learned query tokens summarise every layer of a frozen transformer.
+
+Block i gets Q_i learned query tokens. They attend to the block's own tokens, but the keys and
+values exclude them, so every backbone token stays exactly what the frozen model computes; the
+query outputs are read after the whole block (attention, layer scale, MLP, residuals). A linear
+head reads the L2-normalised final CLS token concatenated with the L2-normalised query outputs
+of every layer.
+
+Memory. Because the backbone tokens never depend on the queries, the efficient path runs the
+backbone once without autograd, keeping only each block's keys and values (B, H, T, hd), and
+then runs each block on its Q query rows alone with those keys and values swapped in (see
+``inca.backbones.attention_routing``). Autograd then stores activations for B·Q rows per block
+instead of B·(T + Q), and no (T + Q)^2 attention maps. ``naive=True`` keeps the reference
+formulation (append the queries to the sequence, mask them out of the keys/values, keep the
+whole graph) to measure the difference and to test against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from inca.backbones.attention_routing import attention_module, capture_route, route_attention
+from inca.backbones.base import Backbone
+from inca.errors import IncaError
+from inca.finetune.config import FineTuneConfig
+
+
+def _tokens(out: Any) -> Tensor:
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+class VQTModel(nn.Module):
+    """Query tokens per block + a linear head over [CLS, query outputs]; the backbone is shared,
+    frozen and not a submodule (``train()`` must not switch it out of eval mode)."""
+
+    def __init__(self, backbone: Backbone, num_classes: int, config: FineTuneConfig) -> None:
+        super().__init__()
+        if backbone.block_paths is None:
+            raise IncaError(
+                f"{backbone.name}: VQT needs a Hugging Face transformer backbone (its blocks "
+                "and attention must be known)"
+            )
+        self.config, self.backbone_name = config, backbone.name
+        self._backbone = (backbone,)  # a tuple hides it from nn.Module registration
+        self.blocks = [backbone.model.get_submodule(p) for p in backbone.block_paths]
+        self.attentions = [attention_module(b) for b in self.blocks]
+        self.counts = config.query_counts(len(self.blocks))
+        dim = backbone.taps["final"].dim
+        generator = torch.Generator().manual_seed(0)
+        self.queries = nn.ParameterList(
+            [nn.Parameter(torch.randn(q, dim, generator=generator) * 0.02) for q in self.counts]
+        )
+        self.num_features = dim * (1 + sum(self.counts))
+        self.head = nn.Linear(self.num_features, num_classes)
+        self.register_buffer("selected", torch.arange(self.num_features))  # group-lasso keep
+
+    @property
+    def backbone(self) -> Backbone:
+        return self._backbone[0]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, pixels: Tensor) -> Tensor:
+        """pixels (B, 3, S, S) -> logits (B, C)."""
+        return self.head(self.features(pixels)[:, self.selected])
+
+    def features(self, pixels: Tensor) -> Tensor:
+        """pixels (B, 3, S, S) -> [L2(CLS), L2(query outputs) of every block] (B, F), float32."""
+        bb = self.backbone
+        pixels = pixels.to(bb.device, dtype=bb.precision.weight_dtype)
+        if self.config.vqt_naive:
+            final, outputs = self._naive_pass(pixels)
+        else:
+            final, outputs = self._efficient_pass(pixels)
+        if not bb.output_is_final:
+            final = bb.model.get_submodule(bb.final_norm_path)(final)
+        cls = final[:, 0] if bb.num_prefix_tokens else final.mean(1)  # (B, D)
+        parts = [F.normalize(cls.float(), dim=-1)]
+        parts += [F.normalize(o.float(), dim=-1).flatten(1) for o in outputs]  # (B, Q_i * D)
+        return torch.cat(parts, dim=-1)
+
+    def _queries(self, i: int, batch: int) -> Tensor:
+        """Block i's queries for a batch: (B, Q_i, D) in the backbone's weight dtype."""
+        dtype = self.backbone.precision.weight_dtype
+        return self.queries[i].to(dtype).unsqueeze(0).expand(batch, -1, -1)
+
+    def _efficient_pass(self, pixels: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The backbone without autograd (keeping keys/values), then each block on its queries."""
+        bb, used = self.backbone, [i for i, q in enumerate(self.counts) if q]
+        kv: dict[int, tuple[Tensor, Tensor]] = {}
+        reads = {self.attentions[i]: capture_route(kv, i) for i in used}
+        with torch.no_grad(), bb.precision.autocast(), route_attention(reads):
+            final = bb.run_model(bb.model, pixels).last_hidden_state  # (B, T, D)
+        swaps = {self.attentions[i]: (lambda k, v, i=i: kv[i]) for i in used}
+        outputs = []
+        with bb.precision.autocast(), route_attention(swaps):
+            for i in used:  # (B, Q_i, D) rows attend to the block's T keys/values
+                outputs.append(_tokens(self.blocks[i](self._queries(i, len(pixels)), None)))
+        return final, outputs
+
+    def _naive_pass(self, pixels: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Reference: append the queries to each block's input, drop them from the keys/values,
+        split them off the block's output; autograd keeps the whole graph."""
+        bb, used = self.backbone, [i for i, q in enumerate(self.counts) if q]
+        seen: dict[int, int] = {}  # block -> T (backbone tokens)
+        outputs: dict[int, Tensor] = {}
+        handles = []
+
+        def pre(i: int):
+            def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+                x = args[0]
+                seen[i] = x.shape[1]
+                q = self._queries(i, x.shape[0]).to(x.dtype)
+                return (torch.cat([x, q], dim=1), *args[1:]), kwargs
+
+            return hook
+
+        def post(i: int):
+            def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+                tokens = _tokens(out)
+                outputs[i] = tokens[:, seen[i] :]
+                kept = tokens[:, : seen[i]]
+                return (kept, *out[1:]) if isinstance(out, tuple) else kept
+
+            return hook
+
+        def drop_queries(i: int):
+            return lambda k, v: (k[:, :, : seen[i]], v[:, :, : seen[i]])
+
+        for i in used:
+            handles.append(self.blocks[i].register_forward_pre_hook(pre(i), with_kwargs=True))
+            handles.append(self.blocks[i].register_forward_hook(post(i), with_kwargs=True))
+        try:
+            routes = {self.attentions[i]: drop_queries(i) for i in used}
+            with bb.precision.autocast(), route_attention(routes):
+                final = bb.run_model(bb.model, pixels).last_hidden_state
+        finally:
+            for h in handles:
+                h.remove()
+        return final, [outputs[i] for i in used]
+
+    # ------------------------------------------------------------------ training harness
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Queries at lr (no weight decay: they are tokens), the head at head_lr."""
+        cfg = self.config
+        queries = [p for p in self.queries if p.numel()]
+        return [
+            {"params": queries, "lr": cfg.lr, "base_lr": cfg.lr, "weight_decay": 0.0},
+            {
+                "params": [self.head.weight],
+                "lr": cfg.head_lr,
+                "base_lr": cfg.head_lr,
+                "weight_decay": cfg.weight_decay,
+            },
+            {"params": [self.head.bias], "lr": cfg.head_lr, "base_lr": cfg.head_lr, "weight_decay": 0.0},
+        ]
+
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def changed_state(self) -> dict[str, Tensor]:
+        """Everything VQT adds: the queries, the head and the selected features."""
+        state = {f"queries.{i}": q for i, q in enumerate(self.queries)}
+        state |= {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        state["selected"] = self.selected
+        return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+    @torch.no_grad()
+    def load_changed_state(self, state: dict[str, Tensor]) -> None:
+        for i, q in enumerate(self.queries):
+            saved = state.get(f"queries.{i}")
+            if saved is None or saved.shape != q.shape:
+                raise IncaError(
+                    f"VQT weights do not fit: block {i} expects queries {tuple(q.shape)}, the "
+                    f"file has {None if saved is None else tuple(saved.shape)}"
+                )
+            q.copy_(saved)
+        selected = state["selected"].to(torch.long)
+        self.set_selection(selected)
+        self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+
+    def set_selection(self, selected: Tensor) -> None:
+        """Keep only the features ``selected`` (indices into the full feature vector); the head
+        is rebuilt to read them (its weights are then fitted or loaded)."""
+        if selected.numel() == 0 or int(selected.max()) >= self.num_features:
+            raise IncaError(f"feature selection must index 1..{self.num_features} features")
+        device = self.head.weight.device
+        self.selected = selected.to(device)
+        self.head = nn.Linear(len(selected), self.head.out_features).to(device)

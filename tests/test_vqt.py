@@ -1,0 +1,113 @@
+"""VQT: the backbone's tokens are untouched; the memory-efficient query path equals a plain
+append-and-mask reference (forward and gradients); attention routing changes nothing by itself."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import inca
+from inca.backbones.attention_routing import attention_module, route_attention
+from inca.errors import IncaError
+from inca.finetune.config import FineTuneConfig
+from inca.finetune.vqt import VQTModel
+
+FAMILIES = ("tiny-vit", "tiny-dinov2", "tiny-deit", "tiny-clip")
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def backbone(request):
+    return inca.load_backbone(request.param, precision="fp32")
+
+
+def pixels(n: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def vqt(backbone, **options) -> VQTModel:
+    model = VQTModel(backbone, 5, FineTuneConfig(method="vqt", **options))
+    with torch.no_grad():  # queries of a realistic scale, different per block
+        for i, q in enumerate(model.queries):
+            q.copy_(torch.randn(q.shape, generator=torch.Generator().manual_seed(i)))
+    return model
+
+
+def test_identity_routes_change_nothing(backbone) -> None:
+    x = pixels()
+    plain = backbone.run_model(backbone.model, x).last_hidden_state
+    blocks = [backbone.model.get_submodule(p) for p in backbone.block_paths]
+    with route_attention({attention_module(b): (lambda k, v: (k, v)) for b in blocks}):
+        routed = backbone.run_model(backbone.model, x).last_hidden_state
+    torch.testing.assert_close(routed, plain, atol=1e-5, rtol=1e-5)
+    after = backbone.run_model(backbone.model, x).last_hidden_state  # the route is gone
+    assert torch.equal(after, plain)
+
+
+@pytest.mark.parametrize("naive", [False, True])
+def test_backbone_tokens_are_unchanged(backbone, naive) -> None:
+    model = vqt(backbone, queries=2, vqt_naive=naive)
+    x = pixels()
+    plain = backbone.run_model(backbone.model, x).last_hidden_state
+    final, outputs = (model._naive_pass if naive else model._efficient_pass)(x)
+    torch.testing.assert_close(final, plain, atol=1e-5, rtol=1e-5)
+    assert [o.shape for o in outputs] == [(3, 2, 32)] * 4
+
+
+def test_zero_queries_in_a_block_leave_it_out(backbone) -> None:
+    model = vqt(backbone, queries=1, layer_queries="0:0,2:0,3:3")
+    assert model.counts == [0, 1, 0, 3]
+    assert model.features(pixels()).shape == (3, 32 * (1 + 1 + 3))
+    with pytest.raises(IncaError, match="at least one query"):
+        vqt(backbone, queries=0)
+    with pytest.raises(IncaError, match="BLOCK:COUNT"):
+        FineTuneConfig(method="vqt", layer_queries="last:2")
+
+
+def reference_features(model: VQTModel, x: torch.Tensor) -> torch.Tensor:
+    """Plain VQT: append block i's queries to its input, mask them out of the keys/values with
+    an additive attention mask, split them off the output. The whole graph is kept."""
+    bb = model.backbone
+    hf = bb.model
+    hidden = hf.embeddings(x)
+    if hasattr(hf, "pre_layrnorm"):  # CLIP normalises the embeddings first
+        hidden = hf.pre_layrnorm(hidden)
+    parts = []
+    for i, block in enumerate(model.blocks):
+        t, q = hidden.shape[1], model.counts[i]
+        mask = torch.zeros(len(x), 1, t + q, t + q)
+        mask[..., t:] = float("-inf")  # nobody attends to a query token
+        queries = model.queries[i].unsqueeze(0).expand(len(x), -1, -1)
+        out = block(torch.cat([hidden, queries], dim=1), mask)
+        out = out[0] if isinstance(out, tuple) else out
+        hidden = out[:, :t]
+        parts.append(torch.nn.functional.normalize(out[:, t:], dim=-1).flatten(1))
+    final = hf.get_submodule(bb.final_norm_path)(hidden)
+    cls = torch.nn.functional.normalize(final[:, 0], dim=-1)
+    return torch.cat([cls, *parts], dim=-1)
+
+
+@pytest.mark.parametrize("naive", [False, True])
+def test_query_path_equals_append_and_mask_reference(backbone, naive) -> None:
+    x = pixels()
+    weights = torch.randn(32 * (1 + 4 * 2), generator=torch.Generator().manual_seed(9))
+
+    def run(fn, model):
+        feats = fn(model, x)
+        (feats * weights).sum().backward()
+        return feats.detach(), [q.grad.clone() for q in model.queries]
+
+    model = vqt(backbone, queries=2, vqt_naive=naive)
+    ref = vqt(backbone, queries=2)
+    feats, grads = run(VQTModel.features, model)
+    ref_feats, ref_grads = run(reference_features, ref)
+    torch.testing.assert_close(feats, ref_feats, atol=2e-5, rtol=1e-4)
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert r.abs().sum() > 0  # every block's queries get a gradient
+        torch.testing.assert_close(g, r, atol=2e-5, rtol=1e-4)
+    assert all(p.grad is None for p in backbone.model.parameters())  # frozen
+
+
+def test_train_mode_leaves_the_backbone_in_eval(backbone) -> None:
+    model = vqt(backbone).train()
+    assert not backbone.model.training
+    assert {n.split(".")[0] for n, _ in model.named_parameters()} == {"queries", "head"}
