@@ -65,7 +65,7 @@ def test_lora_changes_no_backbone_weight(setup, tmp_path) -> None:
     assert record["trainable_params"] < setup[0].num_params / 4
 
 
-@pytest.mark.parametrize("method", ["full", "partial", "lora"])
+@pytest.mark.parametrize("method", ["full", "partial", "lora", "stochca", "vqt"])
 def test_saved_task_reloads_to_the_same_outputs(setup, tmp_path, method) -> None:
     backbone, splits = setup
     model, record = train(setup, tmp_path / "train", method=method)
@@ -87,8 +87,9 @@ def test_saved_task_reloads_to_the_same_outputs(setup, tmp_path, method) -> None
         expected = model(pixels).softmax(-1)
     torch.testing.assert_close(loaded.predict_pixels(pixels, backbone), expected)
     stored = sum(v.numel() for v in loaded.state.values())
-    if method == "lora":
-        assert stored < backbone.num_params / 4  # the LoRA matrices and the head only
+    if method in ("lora", "vqt"):
+        assert stored < backbone.num_params / 4  # the LoRA matrices / queries, and the head
+    assert loaded.changes_backbone == (method != "vqt")
 
 
 def test_multitask_runs_fine_tuned_tasks_on_their_own_pass(setup, tmp_path, capsys) -> None:

@@ -2,12 +2,14 @@
 
 Full fine-tuning trains every weight of the copy; partial, only its last k blocks (and the
 final norm); LoRA wraps its attention projections with ``peft`` low-rank adapters and trains
-those. ``changed_state()`` is what differs from the frozen backbone, so a saved task stores
+those; StochCA trains every weight while blocks at random attend to the frozen model's keys and
+values (``inca.finetune.stochca``). ``changed_state()`` is what differs from the frozen backbone, so a saved task stores
 only that: everything for full fine-tuning, k blocks for partial, the LoRA matrices for LoRA.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from typing import Any
@@ -15,9 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from inca.backbones.attention_routing import route_attention
 from inca.backbones.base import Backbone
 from inca.errors import IncaError
 from inca.finetune.config import LORA_TARGETS, FineTuneConfig
+from inca.finetune.stochca import StochasticCrossAttention
 
 
 def lora_targets(model: nn.Module) -> list[str]:
@@ -46,7 +50,7 @@ class FineTuneModel(nn.Module):
         self.output_is_final = backbone.output_is_final
         self.final_norm_path = backbone.final_norm_path
         model = copy.deepcopy(backbone.model).float().train()  # fp32 master weights
-        model.requires_grad_(config.method == "full")
+        model.requires_grad_(config.method in ("full", "stochca"))
         if config.method == "partial":
             for path in backbone.block_paths[-config.blocks :] + [backbone.final_norm_path]:
                 model.get_submodule(path).requires_grad_(True)
@@ -65,6 +69,11 @@ class FineTuneModel(nn.Module):
                 warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated")
                 model = get_peft_model(model, lora)
         self.model = model
+        self.stochca = (
+            StochasticCrossAttention(backbone, model, config.stochca_p, config.stochca_per_sample)
+            if config.method == "stochca"
+            else None
+        )
         self.block_paths = list(backbone.block_paths)
         dim = backbone.taps["final"].dim
         self.head = nn.Linear(2 * dim if self.num_prefix_tokens else dim, num_classes)
@@ -75,7 +84,11 @@ class FineTuneModel(nn.Module):
 
     def forward(self, pixels: Tensor) -> Tensor:
         """pixels (B, 3, S, S) -> logits (B, C)."""
-        hidden = self._run(self.model, pixels).last_hidden_state  # (B, T, D)
+        routes = {}
+        if self.stochca is not None and self.training and self.config.stochca_p > 0:
+            routes = self.stochca.routes(pixels, self.stochca.draw(len(pixels)))
+        with route_attention(routes) if routes else contextlib.nullcontext():
+            hidden = self._run(self.model, pixels).last_hidden_state  # (B, T, D)
         if not self.output_is_final:
             hidden = self.base().get_submodule(self.final_norm_path)(hidden)
         p = self.num_prefix_tokens
@@ -156,3 +169,13 @@ class FineTuneModel(nn.Module):
             raise IncaError(f"fine-tuned weights do not fit this backbone: {unknown[:3]}")
         for k, v in body.items():
             own[k].copy_(v)
+
+
+def build_model(backbone: Backbone, num_classes: int, config: FineTuneConfig) -> nn.Module:
+    """The trainable model of ``config.method`` on ``backbone``: a fine-tuned copy, or VQT's
+    queries and head on the shared frozen backbone."""
+    if config.method == "vqt":
+        from inca.finetune.vqt import VQTModel
+
+        return VQTModel(backbone, num_classes, config)
+    return FineTuneModel(backbone, num_classes, config)

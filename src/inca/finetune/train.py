@@ -18,7 +18,7 @@ from inca.data import ImageTransform, Splits, Subset, make_loader
 from inca.device import native_bf16
 from inca.errors import IncaError
 from inca.finetune.config import FineTuneConfig
-from inca.finetune.model import FineTuneModel
+from inca.finetune.model import build_model
 from inca.select import accuracy
 from inca.train.bank import lr_factor
 from inca.train.engine import TrainConfig, epoch_order
@@ -35,7 +35,7 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
 
 @torch.no_grad()
 def evaluate(
-    model: FineTuneModel, subset: Subset, backbone: Backbone, config: TrainConfig, desc: str
+    model: torch.nn.Module, subset: Subset, backbone: Backbone, config: TrainConfig, desc: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities (N, C) and labels (N,) of ``subset``."""
     model.eval()
@@ -63,14 +63,16 @@ def evaluate(
 
 def fine_tune(
     backbone: Backbone, splits: Splits, ft: FineTuneConfig, config: TrainConfig, out_dir: str | Path
-) -> tuple[FineTuneModel, dict[str, Any]]:
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train ``ft`` for ``config.epochs``; returns the model at its best validation epoch and
     its record (accuracies, time, trainable parameters). Logs to ``out_dir/log.jsonl``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = backbone.device
     torch.manual_seed(config.seed)
-    model = FineTuneModel(backbone, len(splits.class_names), ft).to(device)
+    model = build_model(backbone, len(splits.class_names), ft).to(device)
+    if getattr(model, "stochca", None) is not None:
+        model.stochca.seed(config.seed)
     optimizer = torch.optim.AdamW(model.param_groups(), fused=True)
     subset = splits.train
     steps = len(subset) // config.batch_size

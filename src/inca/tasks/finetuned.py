@@ -1,9 +1,10 @@
-"""A fine-tuned task: a new head plus the backbone weights fine-tuning changed.
+"""A task trained through the backbone: a new head plus what the method changed or added.
 
-Unlike adapter tasks it changes the backbone, so it cannot share a frozen backbone pass:
-:class:`~inca.tasks.MultiTask` runs it on its own (and says so). It stores only the changed
-weights (all of them for full fine-tuning, the last k blocks for partial, the LoRA matrices for
-LoRA) and rebuilds its model on the frozen backbone it was trained from.
+Unlike adapter tasks it cannot share a plain frozen backbone pass: fine-tuned tasks change the
+backbone's weights, and VQT's queries must be read inside every block. :class:`MultiTask` runs
+it on its own (and says why). It stores only what the method changed or added (all weights for
+full fine-tuning and StochCA, the last k blocks for partial, the LoRA matrices for LoRA, the
+query tokens for VQT) and rebuilds its model on the frozen backbone it was trained from.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from inca.finetune.config import FineTuneConfig
 
 
 class FineTunedTask(nn.Module):
-    changes_backbone = True
+    own_pass = True  # MultiTask runs it on its own pass
     taps: list[str] = []  # reads no frozen taps: it runs its own model
     member_taps: dict[str, str] = {}
 
@@ -47,15 +48,20 @@ class FineTunedTask(nn.Module):
         self._model: nn.Module | None = None
 
     @property
+    def changes_backbone(self) -> bool:
+        """VQT reads the frozen backbone (with queries inside); the others change its weights."""
+        return self.method != "vqt"
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     def build(self, backbone: Backbone) -> nn.Module:
         """Its model on ``backbone`` (the frozen one it was trained from), built once."""
         if self._model is None:
-            from inca.finetune.model import FineTuneModel
+            from inca.finetune.model import build_model
 
-            model = FineTuneModel(backbone, self.num_classes, self.config)
+            model = build_model(backbone, self.num_classes, self.config)
             model.load_changed_state(self.state)
             self._model = model.to(backbone.device).eval()
         return self._model

@@ -101,10 +101,15 @@ class MultiTask:
                     "to load it"
                 )
         self.backbone = backbone
-        # tasks that change the backbone (fine-tuned) cannot share its frozen pass
-        self.separate = [t.name for t in loaded if getattr(t, "changes_backbone", False)]
+        # tasks trained through the backbone (fine-tuned, VQT) cannot share its plain pass
+        self.separate = [t.name for t in loaded if getattr(t, "own_pass", False)]
         for name in self.separate:
-            print(f"inca: task {name!r} changes the backbone's weights: it runs its own pass")
+            why = (
+                "changes the backbone's weights"
+                if self.tasks[name].changes_backbone
+                else "reads its query tokens inside every block"
+            )
+            print(f"inca: task {name!r} {why}: it runs its own pass")
         self.taps = list(dict.fromkeys(tap for t in loaded for tap in t.taps))
         self._check_taps()
         for task in loaded:
