@@ -9,7 +9,7 @@ from inca.cli import main
 ARGS = ["--model", "tiny-dinov2", "--data", "digits", "--image-size", "32", "--train-size", "80",
         "--val-size", "40", "--test-size", "40", "--epochs", "1", "--batch-size", "20",
         "--workers", "0", "--no-progress", "--precision", "fp32",
-        "--lrs", "partial=1e-3 lora=1e-3,3e-3 full=1e-4",
+        "--lrs", "partial=1e-3 lora=1e-3,3e-3 full=1e-4 stochca=1e-4 vqt=1e-2",
         "--finetune", "layer_decay=0.8 lora_r=4"]  # fmt: skip
 
 
@@ -19,16 +19,21 @@ def test_compare_runs_every_method_and_resumes(tmp_path, capsys) -> None:
     summary = json.loads((out / "compare.json").read_text())
     assert summary["options"]["finetune"] == {"layer_decay": 0.8, "lora_r": 4}
     methods = [r["method"] for r in summary["rows"]]
-    assert methods == ["linear", "inca", "inca-ensemble", "partial", "lora", "full"]
+    assert methods == [
+        "linear", "inca", "inca-ensemble", "vqt", "partial", "lora", "full", "stochca"
+    ]  # fmt: skip
     rows = {r["method"]: r for r in summary["rows"]}
     assert rows["lora"]["trainable_params"] < rows["full"]["trainable_params"]
     assert [s["lr"] for s in rows["lora"]["sweep"]] == [1e-3, 3e-3]
     assert rows["lora"]["task_bytes"] < rows["full"]["task_bytes"]
+    assert rows["vqt"]["trainable_params"] < rows["lora"]["trainable_params"]
+    assert rows["vqt"]["task_bytes"] < rows["stochca"]["task_bytes"]
     assert all(r["peak_rss_mib"] > 50 and r["train_time_s"] > 0 for r in rows.values())
     assert (out / "compare.md").is_file() and (out / "accuracy_vs_cost.png").is_file()
     # the saved tasks predict, adapter and fine-tuned alike
     assert main(["eval", str(out / "lora" / "task"), "--no-progress"]) == 0
     assert main(["eval", str(out / "inca"), "--no-progress"]) == 0
+    assert main(["eval", str(out / "vqt" / "task"), "--no-progress"]) == 0
     capsys.readouterr()
     # a finished method is not rerun
     assert main(["compare", *ARGS, "--out", str(out), "--methods", "lora,linear"]) == 0
@@ -45,3 +50,18 @@ def test_other_options_are_refused(tmp_path, capsys) -> None:
 
     with pytest.raises(IncaError, match="other options"):
         compare(["linear"], {"model": "tiny-vit"}, tmp_path)
+
+
+def test_train_runs_one_method(tmp_path, capsys) -> None:
+    out = tmp_path / "vqt"
+    args = ["train", *ARGS, "--method", "vqt", "--lrs", "1e-2", "--out", str(out),
+            "--finetune", "queries=2 layer_queries=0:0"]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert [s["lr"] for s in result["rows"][0]["sweep"]] == [1e-2]
+    task = json.loads((out / "task" / "task.json").read_text())
+    assert task["method"] == "vqt" and task["finetune"]["layer_queries"] == "0:0"
+    assert "saved task" in capsys.readouterr().out
+    assert main([*args, "--resume"]) == 0
+    assert "not rerun" in capsys.readouterr().out
+    assert main(["eval", str(out / "task"), "--no-progress"]) == 0

@@ -9,9 +9,11 @@ inca extract [options]           pooled features of a dataset split, with throug
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from inca.errors import IncaError
 
@@ -191,6 +193,8 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    if args.method is not None:
+        return train_method(args)
     from inca.train import train
 
     config = _train_config(args)
@@ -349,11 +353,29 @@ def cmd_cache(args: argparse.Namespace) -> None:
         )
 
 
-def cmd_compare(args: argparse.Namespace) -> None:
-    from inca.compare import compare, default_options, parse_methods
-    from inca.compare_report import compare_table
+def _parse_lrs(text: str, method: str | None) -> dict[str, list[float]]:
+    items = text.split()
+    if method is not None and len(items) == 1 and "=" not in items[0]:
+        items = [f"{method}={items[0]}"]
+    lrs = {}
+    for item in items:
+        name, _, values = item.partition("=")
+        try:
+            lrs[name] = [float(v) for v in values.split(",")]
+        except ValueError:
+            raise IncaError(
+                f"--lrs: cannot read {item!r}; write METHOD=LR,LR,... per method, e.g. "
+                '"full=1e-5,3e-5 vqt=1e-3"'
+            ) from None
+    return lrs
 
-    config = _train_config(args)
+
+def _method_options(args: argparse.Namespace) -> dict:
+    """What `inca compare` and `inca train --method` hand to each method: data, splits, budget,
+    precision, learning-rate sweeps and fine-tuning options."""
+    from inca.compare import default_options
+    from inca.train.plan import parse_value
+
     options = default_options(
         args.model,
         args.data,
@@ -361,24 +383,61 @@ def cmd_compare(args: argparse.Namespace) -> None:
         args.train_size,
         args.val_size,
         args.test_size,
-        config,
+        _train_config(args),
     )
     options |= {"precision": args.precision, "device": args.device}
-    if args.lrs:  # "full=1e-5,3e-5 lora=1e-3"
-        options["lrs"] = {
-            k: [float(v) for v in vs.split(",")]
-            for k, _, vs in (item.partition("=") for item in args.lrs.split())
-        }
+    if args.lrs:  # "full=1e-5,3e-5 lora=1e-3", or for one --method "1e-3,1e-2"
+        options["lrs"] = _parse_lrs(args.lrs, getattr(args, "method", None))
     if args.finetune:  # "layer_decay=0.75 blocks=2 grad_checkpointing=true"
-        from inca.train.plan import parse_value
-
         options["finetune"] = {
             k: parse_value(v) for k, _, v in (item.partition("=") for item in args.finetune.split())
         }
-    summary = compare(parse_methods(args.methods), options, args.out)
+    return options
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lrs",
+        default=None,
+        help='learning rates to sweep per method, e.g. "full=1e-5,3e-5 vqt=1e-3" (with '
+        '--method: just "1e-3,1e-2")',
+    )
+    p.add_argument(
+        "--finetune",
+        default=None,
+        help='method options, e.g. "layer_decay=0.75 blocks=2 lora_r=8 stochca_p=0.1 '
+        'queries=1 grad_checkpointing=true" (see inca.finetune.FineTuneConfig)',
+    )
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from inca.compare import compare, parse_methods
+    from inca.compare_report import compare_table
+
+    summary = compare(parse_methods(args.methods), _method_options(args), args.out)
     print()
     print(compare_table(summary))
     print(f"report: {args.out}/compare.md, plot: {args.out}/accuracy_vs_cost.png")
+
+
+def train_method(args: argparse.Namespace) -> None:
+    """`inca train --method M`: one method of the comparison harness, in this process."""
+    from inca.compare import run_method
+    from inca.compare_report import compare_table
+    from inca.io import write_json
+
+    out = Path(args.out)
+    done = out / "result.json"
+    if args.resume and done.exists():
+        print(f"{args.method}: finished before in {out}, not rerun")
+        result = json.loads(done.read_text())
+    else:
+        options = _method_options(args)
+        result = run_method(args.method, options, out)
+        write_json(done, result)
+    print()
+    print(compare_table({"rows": result["rows"], "budget": f"{args.epochs} epochs"}))
+    print(f"saved task: {result['rows'][0]['task']} (try: inca predict TASK IMAGE...)")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -426,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
 
+    from inca.compare import METHODS
     from inca.train.plan import DEFAULT_PLAN
 
     p = sub.add_parser("train", help="one-to-many training of many adapters (the main job)")
@@ -440,6 +500,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/train", help="run directory (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument(
+        "--method",
+        default=None,
+        choices=list(METHODS),
+        help="train one method of `inca compare` instead of the adapter plan (vqt, stochca, "
+        "full, partial, lora, ...), with its own learning-rate sweep",
+    )
+    _add_method_options(p)
     _add_split_options(p, train_size=10_000, val_size=2_000)
     p.add_argument("--lr", type=float, default=1e-3, help="for plan entries without lr=")
     p.add_argument("--wd", type=float, default=1e-4, help="for plan entries without wd=")
@@ -486,29 +554,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_cache)
 
-    p = sub.add_parser("compare", help="InCA against linear probing and fine-tuning")
+    p = sub.add_parser("compare", help="InCA against linear probing, VQT and fine-tuning methods")
     _add_backbone_options(p)
     p.set_defaults(image_size=112)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument(
         "--methods",
-        default="linear,inca,partial,lora,full",
-        help="comma-separated, from: linear, inca, partial, lora, full",
+        default="linear,inca,vqt,partial,lora,full,stochca",
+        help=f"comma-separated, from: {', '.join(METHODS)}",
     )
     p.add_argument("--out", default="runs/compare")
     _add_split_options(p, train_size=10_000, val_size=2_000)
     _add_training_options(p)  # the same budget and schedule for every method
-    p.add_argument(
-        "--lrs",
-        default=None,
-        help='learning rates to sweep per method, e.g. "full=1e-5,3e-5 lora=1e-3"',
-    )
-    p.add_argument(
-        "--finetune",
-        default=None,
-        help='fine-tuning options, e.g. "layer_decay=0.75 blocks=2 lora_r=8 '
-        'grad_checkpointing=true" (see inca.finetune.FineTuneConfig)',
-    )
+    _add_method_options(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bench", help="measure the one-to-many claims (R1-R4, the curve)")

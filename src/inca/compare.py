@@ -1,11 +1,12 @@
-"""`inca compare`: InCA against linear probing and fine-tuning, in one harness, on the user's data.
+"""`inca compare`: InCA against linear probing, fine-tuning, LoRA, StochCA and VQT, in one
+harness, on the user's data.
 
 Every method sees the same data, preprocessing, splits, seeds, batch order, epoch budget and
 selection rule (best on validation; test once). Methods that need a learning rate sweep get a
 small one, chosen on validation. Each method runs in its own process, so its peak memory is its
 own, and writes ``<out>/<method>/result.json``: a finished method is never rerun.
 
-    inca compare --methods linear,inca,partial,lora,full --out runs/compare
+    inca compare --methods linear,inca,vqt,partial,lora,full,stochca --out runs/compare
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ METHODS: dict[str, tuple[str, list[float]]] = {
     "partial": ("finetune", [1e-4, 3e-4]),
     "lora": ("finetune", [3e-4, 1e-3]),
     "full": ("finetune", [2e-5, 5e-5]),
+    "stochca": ("finetune", [2e-5, 5e-5]),  # full fine-tuning's sweep, p = 0.1
+    "vqt": ("finetune", [1e-3, 1e-2]),  # queries and head share the rate
 }
 PLANS = {"linear": "linear taps=block.*[-1:] lr={lrs}", "inca": "inca taps=block.* lr={lrs}"}
 

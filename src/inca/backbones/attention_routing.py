@@ -57,7 +57,8 @@ def attention_module(block: nn.Module) -> nn.Module:
     found = [
         m
         for m in block.modules()
-        if hasattr(m, "config") and any(isinstance(getattr(m, n, None), nn.Linear) for n in KEY_NAMES)
+        if hasattr(m, "config")
+        and any(isinstance(getattr(m, n, None), nn.Linear) for n in KEY_NAMES)
     ]
     if len(found) != 1:
         raise IncaError(
@@ -94,7 +95,9 @@ class StopForward(Exception):
     """Raised by a route to end a forward pass once everything needed has been read."""
 
 
-def capture_route(store: dict[int, tuple[Tensor, Tensor]], index: int, stop: bool = False) -> KVRoute:
+def capture_route(
+    store: dict[int, tuple[Tensor, Tensor]], index: int, stop: bool = False
+) -> KVRoute:
     """A route that records block ``index``'s keys/values in ``store`` (and may end the pass)."""
 
     def route(key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:

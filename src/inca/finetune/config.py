@@ -21,7 +21,8 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "query", "key", "value")
 
 @dataclass(frozen=True)
 class FineTuneConfig:
-    """method: full | partial | lora | stochca | vqt. lr: backbone learning rate; head_lr: the new head's.
+    """method: full | partial | lora | stochca | vqt. lr: backbone learning rate (VQT: queries
+    and head); head_lr: the new head's.
     layer_decay: layer-wise lr decay (block i of L gets lr·decay^(L-i); 1 = none).
     blocks: how many last blocks "partial" trains. lora_r / lora_alpha / lora_dropout: LoRA rank,
     scale and dropout on the attention projections. grad_checkpointing: recompute block

@@ -3,8 +3,9 @@
 Full fine-tuning trains every weight of the copy; partial, only its last k blocks (and the
 final norm); LoRA wraps its attention projections with ``peft`` low-rank adapters and trains
 those; StochCA trains every weight while blocks at random attend to the frozen model's keys and
-values (``inca.finetune.stochca``). ``changed_state()`` is what differs from the frozen backbone, so a saved task stores
-only that: everything for full fine-tuning, k blocks for partial, the LoRA matrices for LoRA.
+values (``inca.finetune.stochca``). ``changed_state()`` is what differs from the frozen
+backbone, so a saved task stores only that: everything for full fine-tuning and StochCA, k
+blocks for partial, the LoRA matrices for LoRA.
 """
 
 from __future__ import annotations

@@ -29,7 +29,9 @@ from inca.backbones.base import Backbone
 class StochasticCrossAttention:
     """Draws which blocks cross-attend this step and provides the routes that make them."""
 
-    def __init__(self, backbone: Backbone, trainable: nn.Module, p: float, per_sample: bool) -> None:
+    def __init__(
+        self, backbone: Backbone, trainable: nn.Module, p: float, per_sample: bool
+    ) -> None:
         self.backbone, self.p, self.per_sample = backbone, p, per_sample
         paths = backbone.block_paths or []
         self.frozen = [attention_module(backbone.model.get_submodule(b)) for b in paths]

@@ -144,18 +144,13 @@ class VQTModel(nn.Module):
 
     # ------------------------------------------------------------------ training harness
     def param_groups(self) -> list[dict[str, Any]]:
-        """Queries at lr (no weight decay: they are tokens), the head at head_lr."""
-        cfg = self.config
+        """Queries and head at lr (the one rate VQT sweeps); weight decay on the head's matrix
+        only (queries are tokens)."""
+        lr, wd = self.config.lr, self.config.weight_decay
         queries = [p for p in self.queries if p.numel()]
         return [
-            {"params": queries, "lr": cfg.lr, "base_lr": cfg.lr, "weight_decay": 0.0},
-            {
-                "params": [self.head.weight],
-                "lr": cfg.head_lr,
-                "base_lr": cfg.head_lr,
-                "weight_decay": cfg.weight_decay,
-            },
-            {"params": [self.head.bias], "lr": cfg.head_lr, "base_lr": cfg.head_lr, "weight_decay": 0.0},
+            {"params": queries + [self.head.bias], "lr": lr, "base_lr": lr, "weight_decay": 0.0},
+            {"params": [self.head.weight], "lr": lr, "base_lr": lr, "weight_decay": wd},
         ]
 
     def trainable_params(self) -> int:
