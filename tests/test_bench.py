@@ -31,3 +31,14 @@ def test_folded_adapters_are_faster_and_memory_is_read() -> None:
     speed = adapter_compute(n=2, batch=8, tokens=65, dim=64, repeats=2)
     assert speed["plain"] > 0 and speed["folded"] > 0
     assert 50 < peak_rss_mib() < 100_000
+
+
+def test_memory_benchmark_measures_each_mode(tmp_path) -> None:
+    from inca.bench_memory import measure, run_memory_benchmark
+
+    row = measure("vqt", "tiny-vit", 32, 4, steps=1)
+    assert row["peak_mib"] >= row["in_use_before_step_mib"] > 0
+    assert row["trainable_params"] == 4 * 32 + (32 * 5) * 10 + 10  # queries + head
+    out = run_memory_benchmark(["inference", "vqt-naive"], "tiny-vit", 32, 4, tmp_path / "m.json")
+    assert [r["mode"] for r in out["rows"]] == ["inference", "vqt-naive"]
+    assert (tmp_path / "m.json").is_file()

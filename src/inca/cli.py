@@ -440,6 +440,15 @@ def train_method(args: argparse.Namespace) -> None:
     print(f"saved task: {result['rows'][0]['task']} (try: inca predict TASK IMAGE...)")
 
 
+def cmd_bench_memory(args: argparse.Namespace) -> None:
+    from inca.bench_memory import run_memory_benchmark
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    run_memory_benchmark(modes, args.model, args.image_size, args.batch_size, args.out)
+    if args.out:
+        print(f"written: {args.out}")
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from inca.bench import run_benchmark
 
@@ -568,6 +577,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(p)  # the same budget and schedule for every method
     _add_method_options(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "bench-memory", help="training-step peak memory: VQT, naive VQT, full fine-tuning, ..."
+    )
+    p.add_argument("--model", default="dinov2-small")
+    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--modes", default="inference,vqt,vqt-naive,full,stochca,lora")
+    p.add_argument("--out", default="benchmarks/results/memory.json")
+    p.set_defaults(func=cmd_bench_memory)
 
     p = sub.add_parser("bench", help="measure the one-to-many claims (R1-R4, the curve)")
     p.add_argument("--model", default="dinov2-small")

@@ -1,0 +1,149 @@
+"""Training-step memory: VQT (memory-efficient) beside the naive VQT forward, full fine-tuning,
+StochCA and plain inference. ``inca bench-memory`` prints the table and writes JSON.
+
+Each mode runs in a fresh process (allocator caches from one mode must not count for another):
+load the backbone, build the model and its AdamW, run one warm-up step (the optimizer's states
+exist after it), reset the high-water mark, run ``steps`` more steps, read the peak. On the CPU
+the peak is the resident set (VmHWM, reset through ``/proc/self/clear_refs``); on a GPU it is
+``torch.cuda.max_memory_allocated``. "inference" is the frozen backbone's forward under
+inference mode with the same batch: the floor every method pays.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MODES = {
+    "inference": None,
+    "vqt": {"method": "vqt"},
+    "vqt-naive": {"method": "vqt", "vqt_naive": True},
+    "full": {"method": "full"},
+    "stochca": {"method": "stochca", "stochca_p": 1.0},  # every block cross-attends: its worst
+    "lora": {"method": "lora"},
+}
+
+
+def _rss_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak(device) -> float:
+    """Reset the high-water mark; returns the memory in use now (MiB)."""
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    return _rss_mib("VmRSS")
+
+
+def _peak(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return _rss_mib("VmHWM")
+
+
+def measure(mode: str, model: str, image_size: int, batch: int, steps: int = 2) -> dict[str, Any]:
+    """One mode, in this process: peak memory (MiB) and seconds per step."""
+    import torch
+    import torch.nn.functional as F
+
+    from inca.backbones import load_backbone
+    from inca.finetune.config import FineTuneConfig
+    from inca.finetune.model import build_model
+    from inca.finetune.train import autocast_for
+
+    backbone = load_backbone(model, image_size=image_size)
+    device = backbone.device
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randn(batch, 3, image_size, image_size, generator=g).to(device)
+    labels = torch.randint(0, 10, (batch,), generator=g).to(device)
+    if MODES[mode] is None:
+
+        def step() -> None:
+            backbone.forward_taps(pixels, ["final"])
+
+        trainable = 0
+    else:
+        net = build_model(backbone, 10, FineTuneConfig(**MODES[mode])).to(device).train()
+        optimizer = torch.optim.AdamW(net.param_groups(), fused=True)
+        trainable = net.trainable_params()
+
+        def step() -> None:
+            with autocast_for(device):
+                logits = net(pixels)
+            F.cross_entropy(logits.float(), labels).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up: optimizer states, allocator pools
+    before = _reset_peak(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = (time.perf_counter() - start) / steps
+    peak = _peak(device)
+    return {
+        "mode": mode,
+        "peak_mib": round(peak, 1),
+        "in_use_before_step_mib": round(before, 1),
+        "step_extra_mib": round(peak - before, 1),
+        "s_per_step": round(seconds, 3),
+        "trainable_params": trainable,
+        "device": str(device),
+    }
+
+
+def run_memory_benchmark(
+    modes: list[str], model: str, image_size: int, batch: int, out: str | Path | None
+) -> dict[str, Any]:
+    """Every mode in its own process; the table printed, the JSON written to ``out``."""
+    from inca.errors import UnknownNameError
+
+    for m in modes:
+        if m not in MODES:
+            raise UnknownNameError("memory benchmark mode", m, MODES)
+    rows = []
+    for mode in modes:
+        code = (
+            "import json, sys; from inca.bench_memory import measure; "
+            "print(json.dumps(measure(sys.argv[1], sys.argv[2], int(sys.argv[3]), "
+            "int(sys.argv[4]))))"
+        )
+        args = [sys.executable, "-c", code, mode, model, str(image_size), str(batch)]
+        done = subprocess.run(args, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"memory benchmark of {mode} failed:\n{done.stderr[-2000:]}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(format_row(rows[-1], rows[0]), flush=True)
+    result = {"model": model, "image_size": image_size, "batch": batch, "rows": rows}
+    if out:
+        from inca.io import write_json
+
+        write_json(Path(out), result)
+    return result
+
+
+def format_row(row: dict[str, Any], first: dict[str, Any]) -> str:
+    ratio = row["peak_mib"] / first["peak_mib"]
+    return (
+        f"{row['mode']:<10} peak {row['peak_mib']:>8.0f} MiB ({ratio:4.2f}x {first['mode']}), "
+        f"{row['s_per_step']:>6.2f} s/step, {row['trainable_params']:>11,} trainable"
+    )
