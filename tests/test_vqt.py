@@ -111,3 +111,39 @@ def test_train_mode_leaves_the_backbone_in_eval(backbone) -> None:
     model = vqt(backbone).train()
     assert not backbone.model.training
     assert {n.split(".")[0] for n, _ in model.named_parameters()} == {"queries", "head"}
+
+
+def test_group_lasso_ranks_the_informative_features_first() -> None:
+    from inca.finetune.group_lasso import select_features
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (300,), generator=g)
+    noise = torch.randn(300, 20, generator=g)
+    signal = torch.nn.functional.one_hot(labels, 3).float() * 2 + 0.3 * torch.randn(300, 3)
+    features = torch.cat([noise[:, :7], signal, noise[:, 7:]], dim=1)  # informative: 7, 8, 9
+    keep = select_features(features, labels, 3, keep=0.1, strength=0.05)
+    assert keep.tolist() == [7, 8, 9]
+
+
+def test_vqt_with_feature_selection_trains_saves_and_reloads(tmp_path) -> None:
+    from inca.data import make_splits
+    from inca.finetune.train import fine_tune
+    from inca.tasks import load_task
+    from inca.tasks.finetuned import FineTunedTask
+    from inca.train import TrainConfig
+
+    backbone = inca.load_backbone("tiny-vit", precision="fp32")
+    splits = make_splits("digits", train_size=80, val_size=40, test_size=40, seed=0)
+    cfg = TrainConfig(epochs=1, batch_size=20, workers=0, progress=False, warmup=0.0)
+    ft = FineTuneConfig(method="vqt", lr=1e-2, lasso_keep=0.25)
+    model, record = fine_tune(backbone, splits, ft, cfg, tmp_path / "run")
+    assert record["selected_features"] == 32 * 5 // 4 == model.head.in_features
+    assert "val_acc_before_selection" in record
+    task = FineTunedTask("t", "vqt", backbone.identity(), splits.class_names, ft,
+                         model.changed_state())  # fmt: skip
+    task.save(tmp_path / "task")
+    x = pixels()
+    model.eval()
+    with torch.no_grad():
+        expected = model(x).softmax(-1)
+    torch.testing.assert_close(load_task(tmp_path / "task").predict_pixels(x, backbone), expected)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +35,21 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 @torch.no_grad()
-def evaluate(
-    model: torch.nn.Module, subset: Subset, backbone: Backbone, config: TrainConfig, desc: str
+def run_over(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    subset: Subset,
+    backbone: Backbone,
+    config: TrainConfig,
+    desc: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities (N, C) and labels (N,) of ``subset``."""
-    model.eval()
+    """``fn`` of every image of ``subset`` (not augmented), float32 on the CPU, and the labels."""
     loader = make_loader(
         subset,
         ImageTransform(backbone.preprocess),
         config.eval_batch_size,
         num_workers=config.workers,
     )
-    probs, labels = [], []
+    outputs, labels = [], []
     for pixels, y, _ in tqdm(
         loader,
         desc=desc,
@@ -55,10 +59,38 @@ def evaluate(
         dynamic_ncols=True,
     ):
         with autocast_for(backbone.device):
-            logits = model(pixels.to(backbone.device))
-        probs.append(logits.float().softmax(-1).cpu())
+            outputs.append(fn(pixels.to(backbone.device)).float().cpu())
         labels.append(y)
-    return torch.cat(probs), torch.cat(labels)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def evaluate(
+    model: torch.nn.Module, subset: Subset, backbone: Backbone, config: TrainConfig, desc: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities (N, C) and labels (N,) of ``subset``."""
+    model.eval()
+    logits, labels = run_over(model, subset, backbone, config, desc)
+    return logits.softmax(-1), labels
+
+
+def select_vqt_features(
+    model: torch.nn.Module, splits: Splits, backbone: Backbone, config: TrainConfig
+) -> dict[str, Any]:
+    """Group-lasso feature selection and head refit for a trained VQT model (in place)."""
+    from inca.finetune.group_lasso import refit_head, select_features
+
+    ft = model.config
+    model.eval()
+    features, labels = run_over(model.features, splits.train, backbone, config, "features")
+    keep = select_features(
+        features, labels, len(splits.class_names), ft.lasso_keep, ft.lasso_strength
+    )
+    model.set_selection(keep)
+    head = torch.nn.Linear(len(keep), len(splits.class_names))
+    refit_head(features[:, keep], labels, head)
+    model.head.load_state_dict(head.state_dict())
+    probs, val_labels = evaluate(model, splits.val, backbone, config, "validate")
+    return {"selected_features": len(keep), "val_acc": accuracy(probs, val_labels)}
 
 
 def fine_tune(
@@ -134,7 +166,14 @@ def fine_tune(
             f"(best {100 * best_acc:.2f}%)"
         )
     model.load_changed_state(best_state)
+    selection = {}
+    if ft.method == "vqt" and ft.lasso_keep < 1:
+        selection = select_vqt_features(model, splits, backbone, config)
+        selection["val_acc_before_selection"] = best_acc
+        best_acc = selection.pop("val_acc")
+        print(f"vqt: kept {selection['selected_features']} features: val {100 * best_acc:.2f}%")
     record = {
+        **selection,
         "val_acc": best_acc,
         "best_epoch": best_epoch,
         "train_time_s": train_seconds,
