@@ -107,11 +107,18 @@ def test_multitask_runs_fine_tuned_tasks_on_their_own_pass(setup, tmp_path, caps
     plain = Task.from_adapters(
         "probe", "linear", backbone, splits.class_names, [("probe", "final", adapter)]
     )
-    multi = MultiTask([plain, tuned], backbone=backbone)
-    assert "'tuned' changes the backbone" in capsys.readouterr().out
+    vqt, _ = train(setup, tmp_path / "vqt", method="vqt")
+    queries = FineTunedTask(
+        "vqt", "vqt", backbone.identity(), splits.class_names, vqt.config, vqt.changed_state()
+    )
+    multi = MultiTask([plain, tuned, queries], backbone=backbone)
+    said = capsys.readouterr().out
+    assert "'tuned' changes the backbone" in said
+    assert "'vqt' reads its query tokens inside every block: it runs its own pass" in said
     pixels = torch.randn(2, 3, 32, 32)
     out = multi.predict_proba(pixels)
     torch.testing.assert_close(out["tuned"], tuned.predict_pixels(pixels, backbone))
+    torch.testing.assert_close(out["vqt"], queries.predict_pixels(pixels, backbone))
     alone = MultiTask([plain], backbone=backbone).predict_proba(pixels)
     torch.testing.assert_close(out["probe"], alone["probe"])
 
@@ -128,3 +135,11 @@ def test_bad_configs() -> None:
 
     with pytest.raises(IncaError, match="needs a Hugging Face transformer"):
         FineTuneModel(generic, 3, FineTuneConfig())
+    from inca.finetune.vqt import VQTModel
+
+    with pytest.raises(IncaError, match="VQT needs a Hugging Face transformer"):
+        VQTModel(generic, 3, FineTuneConfig(method="vqt"))
+    with pytest.raises(IncaError, match="grad_checkpointing"):
+        FineTuneConfig(method="stochca", grad_checkpointing=True)
+    with pytest.raises(IncaError, match="probability"):
+        FineTuneConfig(method="stochca", stochca_p=1.5)

@@ -64,6 +64,11 @@ class FineTuneConfig:
             raise IncaError(f"partial fine-tuning needs blocks >= 1, got {self.blocks}")
         if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
             raise IncaError("LoRA needs lora_r >= 1, lora_alpha > 0 and 0 <= lora_dropout < 1")
+        if self.grad_checkpointing and self.method == "stochca":
+            raise IncaError(
+                "StochCA cannot use grad_checkpointing: the recomputed blocks would attend to "
+                "their own keys/values instead of the frozen ones; drop grad_checkpointing"
+            )
         if not 0 <= self.stochca_p <= 1:
             raise IncaError(f"stochca_p is a probability, got {self.stochca_p}")
         if self.queries < 0 or not 0 < self.lasso_keep <= 1 or self.lasso_strength < 0:
