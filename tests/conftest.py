@@ -12,3 +12,25 @@ def require_or_skip(condition: bool, reason: str) -> None:
     if os.environ.get("INCA_REQUIRE_SLOW") == "1":
         pytest.fail(f"{reason} (INCA_REQUIRE_SLOW=1: the slow tests must run here)")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def tiny_setup():
+    """A tiny fp32 DINOv2 and small digits splits: for the methods trained through the backbone."""
+    import inca
+    from inca.data import make_splits
+
+    backbone = inca.load_backbone("tiny-dinov2", precision="fp32")
+    splits = make_splits("digits", train_size=80, val_size=40, test_size=40, seed=0)
+    return backbone, splits
+
+
+def fine_tune_tiny(setup, out, **options):
+    """One epoch of a method (FineTuneConfig options, lr 1e-2 unless given) on ``setup``."""
+    from inca.finetune.config import FineTuneConfig
+    from inca.finetune.train import fine_tune
+    from inca.train import TrainConfig
+
+    backbone, splits = setup
+    cfg = TrainConfig(epochs=1, batch_size=20, workers=0, progress=False, warmup=0.0)
+    return fine_tune(backbone, splits, FineTuneConfig(**({"lr": 1e-2} | options)), cfg, out)

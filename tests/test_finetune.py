@@ -8,27 +8,20 @@ import torch
 
 import inca
 from inca.adapters import adapter_config, build_adapter
-from inca.data import make_splits
 from inca.errors import IncaError
 from inca.finetune.config import FineTuneConfig
-from inca.finetune.train import fine_tune
 from inca.tasks import MultiTask, Task, load_task
 from inca.tasks.finetuned import FineTunedTask
-from inca.train import TrainConfig
+from tests.conftest import fine_tune_tiny
 
 
 @pytest.fixture(scope="module")
-def setup():
-    backbone = inca.load_backbone("tiny-dinov2", precision="fp32")
-    splits = make_splits("digits", train_size=80, val_size=40, test_size=40, seed=0)
-    return backbone, splits
+def setup(tiny_setup):
+    return tiny_setup
 
 
 def train(setup, tmp_path, **options):
-    backbone, splits = setup
-    cfg = TrainConfig(epochs=1, batch_size=20, workers=0, progress=False, warmup=0.0)
-    ft = FineTuneConfig(lr=1e-2, **options)
-    return fine_tune(backbone, splits, ft, cfg, tmp_path)
+    return fine_tune_tiny(setup, tmp_path, **options)
 
 
 def changed(model, backbone) -> set[str]:

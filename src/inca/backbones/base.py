@@ -125,6 +125,16 @@ class Backbone(nn.Module):
         self.final_norm_path: str | None = None
         self.output_is_final = True
 
+    def require_blocks(self, purpose: str) -> list[str]:
+        """The transformer blocks' module paths, or a clear error for ``purpose`` (e.g.
+        "fine-tuning") on a backbone whose blocks inca does not know."""
+        if self.block_paths is None:
+            raise IncaError(
+                f"{self.name}: {purpose} needs a Hugging Face transformer backbone (its blocks, "
+                "attention and final norm must be known); this one was loaded through hooks"
+            )
+        return self.block_paths
+
     def run_model(self, model: nn.Module, pixels: Tensor) -> Any:
         """Call ``model`` (this backbone's module or a copy of it) the way the backbone does."""
         return self._run(model, pixels)

@@ -40,11 +40,7 @@ def lora_targets(model: nn.Module) -> list[str]:
 class FineTuneModel(nn.Module):
     def __init__(self, backbone: Backbone, num_classes: int, config: FineTuneConfig) -> None:
         super().__init__()
-        if backbone.block_paths is None:
-            raise IncaError(
-                f"{backbone.name}: fine-tuning needs a Hugging Face transformer "
-                "backbone (its blocks and final norm must be known)"
-            )
+        backbone.require_blocks("fine-tuning")
         self.config, self.backbone_name = config, backbone.name
         self._run = backbone.run_model
         self.num_prefix_tokens = backbone.num_prefix_tokens

@@ -39,14 +39,10 @@ class VQTModel(nn.Module):
 
     def __init__(self, backbone: Backbone, num_classes: int, config: FineTuneConfig) -> None:
         super().__init__()
-        if backbone.block_paths is None:
-            raise IncaError(
-                f"{backbone.name}: VQT needs a Hugging Face transformer backbone (its blocks "
-                "and attention must be known)"
-            )
+        paths = backbone.require_blocks("VQT")
         self.config, self.backbone_name = config, backbone.name
         self._backbone = (backbone,)  # a tuple hides it from nn.Module registration
-        self.blocks = [backbone.model.get_submodule(p) for p in backbone.block_paths]
+        self.blocks = [backbone.model.get_submodule(p) for p in paths]
         self.attentions = [attention_module(b) for b in self.blocks]
         self.counts = config.query_counts(len(self.blocks))
         dim = backbone.taps["final"].dim
