@@ -102,3 +102,34 @@ def test_only_the_trainable_copy_changes(setup, tmp_path) -> None:
     tuned = model.model.state_dict()
     assert any(not torch.equal(tuned[k], before[k]) for k in before)
     assert not backbone.model.training
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(setup, tmp_path, monkeypatch) -> None:
+    """StochCA at p = 0.5: weights, AdamW moments, best state and the draws all resume."""
+    import inca.finetune.train as ft_train
+    from inca.errors import IncaError
+    from inca.finetune.train import fine_tune
+    from inca.train import TrainConfig
+
+    backbone, splits = setup
+    cfg = TrainConfig(epochs=2, batch_size=20, workers=0, progress=False, warmup=0.0)
+    ft = FineTuneConfig(method="stochca", stochca_p=0.5, lr=1e-2)
+    whole, whole_record = fine_tune(backbone, splits, ft, cfg, tmp_path / "whole")
+
+    real_save = ft_train.save_epoch
+
+    def save_then_stop(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt  # killed right after epoch 1's checkpoint
+
+    monkeypatch.setattr(ft_train, "save_epoch", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune(backbone, splits, ft, cfg, tmp_path / "cut")
+    monkeypatch.setattr(ft_train, "save_epoch", real_save)
+    resumed, record = fine_tune(backbone, splits, ft, cfg, tmp_path / "cut", resume=True)
+    a, b = whole.changed_state(), resumed.changed_state()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert record["val_acc"] == whole_record["val_acc"]
+    assert len((tmp_path / "cut" / "log.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(IncaError, match="other options"):
+        fine_tune(backbone, splits, FineTuneConfig(method="full"), cfg, tmp_path / "cut", True)

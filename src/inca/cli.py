@@ -433,7 +433,7 @@ def train_method(args: argparse.Namespace) -> None:
         result = json.loads(done.read_text())
     else:
         options = _method_options(args)
-        result = run_method(args.method, options, out)
+        result = run_method(args.method, options, out, resume=args.resume)
         write_json(done, result)
     print()
     print(compare_table({"rows": result["rows"], "budget": f"{args.epochs} epochs"}))

@@ -43,8 +43,11 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
-def run_method(method: str, options: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Train ``method`` (with its sweep), save its task, return its record. In this process."""
+def run_method(
+    method: str, options: dict[str, Any], out: Path, resume: bool = True
+) -> dict[str, Any]:
+    """Train ``method`` (with its sweep), save its task, return its record. In this process.
+    With ``resume``, runs interrupted before continue from their last finished epoch."""
     from inca.backbones import load_backbone
     from inca.data import make_splits
     from inca.finetune.config import FineTuneConfig
@@ -73,7 +76,7 @@ def run_method(method: str, options: dict[str, Any], out: Path) -> dict[str, Any
             options["val_size"],
             options.get("test_size"),
             config=cfg,
-            resume=True,
+            resume=resume,
         )
         sel = results["selection"]
         best = next(a for a in results["adapters"] if a["name"] == sel["best"]["name"])
@@ -113,7 +116,7 @@ def run_method(method: str, options: dict[str, Any], out: Path) -> dict[str, Any
         sweep, best_model, best_record = [], None, None
         for lr in lrs:
             ft = FineTuneConfig(**({"method": method, "lr": lr} | options.get("finetune", {})))
-            model, record = fine_tune(backbone, splits, ft, cfg, out / f"lr{lr:g}")
+            model, record = fine_tune(backbone, splits, ft, cfg, out / f"lr{lr:g}", resume)
             sweep.append({"lr": lr, "val_acc": record["val_acc"]})
             if best_record is None or record["val_acc"] > best_record["val_acc"]:
                 best_model, best_record = model, record

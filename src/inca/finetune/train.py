@@ -20,6 +20,7 @@ from inca.device import native_bf16
 from inca.errors import IncaError
 from inca.finetune.config import FineTuneConfig
 from inca.finetune.model import build_model
+from inca.finetune.resume import restore_epoch, save_epoch
 from inca.select import accuracy
 from inca.train.bank import lr_factor
 from inca.train.engine import TrainConfig, epoch_order
@@ -94,10 +95,17 @@ def select_vqt_features(
 
 
 def fine_tune(
-    backbone: Backbone, splits: Splits, ft: FineTuneConfig, config: TrainConfig, out_dir: str | Path
+    backbone: Backbone,
+    splits: Splits,
+    ft: FineTuneConfig,
+    config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train ``ft`` for ``config.epochs``; returns the model at its best validation epoch and
-    its record (accuracies, time, trainable parameters). Logs to ``out_dir/log.jsonl``."""
+    its record (accuracies, time, trainable parameters). Logs to ``out_dir/log.jsonl`` and
+    checkpoints every epoch there; ``resume`` continues from the last one (a finished run
+    returns at once)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = backbone.device
@@ -115,8 +123,17 @@ def fine_tune(
         )
     total, warmup = steps * config.epochs, int(config.warmup * steps * config.epochs)
     best_acc, best_epoch, best_state, step, seen = -1.0, 0, model.changed_state(), 0, 0
-    train_seconds = 0.0
-    for epoch in range(config.epochs):
+    train_seconds, first_epoch = 0.0, 0
+    signature = {"finetune": ft.to_dict(), "train": config.signature(), "sizes": splits.sizes()}
+    restored = restore_epoch(out_dir, model, optimizer, signature) if resume else None
+    if restored is not None:
+        meta, best_state = restored
+        first_epoch, step, seen = meta["epoch"], meta["step"], meta["seen"]
+        best_acc, best_epoch, train_seconds = meta["best_acc"], meta["best_epoch"], meta["seconds"]
+        print(f"{ft.method}: resuming after epoch {first_epoch}/{config.epochs} in {out_dir}")
+    else:
+        (out_dir / "log.jsonl").unlink(missing_ok=True)
+    for epoch in range(first_epoch, config.epochs):
         model.train()
         order = epoch_order(len(subset), config.seed, epoch)[: steps * config.batch_size]
         transform = ImageTransform(
@@ -161,6 +178,9 @@ def fine_tune(
             best_acc, best_epoch, best_state = acc, epoch + 1, model.changed_state()
         with open(out_dir / "log.jsonl", "a") as f:
             f.write(json.dumps({"epoch": epoch + 1, "val_acc": acc, "step": step}) + "\n")
+        meta = {"epoch": epoch + 1, "step": step, "seen": seen, "best_acc": best_acc}
+        meta |= {"best_epoch": best_epoch, "seconds": train_seconds, "signature": signature}
+        save_epoch(out_dir, model, optimizer, best_state, meta)
         print(
             f"{ft.method} epoch {epoch + 1}/{config.epochs}: val {100 * acc:.2f}% "
             f"(best {100 * best_acc:.2f}%)"
