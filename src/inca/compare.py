@@ -156,6 +156,7 @@ def run_method(
             "task_bytes": sum(f.stat().st_size for f in task_dir.glob("*") if f.is_file()),
             "note": note,
             "epochs": cfg.epochs,
+            "runs": 1 if METHODS[method][0] == "plan" else len(lrs),
         }
     return {"method": method, "rows": rows}
 
