@@ -54,11 +54,13 @@ def test_other_options_are_refused(tmp_path, capsys) -> None:
 
 def test_train_runs_one_method(tmp_path, capsys) -> None:
     out = tmp_path / "vqt"
-    args = ["train", *ARGS, "--method", "vqt", "--lrs", "1e-2", "--out", str(out),
+    args = ["train", *ARGS, "--method", "vqt", "--lrs", "1e-2,3e-2", "--out", str(out),
             "--finetune", "queries=2 layer_queries=0:0"]  # fmt: skip
     assert main(args) == 0
-    result = json.loads((out / "result.json").read_text())
-    assert [s["lr"] for s in result["rows"][0]["sweep"]] == [1e-2]
+    row = json.loads((out / "result.json").read_text())["rows"][0]
+    assert [s["lr"] for s in row["sweep"]] == [1e-2, 3e-2]
+    assert row["runs"] == 1 and "one backbone pass" in row["note"]  # VQT's sweep shares a pass
+    assert (out / "lr0.01+0.03" / "log.jsonl").is_file()
     task = json.loads((out / "task" / "task.json").read_text())
     assert task["method"] == "vqt" and task["finetune"]["layer_queries"] == "0:0"
     assert "saved task" in capsys.readouterr().out

@@ -3,7 +3,8 @@ harness, on the user's data.
 
 Every method sees the same data, preprocessing, splits, seeds, batch order, epoch budget and
 selection rule (best on validation; test once). Methods that need a learning rate sweep get a
-small one, chosen on validation. Each method runs in its own process, so its peak memory is its
+small one, chosen on validation; VQT trains its whole sweep from one backbone pass, as InCA
+trains its adapters. Each method runs in its own process, so its peak memory is its
 own, and writes ``<out>/<method>/result.json``: a finished method is never rerun.
 
     inca compare --methods linear,inca,vqt,partial,lora,full,stochca --out runs/compare
@@ -51,7 +52,8 @@ def run_method(
     from inca.backbones import load_backbone
     from inca.data import make_splits
     from inca.finetune.config import FineTuneConfig
-    from inca.finetune.train import evaluate, fine_tune
+    from inca.finetune.train import evaluate, fine_tune_sweep
+    from inca.finetune.vqt_sweep import shares_backbone_pass
     from inca.select import accuracy
     from inca.tasks.finetuned import FineTunedTask
     from inca.train import TrainConfig, train
@@ -64,7 +66,7 @@ def run_method(
         precision=options.get("precision", "auto"),
         device=options.get("device", "auto"),
     )
-    start = time.perf_counter()
+    start, shared = time.perf_counter(), False
     if METHODS[method][0] == "plan":
         plan = PLANS[method].format(lrs=",".join(str(lr) for lr in lrs))
         results = train(
@@ -113,13 +115,10 @@ def run_method(
             test_size=options.get("test_size"),
             seed=cfg.seed,
         )
-        sweep, best_model, best_record = [], None, None
-        for lr in lrs:
-            ft = FineTuneConfig(**({"method": method, "lr": lr} | options.get("finetune", {})))
-            model, record = fine_tune(backbone, splits, ft, cfg, out / f"lr{lr:g}", resume)
-            sweep.append({"lr": lr, "val_acc": record["val_acc"]})
-            if best_record is None or record["val_acc"] > best_record["val_acc"]:
-                best_model, best_record = model, record
+        base = FineTuneConfig(**({"method": method} | options.get("finetune", {})))
+        trained = fine_tune_sweep(backbone, splits, base, lrs, cfg, out, resume)
+        sweep = [{"lr": r["config"]["lr"], "val_acc": r["val_acc"]} for _, r in trained]
+        best_model, best_record = max(trained, key=lambda t: t[1]["val_acc"])  # first of ties
         probs, labels = evaluate(best_model, splits.test, backbone, cfg, "test")  # test once
         test_acc = accuracy(probs, labels)
         task = FineTunedTask(
@@ -143,7 +142,12 @@ def run_method(
                 "task": str(out / "task"),
             }
         ]
-        note = f"{len(lrs)} learning rate(s), one run each"
+        shared = shares_backbone_pass(base, lrs)
+        note = (
+            f"{len(lrs)} learning rates trained at once from one backbone pass"
+            if shared
+            else f"{len(lrs)} learning rate(s), one run each"
+        )
     seconds = time.perf_counter() - start
     from inca.bench import peak_rss_mib
 
@@ -156,7 +160,7 @@ def run_method(
             "task_bytes": sum(f.stat().st_size for f in task_dir.glob("*") if f.is_file()),
             "note": note,
             "epochs": cfg.epochs,
-            "runs": 1 if METHODS[method][0] == "plan" else len(lrs),
+            "runs": 1 if METHODS[method][0] == "plan" or shared else len(lrs),
         }
     return {"method": method, "rows": rows}
 

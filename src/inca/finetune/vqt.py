@@ -65,12 +65,18 @@ class VQTModel(nn.Module):
 
     def features(self, pixels: Tensor) -> Tensor:
         """pixels (B, 3, S, S) -> [L2(CLS), L2(query outputs) of every block] (B, F), float32."""
+        pixels = self.backbone_pixels(pixels)
+        passes = self._naive_pass if self.config.vqt_naive else self._efficient_pass
+        return self.head_input(*passes(pixels))
+
+    def backbone_pixels(self, pixels: Tensor) -> Tensor:
         bb = self.backbone
-        pixels = pixels.to(bb.device, dtype=bb.precision.weight_dtype)
-        if self.config.vqt_naive:
-            final, outputs = self._naive_pass(pixels)
-        else:
-            final, outputs = self._efficient_pass(pixels)
+        return pixels.to(bb.device, dtype=bb.precision.weight_dtype)
+
+    def head_input(self, final: Tensor, outputs: list[Tensor]) -> Tensor:
+        """The backbone's last tokens (B, T, D) and the query outputs of the used blocks
+        [(B, Q_i, D)] -> [L2(CLS), L2(each query output)] (B, F), float32."""
+        bb = self.backbone
         if not bb.output_is_final:
             final = bb.model.get_submodule(bb.final_norm_path)(final)
         cls = final[:, 0] if bb.num_prefix_tokens else final.mean(1)  # (B, D)
@@ -78,29 +84,46 @@ class VQTModel(nn.Module):
         parts += [F.normalize(o.float(), dim=-1).flatten(1) for o in outputs]  # (B, Q_i * D)
         return torch.cat(parts, dim=-1)
 
+    @property
+    def used(self) -> list[int]:
+        """The blocks with at least one query."""
+        return [i for i, q in enumerate(self.counts) if q]
+
     def _queries(self, i: int, batch: int) -> Tensor:
         """Block i's queries for a batch: (B, Q_i, D) in the backbone's weight dtype."""
         dtype = self.backbone.precision.weight_dtype
         return self.queries[i].to(dtype).unsqueeze(0).expand(batch, -1, -1)
 
+    def keys_values(self, pixels: Tensor) -> tuple[Tensor, dict[int, tuple[Tensor, Tensor]]]:
+        """The backbone without autograd: its last tokens (B, T, D) and, for each used block,
+        the keys and values its attention computed (B, H, T, hd)."""
+        bb, kv = self.backbone, {}
+        reads = {self.attentions[i]: capture_route(kv, i) for i in self.used}
+        with torch.no_grad(), bb.precision.autocast(), route_attention(reads):
+            final = bb.run_model(bb.model, pixels).last_hidden_state
+        return final, kv
+
+    def query_outputs(
+        self, kv: dict[int, tuple[Tensor, Tensor]], queries: list[Tensor]
+    ) -> list[Tensor]:
+        """Each used block run on its query rows alone, ``queries[j]`` (B, Q, D) for the j-th
+        used block, attending to that block's keys/values ``kv``; -> its outputs (B, Q, D).
+        Queries never attend to each other, so rows of several query sets can share a call."""
+        swaps = {self.attentions[i]: (lambda k, v, i=i: kv[i]) for i in self.used}
+        with self.backbone.precision.autocast(), route_attention(swaps):
+            return [
+                _tokens(self.blocks[i](q, None)) for i, q in zip(self.used, queries, strict=True)
+            ]
+
     def _efficient_pass(self, pixels: Tensor) -> tuple[Tensor, list[Tensor]]:
         """The backbone without autograd (keeping keys/values), then each block on its queries."""
-        bb, used = self.backbone, [i for i, q in enumerate(self.counts) if q]
-        kv: dict[int, tuple[Tensor, Tensor]] = {}
-        reads = {self.attentions[i]: capture_route(kv, i) for i in used}
-        with torch.no_grad(), bb.precision.autocast(), route_attention(reads):
-            final = bb.run_model(bb.model, pixels).last_hidden_state  # (B, T, D)
-        swaps = {self.attentions[i]: (lambda k, v, i=i: kv[i]) for i in used}
-        outputs = []
-        with bb.precision.autocast(), route_attention(swaps):
-            for i in used:  # (B, Q_i, D) rows attend to the block's T keys/values
-                outputs.append(_tokens(self.blocks[i](self._queries(i, len(pixels)), None)))
-        return final, outputs
+        final, kv = self.keys_values(pixels)
+        return final, self.query_outputs(kv, [self._queries(i, len(pixels)) for i in self.used])
 
     def _naive_pass(self, pixels: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Reference: append the queries to each block's input, drop them from the keys/values,
         split them off the block's output; autograd keeps the whole graph."""
-        bb, used = self.backbone, [i for i, q in enumerate(self.counts) if q]
+        bb, used = self.backbone, self.used
         seen: dict[int, int] = {}  # block -> T (backbone tokens)
         outputs: dict[int, Tensor] = {}
         handles = []
