@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -34,3 +35,23 @@ def fine_tune_tiny(setup, out, **options):
     backbone, splits = setup
     cfg = TrainConfig(epochs=1, batch_size=20, workers=0, progress=False, warmup=0.0)
     return fine_tune(backbone, splits, FineTuneConfig(**({"lr": 1e-2} | options)), cfg, out)
+
+
+@contextlib.contextmanager
+def killed_after_first_epoch(monkeypatch):
+    """Inside the block a fine-tuning run is killed (KeyboardInterrupt) right after it writes its
+    first epoch's checkpoint; the block expects that."""
+    import inca.finetune.train as ft_train
+
+    real_save = ft_train.save_epoch
+
+    def save_then_stop(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft_train, "save_epoch", save_then_stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(ft_train, "save_epoch", real_save)

@@ -8,7 +8,7 @@ import torch
 
 from inca.finetune.config import FineTuneConfig
 from inca.finetune.model import FineTuneModel
-from tests.conftest import fine_tune_tiny
+from tests.conftest import fine_tune_tiny, killed_after_first_epoch
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,6 @@ def test_only_the_trainable_copy_changes(setup, tmp_path) -> None:
 
 def test_an_interrupted_run_resumes_to_the_same_result(setup, tmp_path, monkeypatch) -> None:
     """StochCA at p = 0.5: weights, AdamW moments, best state and the draws all resume."""
-    import inca.finetune.train as ft_train
     from inca.errors import IncaError
     from inca.finetune.train import fine_tune
     from inca.train import TrainConfig
@@ -116,16 +115,8 @@ def test_an_interrupted_run_resumes_to_the_same_result(setup, tmp_path, monkeypa
     ft = FineTuneConfig(method="stochca", stochca_p=0.5, lr=1e-2)
     whole, whole_record = fine_tune(backbone, splits, ft, cfg, tmp_path / "whole")
 
-    real_save = ft_train.save_epoch
-
-    def save_then_stop(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt  # killed right after epoch 1's checkpoint
-
-    monkeypatch.setattr(ft_train, "save_epoch", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_epoch(monkeypatch):
         fine_tune(backbone, splits, ft, cfg, tmp_path / "cut")
-    monkeypatch.setattr(ft_train, "save_epoch", real_save)
     resumed, record = fine_tune(backbone, splits, ft, cfg, tmp_path / "cut", resume=True)
     a, b = whole.changed_state(), resumed.changed_state()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from inca.finetune.config import FineTuneConfig
+from tests.conftest import killed_after_first_epoch
 
 LRS = [1e-2, 3e-2]
 
@@ -68,22 +69,13 @@ def test_members_must_differ_only_in_lr(setup) -> None:
 
 
 def test_an_interrupted_sweep_resumes_to_the_same_result(setup, tmp_path, monkeypatch) -> None:
-    import inca.finetune.train as ft_train
     from inca.finetune.train import fine_tune_sweep
 
     backbone, splits = setup
     ft = FineTuneConfig(method="vqt")
     whole = fine_tune_sweep(backbone, splits, ft, LRS, _config(), tmp_path / "whole")
-    real_save = ft_train.save_epoch
-
-    def save_then_stop(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt  # killed right after epoch 1's checkpoint
-
-    monkeypatch.setattr(ft_train, "save_epoch", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_epoch(monkeypatch):
         fine_tune_sweep(backbone, splits, ft, LRS, _config(), tmp_path / "cut")
-    monkeypatch.setattr(ft_train, "save_epoch", real_save)
     resumed = fine_tune_sweep(backbone, splits, ft, LRS, _config(), tmp_path / "cut", True)
     for (a, ra), (b, rb) in zip(whole, resumed, strict=True):
         sa, sb = a.changed_state(), b.changed_state()
