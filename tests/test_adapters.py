@@ -160,3 +160,39 @@ def test_adapters_of_other_shapes_do_not_stack() -> None:
     b = build_adapter(InCAConfig(queries=2), 32, 3)
     with pytest.raises(IncaError, match="cannot be stacked"):
         AdapterStack([a, b])
+
+
+def test_a_bank_sharing_attention_pooling_equals_each_adapter_alone() -> None:
+    """The bank joins the token-sized matmuls of every folded adapter on a tap (across stacks
+    of other learning rates and query counts); each adapter must still compute exactly its own
+    function, outputs and gradients, beside plain-path and dropout adapters that do not share."""
+    from inca.backbones.base import TapInfo
+    from inca.train import AdapterBank, parse_plan
+
+    taps = {f"block.{i}": TapInfo(f"block.{i}", 7, 16) for i in range(3)}
+    plan = (
+        "inca taps=block.0,block.2 lr=1e-3,3e-3 queries=1,2 heads=2; "
+        "inca taps=block.1 path=plain heads=2; inca taps=block.2 dropout=0.5 heads=4; "
+        "linear taps=block.1"
+    )
+    specs = parse_plan(plan, list(taps))
+    bank = AdapterBank(specs, taps, num_classes=4, num_prefix_tokens=1, seed=0)
+    bank.eval()  # dropout off: every adapter is deterministic, the dropout one unshared
+    with torch.no_grad():
+        for p in bank.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # move off the init: norms and biases matter
+    x = normalize_tokens(torch.randn(3, 5, 7, 16))  # (n_taps, B, T, D)
+    ours = bank.forward_normalized(x)
+    assert set(ours) == set(bank.names) and len(ours) == 11
+    weights = {n: torch.randn(5, 4) for n in ours}
+    sum((ours[n] * weights[n]).sum() for n in ours).backward()
+    for name in bank.names:
+        alone = bank.export_adapter(name)
+        tap = bank.taps.index(bank.specs[name].tap)
+        expected = alone(x[tap])
+        torch.testing.assert_close(ours[name], expected, rtol=1e-5, atol=1e-5, msg=name)
+        (expected * weights[name]).sum().backward()
+        k, i = bank._where[name]
+        for pname, p in alone.named_parameters():
+            got = bank.stacks[k].stacked()[pname].grad[i]
+            torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-5, msg=f"{name} {pname}")

@@ -8,9 +8,12 @@ from inca.cli import main
 
 ARGS = ["--model", "tiny-dinov2", "--data", "digits", "--image-size", "32", "--train-size", "80",
         "--val-size", "40", "--test-size", "40", "--epochs", "1", "--batch-size", "20",
-        "--workers", "0", "--no-progress", "--precision", "fp32",
+        "--workers", "0", "--no-progress", "--precision", "fp32", "--min-steps", "0",
+        "--halving-epochs", "0",
         "--lrs", "partial=1e-3 lora=1e-3,3e-3 full=1e-4 stochca=1e-4 vqt=1e-2",
-        "--finetune", "layer_decay=0.8 lora_r=4"]  # fmt: skip
+        "--finetune", "layer_decay=0.8 lora_r=4",
+        "--plans", "inca:inca taps=block.1,block.2 lr=3e-3 heads=2,4 | "
+                   "linear:linear taps=block.* pool=cls,cls+mean solver=lbfgs"]  # fmt: skip
 
 
 def test_compare_runs_every_method_and_resumes(tmp_path, capsys) -> None:
@@ -29,6 +32,12 @@ def test_compare_runs_every_method_and_resumes(tmp_path, capsys) -> None:
     assert rows["vqt"]["trainable_params"] < rows["lora"]["trainable_params"]
     assert rows["vqt"]["task_bytes"] < rows["stochca"]["task_bytes"]
     assert all(r["peak_rss_mib"] > 50 and r["train_time_s"] > 0 for r in rows.values())
+    # frozen-feature methods: trained from one shared cache, its build counted in their time
+    for m in ("linear", "inca"):
+        assert "activation cache built in" in rows[m]["note"]
+    assert rows["inca"]["curve"] and rows["inca"]["epochs"] >= 1
+    assert rows["lora"]["curve"][-1]["seconds"] > 0  # fine-tuning logs time per epoch now
+    assert (out / "cache" / "build.json").is_file()
     assert (out / "compare.md").is_file() and (out / "accuracy_vs_cost.png").is_file()
     # the saved tasks predict, adapter and fine-tuned alike
     assert main(["eval", str(out / "lora" / "task"), "--no-progress"]) == 0
@@ -38,6 +47,11 @@ def test_compare_runs_every_method_and_resumes(tmp_path, capsys) -> None:
     # a finished method is not rerun
     assert main(["compare", *ARGS, "--out", str(out), "--methods", "lora,linear"]) == 0
     assert "lora: done before, not rerun" in capsys.readouterr().out
+    # another frozen-feature budget reruns only the frozen-feature methods
+    assert main(["compare", *ARGS, "--out", str(out), "--methods", "lora,inca",
+                 "--patience", "5"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "lora: done before, not rerun" in printed and "inca: done before with other" in printed
 
 
 def test_other_options_are_refused(tmp_path, capsys) -> None:

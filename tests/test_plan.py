@@ -19,7 +19,14 @@ def test_the_issue_example_is_one_line() -> None:
 
 def test_default_plan() -> None:
     specs = parse_plan(DEFAULT_PLAN, TAPS)
-    assert {s.kind for s in specs} == {"inca", "linear"} and len(specs) == 12 + 3 * 2
+    assert {s.kind for s in specs} == {"inca", "linear"} and len(specs) == 6 * 8 + 6
+    assert sorted({s.tap for s in specs}) == sorted(f"block.{i}" for i in (1, 3, 5, 7, 9, 11))
+
+
+def test_solved_probes_have_no_learning_rate_in_their_names() -> None:
+    specs = parse_plan("linear taps=block.3 pool=cls,mean solver=lbfgs lr=1e-3,1e-2", TAPS)
+    assert [s.name for s in specs] == ["linear.block.3.poolcls", "linear.block.3.poolmean"]
+    assert all(s.solved for s in specs)
 
 
 def test_options_are_swept_and_named() -> None:

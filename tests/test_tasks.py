@@ -39,14 +39,18 @@ def make_adapter(backbone, tap: str, kind: str, seed: int, **options):
     return adapter.eval()
 
 
-def make_task(backbone, name: str, specs: list[tuple[str, str, str, dict]], seed: int = 0) -> Task:
+def make_task(
+    backbone, name: str, specs: list[tuple[str, str, str, dict]], seed: int = 0, weights=None
+) -> Task:
     """specs: (member name, tap, kind, options)."""
     members = [
         (member, tap, make_adapter(backbone, tap, kind, seed + i, **options))
         for i, (member, tap, kind, options) in enumerate(specs)
     ]
     method = "ensemble" if len(members) > 1 else specs[0][2]
-    return Task.from_adapters(name, method, backbone, CLASSES, members, metrics={"val_acc": 0.5})
+    return Task.from_adapters(
+        name, method, backbone, CLASSES, members, metrics={"val_acc": 0.5}, weights=weights
+    )
 
 
 ENSEMBLE = [
@@ -83,15 +87,61 @@ def test_save_load_gives_identical_probabilities(backbone, tmp_path, specs) -> N
     torch.testing.assert_close(expected.sum(-1), torch.ones(4))
 
 
-def test_ensemble_is_the_mean_of_member_probabilities(backbone) -> None:
-    task = make_task(backbone, "demo", ENSEMBLE)
-    tokens = backbone.forward_taps(pixels(), task.taps)
+def member_probs(task: Task, tokens: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Each member's (B, C) probabilities, computed alone."""
     with torch.no_grad():
-        alone = [
+        return [
             task.member(m)(inca.adapters.normalize_tokens(tokens[tap])).softmax(-1)
             for m, tap in task.member_taps.items()
         ]
+
+
+def test_ensemble_is_the_mean_of_member_probabilities(backbone) -> None:
+    task = make_task(backbone, "demo", ENSEMBLE)
+    assert task.member_weights is None
+    tokens = backbone.forward_taps(pixels(), task.taps)
+    alone = member_probs(task, tokens)
+    with torch.no_grad():
         torch.testing.assert_close(task(tokens), sum(alone) / 3, rtol=0, atol=1e-6)
+
+
+def test_weighted_task_is_the_weighted_mean(backbone) -> None:
+    task = make_task(backbone, "demo", ENSEMBLE, weights=[3, 1, 1])  # greedy: 3 + 1 + 1 steps
+    assert task.member_weights == pytest.approx(
+        {"block.1/inca": 0.6, "final/linear": 0.2, "block.1/inca-q2": 0.2}
+    )
+    tokens = backbone.forward_taps(pixels(), task.taps)
+    a, b, c = member_probs(task, tokens)
+    with torch.no_grad():
+        out = task(tokens)
+    torch.testing.assert_close(out, 0.6 * a + 0.2 * b + 0.2 * c, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.sum(-1), torch.ones(4))
+    # weights given as a mapping, e.g. another task's member_weights, mean the same
+    again = make_task(backbone, "again", ENSEMBLE, weights=task.member_weights)
+    assert again.member_weights == task.member_weights
+    # MultiTask serves the weighted mean too
+    served = MultiTask([task], backbone=backbone)
+    torch.testing.assert_close(served.predict_proba(pixels())["demo"], out, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ([1.0, 1.0], "3 members but 2 weights"),
+        ([1.0, 0.0, 1.0], "'final/linear': weight 0.0 is not a finite number > 0"),
+        ([1.0, 1.0, -2.0], "weight -2.0 is not"),
+        ([1.0, float("nan"), 1.0], "weight nan is not"),
+        ([float("inf"), 1.0, 1.0], "weight inf is not"),
+        ([True, 1.0, 1.0], "weight True is not"),
+        (["1", 1.0, 1.0], "weight '1' is not"),
+        (0.5, "weights must be numbers"),
+        ({"final/linear": 1.0}, "the weights name"),
+    ],
+    ids=["count", "zero", "negative", "nan", "inf", "bool", "str", "scalar", "mapping"],
+)
+def test_bad_weights_are_refused(backbone, weights, message) -> None:
+    with pytest.raises(IncaError, match=message):
+        make_task(backbone, "demo", ENSEMBLE, weights=weights)
 
 
 def test_on_disk_format(backbone, tmp_path) -> None:
@@ -112,13 +162,42 @@ def test_on_disk_format(backbone, tmp_path) -> None:
         "name": "final/linear",
         "kind": "linear",
         "tap": "final",
-        "config": {"pool": "cls+mean"},
+        "config": {"pool": "cls+mean", "solver": "adamw"},
         "in_dim": 32,
     }
     tensors = load_file(tmp_path / "demo" / "adapters.safetensors")
     assert set(tensors) >= {"final/linear/head.weight", "block.1/inca/queries"}
     assert {k.rpartition("/")[0] for k in tensors} == {s[0] for s in ENSEMBLE}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # no temporary leftovers
+
+
+def test_weights_survive_save_and_load(backbone, tmp_path) -> None:
+    task = make_task(backbone, "demo", ENSEMBLE, weights=[2, 1, 1])
+    task.save(tmp_path / "demo")
+    record = json.loads((tmp_path / "demo" / "task.json").read_text())
+    assert [m["weight"] for m in record["members"]] == [0.5, 0.25, 0.25]
+    loaded = load_task(tmp_path / "demo")
+    assert loaded.member_weights == task.member_weights
+    x = pixels()
+    torch.testing.assert_close(
+        probs_of(loaded, backbone, x), probs_of(task, backbone, x), rtol=0, atol=1e-6
+    )
+
+
+def test_task_json_without_weights_loads_uniform(backbone, tmp_path) -> None:
+    """A task saved before weights existed has no "weight" field: it is a uniform mean."""
+    make_task(backbone, "demo", ENSEMBLE, weights=[5, 1, 1]).save(tmp_path / "demo")
+    edit_json(tmp_path / "demo", lambda r: [m.pop("weight") for m in r["members"]])
+    loaded = load_task(tmp_path / "demo")
+    assert loaded.member_weights is None
+    uniform = make_task(backbone, "demo", ENSEMBLE)  # same seeds: same adapters
+    x = pixels()
+    torch.testing.assert_close(
+        probs_of(loaded, backbone, x), probs_of(uniform, backbone, x), rtol=0, atol=1e-6
+    )
+    uniform.save(tmp_path / "uniform")  # and a uniform task still writes no weights
+    record = json.loads((tmp_path / "uniform" / "task.json").read_text())
+    assert all("weight" not in m for m in record["members"])
 
 
 def test_member_names_need_not_be_module_names(backbone, tmp_path) -> None:
@@ -273,8 +352,28 @@ def test_missing_and_corrupt_files_are_named(saved, tmp_path) -> None:
             "'block.1/inca'.*unknown adapter kind 'nope'",
         ),
         (lambda r: r["members"].pop(2), "tensors of no member"),
+        (lambda r: r["members"][0].update(weight=1.0), r"members\[1\] has no weight"),
+        (
+            lambda r: [m.update(weight=w) for m, w in zip(r["members"], [1, -1, 1], strict=True)],
+            r"members\[1\].weight is -1, not a finite number > 0",
+        ),
+        (
+            lambda r: [m.update(weight="1") for m in r["members"]],
+            r"members\[0\].weight is '1'",
+        ),
     ],
-    ids=["format", "version", "field", "member-field", "state-dict", "kind", "extra-tensors"],
+    ids=[
+        "format",
+        "version",
+        "field",
+        "member-field",
+        "state-dict",
+        "kind",
+        "extra-tensors",
+        "partial-weights",
+        "negative-weight",
+        "string-weight",
+    ],
 )
 def test_inconsistent_task_json_is_refused(saved, change, message) -> None:
     edit_json(saved, change)

@@ -61,15 +61,50 @@ def _add_split_options(p: argparse.ArgumentParser, train_size: int | None, val_s
     p.add_argument("--seed", type=int, default=0)
 
 
-def _add_training_options(p: argparse.ArgumentParser) -> None:
-    """What every training method shares (the same harness for all)."""
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+def _add_training_options(p: argparse.ArgumentParser, frozen: bool = False) -> None:
+    """What every training method shares (the same harness for all). Defaults depend on the
+    method: frozen-feature training (adapter plans) trains from the cache to patience, see
+    ``inca.train.FROZEN_DEFAULTS``; fine-tuning keeps an epoch budget (``TrainConfig()``)."""
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="fine-tuning: the epoch budget (default 4); adapter plans: the epoch cap (default "
+        "20), usually ended earlier by --patience",
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="default: 64; plans: 128")
+    p.add_argument("--warmup", type=float, default=None, help="fraction of steps (default 0.1)")
+    p.add_argument("--label-smoothing", type=float, default=None, help="default: 0; plans: 0.1")
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
     p.add_argument("--workers", type=int, default=None, help="loader processes (default: 2)")
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("the budget of frozen-feature methods (adapter plans)")
+    g.add_argument(
+        "--min-steps",
+        type=int,
+        default=None,
+        help="at least this many optimizer steps: small sets get more epochs (default 1000)",
+    )
+    g.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="stop after this many optimizer steps (at least two epochs) without a better "
+        "validation accuracy; 0: run to the cap (default 800)",
+    )
+    g.add_argument(
+        "--halving-epochs",
+        type=int,
+        default=None,
+        help="successive halving: every member trains this many epochs, then only the best "
+        "--halving-keep fraction continues, again at doubling epochs; 0: off (default 2)",
+    )
+    g.add_argument("--halving-keep", type=float, default=None, help="default 0.25")
+    g.add_argument("--halving-min", type=int, default=None, help="members always kept (default 12)")
+
+
+_TRAIN_FLAGS = ("epochs", "batch_size", "warmup", "label_smoothing", "min_steps", "patience",
+                "halving_epochs", "halving_keep", "halving_min")  # fmt: skip
 
 
 def _splits(args: argparse.Namespace):
@@ -85,15 +120,20 @@ def _splits(args: argparse.Namespace):
     )
 
 
-def _train_config(args: argparse.Namespace):
-    from inca.train import TrainConfig
+def _train_config(args: argparse.Namespace, frozen: bool = False):
+    """The TrainConfig the flags ask for, over the defaults of fine-tuning or, with ``frozen``,
+    of frozen-feature training. Online plan training augments (each epoch runs the backbone
+    anyway); cached training reads one view per image, unaugmented."""
+    from inca.train import FROZEN_DEFAULTS, TrainConfig
 
+    given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k, None) is not None}
+    base = dict(FROZEN_DEFAULTS) if frozen else {}
+    if frozen and getattr(args, "no_cache", False):
+        base["augment"] = True
+    if args.no_augment:
+        base["augment"] = False
     return TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        warmup=args.warmup,
-        label_smoothing=args.label_smoothing,
-        augment=not args.no_augment,
+        **(base | given),
         seed=args.seed,
         workers=args.workers,
         progress=not args.no_progress,
@@ -197,7 +237,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         return train_method(args)
     from inca.train import train
 
-    config = _train_config(args)
+    config = _train_config(args, frozen=True)
+    cache = None if args.no_cache else (args.cache or str(Path(args.out) / "cache"))
     results = train(
         model=args.model,
         data=args.data,
@@ -214,21 +255,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         max_ensemble=args.max_ensemble,
         resume=args.resume,
         config=config,
-        cache=args.cache,
+        cache=cache,
+        seeds=args.seeds,
         cache_views=args.cache_views,
         cache_dtype=args.cache_dtype,
     )
-    from inca.report import results_table
+    from inca.report import results_table, run_summary
 
     print()
-    print(results_table(results))
-    run = results["run"]
-    share = 100 * run["backbone_share_of_train_time"]
-    print(
-        f"wall time {run['wall_time_s'] / 60:.1f} min (training {run['train_time_s']:.0f} s at "
-        f"{run['train_images_per_s']:.1f} img/s; the backbone's share {share:.0f}%)"
-    )
-    print(f"report: {args.out}/report.md, plot: {args.out}/accuracy_by_layer.png")
+    print(results_table(results, every_adapter=False))
+    print(run_summary(results))
+    print(f"report (every adapter): {args.out}/report.md, plot: {args.out}/accuracy_by_layer.png")
     print(
         f"saved tasks: {args.out}/tasks/best, {args.out}/tasks/ensemble "
         f"(try: inca predict {args.out}/tasks/best IMAGE...)"
@@ -384,10 +421,21 @@ def _method_options(args: argparse.Namespace) -> dict:
         args.val_size,
         args.test_size,
         _train_config(args),
+        _train_config(args, frozen=True),
     )
     options |= {"precision": args.precision, "device": args.device}
     if args.lrs:  # "full=1e-5,3e-5 lora=1e-3", or for one --method "1e-3,1e-2"
         options["lrs"] = _parse_lrs(args.lrs, getattr(args, "method", None))
+    if getattr(args, "plans", None):  # "inca:inca taps=block.5 | linear:linear taps=block.5"
+        options["plans"] = {}
+        for item in args.plans.split("|"):
+            method, colon, plan = item.partition(":")
+            if not colon or method.strip() not in ("inca", "linear"):
+                raise IncaError(
+                    f"--plans: cannot read {item!r}; write METHOD:PLAN for inca or linear, "
+                    'separated by "|", e.g. "inca:inca taps=block.5 | linear:linear taps=block.*"'
+                )
+            options["plans"][method.strip()] = plan.strip()
     if args.finetune:  # "layer_decay=0.75 blocks=2 grad_checkpointing=true"
         options["finetune"] = {
             k: parse_value(v) for k, _, v in (item.partition("=") for item in args.finetune.split())
@@ -436,7 +484,9 @@ def train_method(args: argparse.Namespace) -> None:
         result = run_method(args.method, options, out, resume=args.resume)
         write_json(done, result)
     print()
-    print(compare_table({"rows": result["rows"], "budget": f"{args.epochs} epochs"}))
+    print(
+        compare_table({"rows": result["rows"], "budget": f"{result['rows'][0]['epochs']} epochs"})
+    )
     print(f"saved task: {result['rows'][0]['task']} (try: inca predict TASK IMAGE...)")
 
 
@@ -519,15 +569,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_options(p)
     _add_split_options(p, train_size=10_000, val_size=2_000)
     p.add_argument("--lr", type=float, default=1e-3, help="for plan entries without lr=")
-    p.add_argument("--wd", type=float, default=1e-4, help="for plan entries without wd=")
+    p.add_argument("--wd", type=float, default=0.05, help="for plan entries without wd=")
     p.add_argument("--max-ensemble", type=int, default=10, help="largest top-k ensemble tried")
     _add_training_options(p)
     p.add_argument(
         "--cache",
         default=None,
         metavar="DIR",
-        help="train from activation caches in DIR/{train,val,test} (built first "
-        "if absent): one backbone pass instead of one per epoch",
+        help="activation caches in DIR/{train,val,test} (built first if absent, shareable "
+        "between runs): one backbone pass instead of one per epoch (default: OUT/cache)",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="train online (a backbone pass per epoch, with augmentation) instead",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="repeat the plan with N seeds (cheap from the cache) and report mean ± std",
     )
     p.add_argument(
         "--cache-views",
@@ -576,6 +637,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_options(p, train_size=10_000, val_size=2_000)
     _add_training_options(p)  # the same budget and schedule for every method
     _add_method_options(p)
+    p.add_argument(
+        "--plans",
+        default=None,
+        help="the frozen-feature methods' plans, e.g. \"inca:inca taps=block.5 lr=1e-3 | "
+        "linear:linear taps=block.* solver=lbfgs\" (default: the main job's grid; every block "
+        "and pooling for the linear probe)",
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(

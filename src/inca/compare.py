@@ -1,11 +1,16 @@
 """`inca compare`: InCA against linear probing, fine-tuning, LoRA, StochCA and VQT, in one
 harness, on the user's data.
 
-Every method sees the same data, preprocessing, splits, seeds, batch order, epoch budget and
-selection rule (best on validation; test once). Methods that need a learning rate sweep get a
-small one, chosen on validation; VQT trains its whole sweep from one backbone pass, as InCA
-trains its adapters. Each method runs in its own process, so its peak memory is its
-own, and writes ``<out>/<method>/result.json``: a finished method is never rerun.
+Every method sees the same data, preprocessing, splits and selection rule (best on validation;
+test once), and each runs as its own literature runs it. Fine-tuning methods (and VQT, which
+needs the backbone every step) get an epoch budget and a small learning-rate sweep chosen on
+validation. Frozen-feature methods (the linear probe, InCA) train from one activation cache
+until validation stops improving: their epochs cost a few percent of a backbone pass, so a
+fixed few epochs would under-train them. The linear probe is fitted by L-BFGS on every block and
+pooling; InCA trains its grid one-to-many with successive halving. Their reported cost includes
+building the cache. Each method runs in its own process (its own peak memory) and writes
+``<out>/<method>/result.json``: a finished method is never rerun while the options it was run
+with are unchanged.
 
     inca compare --methods linear,inca,vqt,partial,lora,full,stochca --out runs/compare
 """
@@ -16,24 +21,55 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from inca.errors import IncaError, UnknownNameError
 from inca.io import write_json
+from inca.train.plan import DEFAULT_PLAN
 
-# method -> (kind, default learning rates swept)
+# method -> (kind, default learning rates swept; plans carry their own grid)
 METHODS: dict[str, tuple[str, list[float]]] = {
-    "linear": ("plan", [1e-3, 1e-2]),
-    "inca": ("plan", [1e-3]),
+    "linear": ("plan", []),
+    "inca": ("plan", []),
     "partial": ("finetune", [1e-4, 3e-4]),
     "lora": ("finetune", [3e-4, 1e-3]),
     "full": ("finetune", [2e-5, 5e-5]),
     "stochca": ("finetune", [2e-5, 5e-5]),  # full fine-tuning's sweep, p = 0.1
     "vqt": ("finetune", [1e-3, 1e-2]),  # queries and head share the rate
 }
-PLANS = {"linear": "linear taps=block.*[-1:] lr={lrs}", "inca": "inca taps=block.* lr={lrs}"}
+PLANS = {
+    "linear": "linear taps=block.* pool=cls,mean,cls+mean solver=lbfgs",
+    "inca": DEFAULT_PLAN,
+}
+COMMON = ("model", "data", "image_size", "train_size", "val_size", "test_size", "precision",
+          "device")  # fmt: skip
+
+
+def method_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options a method's result depends on: the common ones and its own budget. A result
+    is reused only while these are unchanged (so retuning the frozen-feature budget does not
+    invalidate hours of fine-tuning, and the reverse)."""
+    own = {k: options.get(k) for k in COMMON}
+    if METHODS[method][0] == "plan":
+        own |= {"frozen": options.get("frozen"), "plan": plan_of(method, options)}
+    else:
+        own |= {"train": options.get("train"), "finetune": options.get("finetune")}
+        own["lrs"] = (options.get("lrs") or {}).get(method)
+    return json.loads(json.dumps(own))
+
+
+def plan_of(method: str, options: dict[str, Any]) -> str:
+    return (options.get("plans") or {}).get(method) or PLANS[method]
+
+
+def cache_taps(methods: list[str], options: dict[str, Any], taps: list[str]) -> list[str]:
+    """Every tap any frozen-feature method of the comparison reads: their one shared cache."""
+    from inca.train.plan import parse_plan
+
+    wanted = {s.tap for m in methods if METHODS[m][0] == "plan"
+              for s in parse_plan(plan_of(m, options), taps)}  # fmt: skip
+    return [t for t in taps if t in wanted]
 
 
 def parse_methods(text: str) -> list[str]:
@@ -67,20 +103,28 @@ def run_method(
         device=options.get("device", "auto"),
     )
     start, shared = time.perf_counter(), False
+    epochs, curve = cfg.epochs, None
     if METHODS[method][0] == "plan":
-        plan = PLANS[method].format(lrs=",".join(str(lr) for lr in lrs))
+        cfg = TrainConfig(**options["frozen"])
         results = train(
             backbone,
             options["data"],
-            plan,
+            plan_of(method, options),
             out,
             options["train_size"],
             options["val_size"],
             options.get("test_size"),
             config=cfg,
             resume=resume,
+            cache=options.get("cache") or out.parent / "cache",
+            cache_taps=options.get("cache_taps"),
         )
-        sel = results["selection"]
+        run, sel = results["run"], results["selection"]
+        cache = run.get("cache", {})
+        build = cache.get("build_seconds") or 0.0
+        epochs = run.get("epochs", 0)
+        curve = [{"seconds": build + p["seconds"], "val_acc": p["val_acc"]}
+                 for p in run.get("curve", [])]  # fmt: skip
         best = next(a for a in results["adapters"] if a["name"] == sel["best"]["name"])
         rows = [
             {
@@ -101,12 +145,18 @@ def run_method(
                     "val_acc": ens["val_acc"],
                     "test_acc": ens["test_acc"],
                     "trainable_params": params,
-                    "selected": f"top-{ens['k']}",
+                    "selected": f"{ens.get('method', 'top-k')} {ens['k']}",
                     "task": str(out / "tasks" / "ensemble"),
                 }
             )
         sweep = [{"name": a["name"], "val_acc": a["val_acc"]} for a in results["adapters"]]
-        note = f"{len(results['adapters'])} adapters trained at once from one backbone pass"
+        note = (
+            f"{len(results['adapters'])} members ({run.get('budget', 'linear probes by L-BFGS')})"
+            f", from an activation cache built in {build:.0f} s"
+        )
+        # the cost of this method alone: its run, less the time it spent opening (or building)
+        # the cache, plus what building the cache cost, whichever method built it
+        seconds = run["wall_time_s"] - cache.get("seconds", 0.0) + build
     else:
         splits = make_splits(
             options["data"],
@@ -148,7 +198,8 @@ def run_method(
             if shared
             else f"{len(lrs)} learning rate(s), one run each"
         )
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        curve = sweep_curve(out)
     from inca.bench import peak_rss_mib
 
     for row in rows:
@@ -159,10 +210,30 @@ def run_method(
             "sweep": sweep,
             "task_bytes": sum(f.stat().st_size for f in task_dir.glob("*") if f.is_file()),
             "note": note,
-            "epochs": cfg.epochs,
+            "epochs": epochs,
             "runs": 1 if METHODS[method][0] == "plan" or shared else len(lrs),
         }
-    return {"method": method, "rows": rows}
+        if curve:
+            row["curve"] = curve
+    return {"method": method, "rows": rows, "options": method_options(method, options)}
+
+
+def sweep_curve(out: Path) -> list[dict[str, float]] | None:
+    """Validation accuracy (best so far over the sweep) against cumulative training seconds,
+    from the runs' logs in the order they ran; None for logs written before they kept time."""
+    curve, offset, best = [], 0.0, 0.0
+    for log in sorted(out.glob("lr*/log.jsonl"), key=lambda p: p.stat().st_mtime):
+        last = 0.0
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            if "seconds" not in entry:
+                return None
+            accs = [entry["val_acc"]] if "val_acc" in entry else entry["val_acc_by_lr"].values()
+            best = max(best, *accs)
+            last = entry["seconds"]
+            curve.append({"seconds": offset + last, "val_acc": best})
+        offset += last
+    return curve or None
 
 
 def compare(
@@ -172,21 +243,30 @@ def compare(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "options.json"
-    if saved.exists():  # results made with other options must not be mixed into this table
+    if saved.exists():  # results made on other data or backbone must not be mixed in
         before = json.loads(saved.read_text())
         now = json.loads(json.dumps(options))
-        diff = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        diff = sorted(k for k in COMMON if before.get(k) != now.get(k))
         if diff:
             raise IncaError(
                 f"{out} holds a comparison made with other options "
                 f"({', '.join(diff)} differ); use the same options or another --out"
             )
+    if "cache_taps" not in options and any(METHODS[m][0] == "plan" for m in methods):
+        from inca.backbones import load_backbone
+
+        taps = list(load_backbone(options["model"], image_size=options["image_size"]).taps)
+        options = options | {"cache_taps": cache_taps(methods, options, taps)}
     write_json(saved, options)
     for method in methods:
         result_file = out / method / "result.json"
         if result_file.exists():
-            print(f"{method}: done before, not rerun ({result_file})")
-            continue
+            done = json.loads(result_file.read_text())
+            made_with = done.get("options") or legacy_options(method, json.loads(saved.read_text()))
+            if made_with == method_options(method, options):
+                print(f"{method}: done before, not rerun ({result_file})")
+                continue
+            print(f"{method}: done before with other options; running it again")
         print(f"== {method} ==")
         if in_process:
             write_json(result_file, run_method(method, options, out / method))
@@ -205,9 +285,14 @@ def compare(
                     "error above and rerun: finished methods are kept"
                 )
     rows = [r for m in methods for r in json.loads((out / m / "result.json").read_text())["rows"]]
+    frozen = options.get("frozen") or {}
     summary = {
         "options": options,
-        "budget": f"{options['train']['epochs']} epochs each",
+        "budget": (
+            f"fine-tuning and VQT: {options['train']['epochs']} epochs; frozen-feature methods: "
+            f"from the activation cache until {frozen.get('patience', 0)} optimizer steps pass "
+            f"without a better validation accuracy (at most {frozen.get('epochs', '?')} epochs)"
+        ),
         "rows": rows,
     }
     write_json(out / "compare.json", summary)
@@ -215,6 +300,17 @@ def compare(
 
     write_compare_report(summary, out)
     return summary
+
+
+def legacy_options(method: str, saved: dict[str, Any]) -> dict[str, Any]:
+    """What a result written before results recorded their options was made with: the old
+    options.json, whose one "train" budget every method shared."""
+    legacy = dict(saved)
+    if METHODS[method][0] == "plan":
+        legacy["frozen"] = saved.get("train")  # the old shared epoch budget
+        legacy.pop("plans", None)
+        return json.loads(json.dumps(method_options(method, legacy) | {"plan": "legacy"}))
+    return method_options(method, legacy)
 
 
 def default_options(
@@ -225,13 +321,17 @@ def default_options(
     val_size: float,
     test_size: int | None,
     config,
+    frozen_config=None,
 ) -> dict[str, Any]:
-    return {
+    options = {
         "model": model,
         "data": data,
         "image_size": image_size,
         "train_size": train_size,
         "val_size": val_size,
         "test_size": test_size,
-        "train": asdict(config),
+        "train": config.to_options(),
     }
+    if frozen_config is not None:
+        options["frozen"] = frozen_config.to_options()
+    return options

@@ -1,4 +1,9 @@
-"""The report of `inca compare`: a table and accuracy against training cost."""
+"""The report of `inca compare`: a table, and validation accuracy against cumulative wall time.
+
+The question it answers: what accuracy does each method reach, and what did that cost? Cost is
+wall time on this machine for the method's whole search (its learning-rate sweep, its grid),
+including the activation cache a frozen-feature method trains from.
+"""
 
 from __future__ import annotations
 
@@ -19,19 +24,20 @@ def compare_table(summary: dict[str, Any]) -> str:
     full = next((r for r in summary["rows"] if r["method"] == "full"), None)
     vs = " | test vs full | time vs full" if full else ""
     lines = [
-        f"Budget: {summary['budget']}; selection on validation, test computed once. Train time "
-        "covers the method's whole learning-rate sweep; per run, one configuration.",
+        f"Budget: {summary['budget']}; selection on validation, test computed once. Wall time "
+        "covers the method's whole search (learning-rate sweep or adapter grid) and, for "
+        "frozen-feature methods, building the activation cache; per run, one configuration.",
         "",
-        "| method | test acc | val acc | train time (s) | per run (s) | peak memory (MiB) | "
-        f"trainable params | stored task | selected{vs} |",
-        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if full else ""),
+        "| method | test acc | val acc | epochs run | wall time (s) | per run (s) | "
+        f"peak memory (MiB) | trainable params | stored task | selected{vs} |",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if full else ""),
     ]
     for r in sorted(summary["rows"], key=lambda r: -r["test_acc"]):
         line = (
             f"| {r['method']} | {100 * r['test_acc']:.2f}% | {100 * r['val_acc']:.2f}% | "
-            f"{r['train_time_s']:.0f} | {r['train_time_s'] / runs(r):.0f} | "
-            f"{r['peak_rss_mib']:.0f} | {r['trainable_params']:,} | "
-            f"{r['task_bytes'] / 2**20:.2f} MiB | {r['selected']} |"
+            f"{r.get('epochs', '—')} | {r['train_time_s']:.0f} | "
+            f"{r['train_time_s'] / runs(r):.0f} | {r['peak_rss_mib']:.0f} | "
+            f"{r['trainable_params']:,} | {r['task_bytes'] / 2**20:.2f} MiB | {r['selected']} |"
         )
         if full:
             line += (
@@ -43,27 +49,44 @@ def compare_table(summary: dict[str, Any]) -> str:
 
 
 def plot_cost(summary: dict[str, Any], path: Path) -> Path:
+    """One curve per method: best validation accuracy so far against cumulative wall time; a
+    star at the end marks the selected point's *test* accuracy. Methods whose runs kept no
+    per-epoch times appear as their final point only."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.5), dpi=150)
+    fig = Figure(figsize=(8, 5), dpi=150)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for r in summary["rows"]:
-        ax.scatter(r["train_time_s"], 100 * r["test_acc"], s=60)
+    for i, r in enumerate(summary["rows"]):
+        color = f"C{i % 10}"
+        curve = r.get("curve") or []
+        if curve:
+            xs = [p["seconds"] for p in curve]
+            ys = [100 * p["val_acc"] for p in curve]
+            ax.plot(xs, ys, "-", color=color, alpha=0.8, lw=1.5)
+        end = r["train_time_s"]
+        ax.plot([end], [100 * r["val_acc"]], "o", color=color, ms=5)
+        ax.plot([end], [100 * r["test_acc"]], "*", color=color, ms=13, markeredgecolor="black")
         ax.annotate(
-            r["method"],
-            (r["train_time_s"], 100 * r["test_acc"]),
+            f"{r['method']} {100 * r['test_acc']:.2f}%",
+            (end, 100 * r["test_acc"]),
             textcoords="offset points",
-            xytext=(6, 4),
-            fontsize=9,
+            xytext=(6, -10 if i % 2 else 4),
+            fontsize=8,
+            color=color,
         )
     ax.set_xscale("log")
-    ax.set_xlabel("training wall time (s, with the learning-rate sweep)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlabel("cumulative wall time (s): whole sweep or grid, activation cache included")
+    ax.set_ylabel("accuracy (%): lines = best validation so far, ★ = selected, test")
     o = summary["options"]
-    ax.set_title(f"{o['model']} on {o['data']}: accuracy against training cost")
-    ax.grid(alpha=0.3)
+    ax.set_title(f"{o['model']} on {o['data']}: what each method reaches, and at what cost")
+    ax.grid(alpha=0.3, which="both")
+    lows = [100 * p["val_acc"] for r in summary["rows"] for p in (r.get("curve") or [])]
+    highs = [100 * r["test_acc"] for r in summary["rows"]]
+    if highs:  # the interesting band: early epochs of slow methods would squash it
+        top = max(highs + lows)
+        ax.set_ylim(max(min(highs) - 6, min(lows + highs) - 1), top + 1)
     fig.tight_layout()
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png")

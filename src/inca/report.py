@@ -138,10 +138,21 @@ def _summary_table(results: Mapping[str, Any], adapters: Sequence[Adapter]) -> s
     if ens := selection.get("ensemble"):
         members = list(ens.get("members", []))
         p = params_of(members)
+        weights = ens.get("weights")
+        shown = (
+            ", ".join(f"{m} ×{w:.2f}" for m, w in zip(members, weights, strict=True))
+            if weights
+            else ", ".join(members)
+        )
+        label = (
+            f"greedy ensemble of {ens.get('k', len(members))}"
+            if ens.get("method") == "greedy"
+            else f"top-{ens.get('k', len(members))} ensemble"
+        )
         rows.append(
             [
-                f"top-{ens.get('k', len(members))} ensemble",
-                ", ".join(members),
+                label,
+                shown,
                 _pct(ens.get("val_acc")),
                 _pct(ens.get("test_acc")),
                 _int(p),
@@ -173,10 +184,28 @@ def _summary_table(results: Mapping[str, Any], adapters: Sequence[Adapter]) -> s
     )
     header = ["", "adapter", "val acc", "test acc", "params", "% of backbone"]
     text = _table(header, rows)
-    if curve := (selection.get("ensemble") or {}).get("k_curve"):
+    ens = selection.get("ensemble") or {}
+    if alternatives := ens.get("alternatives"):
+        tried = ", ".join(f"{k} {_pct(v)}" for k, v in alternatives.items())
+        text += f"\n\nEnsembles tried (validation accuracy): {tried}; the better one is kept."
+    elif curve := ens.get("k_curve"):
         steps = ", ".join(f"k={c['k']} {_pct(c.get('val_acc'))}" for c in curve)
         text += f"\n\nEnsemble validation accuracy by k: {steps}."
+    if seeds := results.get("seeds"):
+        text += "\n\n" + _seeds_table(seeds)
     return text
+
+
+def _seeds_table(seeds: Mapping[str, Any]) -> str:
+    """Mean ± std over the training seeds (same splits, same cache)."""
+    rows = []
+    for key, label in (("best", "best single"), ("ensemble", "ensemble"), ("linear", "linear")):
+        if key in seeds:
+            v, t = seeds[key]["val_acc"], seeds[key]["test_acc"]
+            rows.append([label, f"{100 * v['mean']:.2f} ± {100 * v['std']:.2f}%",
+                         f"{100 * t['mean']:.2f} ± {100 * t['std']:.2f}%"])  # fmt: skip
+    n = len(seeds.get("seeds", []))
+    return f"Over {n} training seeds (mean ± std):\n\n" + _table(["", "val acc", "test acc"], rows)
 
 
 def _per_layer_table(results: Mapping[str, Any], adapters: Sequence[Adapter]) -> str:
@@ -211,10 +240,11 @@ def _all_adapters_table(adapters: Sequence[Adapter]) -> str:
             a["name"],
             a["kind"],
             a["tap"],
-            _num(a.get("lr")),
-            _num(a.get("weight_decay")),
+            "L-BFGS" if "l2" in a else _num(a.get("lr")),
+            f"l2 {_num(a['l2'])}" if "l2" in a else _num(a.get("weight_decay")),
             _int(a.get("params")),
-            _num(a.get("best_epoch")),
+            _num(a.get("best_epoch"))
+            + (f" (halved after {a['dropped_after']})" if a.get("dropped_after") else ""),
             _pct(a.get("val_acc")),
             _pct(a.get("test_acc")),
         ]
@@ -223,22 +253,22 @@ def _all_adapters_table(adapters: Sequence[Adapter]) -> str:
     return _table(header, rows)
 
 
-def results_table(results: Mapping[str, Any]) -> str:
-    """Markdown: the summary, the best adapter of each kind per tap, and every adapter by val."""
+def results_table(results: Mapping[str, Any], every_adapter: bool = True) -> str:
+    """Markdown: the summary, the best adapter of each kind per tap, and (``every_adapter``)
+    every adapter by validation accuracy."""
     adapters = _adapters(results)
-    return (
-        "\n\n".join(
-            [
-                "## Summary",
-                _summary_table(results, adapters),
-                "## Accuracy by layer",
-                _per_layer_table(results, adapters),
-                f"## All adapters ({len(adapters)}, by validation accuracy)",
-                _all_adapters_table(adapters),
-            ]
-        )
-        + "\n"
-    )
+    parts = [
+        "## Summary",
+        _summary_table(results, adapters),
+        "## Accuracy by layer",
+        _per_layer_table(results, adapters),
+    ]
+    if every_adapter:
+        parts += [
+            f"## All adapters ({len(adapters)}, by validation accuracy)",
+            _all_adapters_table(adapters),
+        ]
+    return "\n\n".join(parts) + "\n"
 
 
 def _duration(seconds: Any) -> str:
@@ -264,16 +294,31 @@ def run_summary(results: Mapping[str, Any]) -> str:
         data += " (" + " / ".join(f"{_int(n)} {split}" for split, n in sizes.items()) + " images"
         data += f" at {size}px)" if size else ")"
     parts.append(data)
+    n_taps = len(_taps(results, adapters)) if adapters else 0
+    solved = sum(1 for a in adapters if "l2" in a)
+    epochs = f"{run.get('epochs', '?')} epochs"
+    if run.get("max_epochs"):
+        epochs += f" of at most {run['max_epochs']} (ended by {run.get('stopped', '?')})"
     parts.append(
-        f"{len(adapters)} adapters on {len(_taps(results, adapters)) if adapters else 0} taps "
-        f"trained together for {run.get('epochs', '?')} epochs (batch {run.get('batch_size', '?')}"
-        f", seed {run.get('seed', '?')}, augmentation {'on' if run.get('augment') else 'off'}, "
-        f"{run.get('precision', '?')} on {run.get('device', '?')})"
+        f"{len(adapters) - solved} adapters on {n_taps} taps trained together for {epochs} "
+        f"(batch {run.get('batch_size', '?')}, seed {run.get('seed', '?')}, augmentation "
+        f"{'on' if run.get('augment') else 'off'}, {run.get('precision', '?')} on "
+        f"{run.get('device', '?')})"
+        + (f", {solved} linear probes fitted by L-BFGS" if solved else "")
     )
     text = "; ".join(parts) + f", in {_duration(run.get('wall_time_s'))}"
     if isinstance(ips := run.get("train_images_per_s"), int | float):
         text += f" ({ips:.1f} training images/s)"
-    return text + "."
+    text += "."
+    if cache := run.get("cache"):
+        text += (
+            f" Activation cache: {len(cache.get('taps', []))} taps, "
+            f"{cache.get('bytes', 0) / 2**30:.2f} GiB on disk ({cache.get('dtype')}), "
+            f"{_duration(cache.get('seconds'))} to build or open, in `{cache.get('dir')}`."
+        )
+    if run.get("budget"):
+        text += f" Budget: {run['budget']}."
+    return text
 
 
 # --- the plot -----------------------------------------------------------------------------

@@ -1,8 +1,18 @@
-"""Choosing among trained adapters: rank on validation, best single, top-k ensemble.
+"""Choosing among trained adapters: rank on validation, best single, ensembles.
 
 Selection only ever looks at validation numbers. Test accuracy is computed once, at the end,
 for the chosen adapter and ensemble (and for every adapter, for the per-layer table), never to
 choose anything.
+
+Two ensemble builders compete (``choose_ensemble``):
+
+* top-k: the k best adapters by validation accuracy, averaged uniformly. Simple, but its members
+  tend to make the same mistakes (neighbouring taps of one backbone), so adding more of them
+  helps little.
+* greedy forward selection with replacement (Caruana et al., 2004): grow the ensemble one member
+  at a time, each time adding whichever adapter most improves validation accuracy. It picks
+  adapters that fix the current ensemble's errors even when they are mediocre alone, and adding
+  a member again raises its weight, so the result is a weighted ensemble.
 """
 
 from __future__ import annotations
@@ -14,6 +24,8 @@ import torch
 from torch import Tensor
 
 from inca.errors import IncaError
+
+_TINY = 1e-12  # probability floor inside the log, so a confident mistake costs a finite NLL
 
 
 def accuracy(probs: Tensor, labels: Tensor) -> float:
@@ -28,20 +40,48 @@ def rank(scores: Mapping[str, float]) -> list[str]:
     return sorted(scores, key=lambda n: (-scores[n], n))
 
 
-def ensemble_probs(probs: Mapping[str, Tensor], members: Sequence[str]) -> Tensor:
-    """Mean of the members' class probabilities: (N, C)."""
-    return torch.stack([probs[m] for m in members]).mean(0)
+def ensemble_probs(
+    probs: Mapping[str, Tensor], members: Sequence[str], weights: Sequence[float] | None = None
+) -> Tensor:
+    """Mean of the members' class probabilities: (N, C); weighted by ``weights`` (aligned with
+    ``members``, normalised here) when given, uniform otherwise."""
+    stacked = torch.stack([probs[m] for m in members])  # (M, N, C)
+    if weights is None:
+        return stacked.mean(0)
+    if len(weights) != len(members):
+        raise IncaError(f"{len(weights)} weights for {len(members)} members; give one per member")
+    w = torch.as_tensor(list(weights), dtype=stacked.dtype, device=stacked.device)  # (M,)
+    if not torch.isfinite(w).all() or (w <= 0).any():
+        raise IncaError(f"ensemble weights must be finite and > 0, got {list(weights)}")
+    return torch.einsum("m,mnc->nc", w / w.sum(), stacked)
 
 
 @dataclass
 class EnsembleChoice:
-    members: list[str]  # best first
+    """A chosen ensemble and how it was chosen.
+
+    ``members`` are distinct, best first for top-k and in order of first addition for greedy.
+    ``weights`` (aligned with ``members``, summing to 1) is None for a uniform mean: what top-k
+    gives, and what a ``Task`` does without weights. ``k_curve`` has one entry per ensemble tried:
+    {"k", "val_acc"} for top-k; {"step", "k" (distinct members so far), "val_acc"} for greedy.
+    ``alternatives`` is the validation accuracy of each method ``choose_ensemble`` compared.
+    """
+
+    members: list[str]
     val_acc: float
-    k_curve: list[dict[str, float]] = field(default_factory=list)  # validation acc for each k
+    k_curve: list[dict[str, float]] = field(default_factory=list)
+    weights: list[float] | None = None
+    method: str = "top-k"
+    alternatives: dict[str, float] = field(default_factory=dict)
 
     @property
     def k(self) -> int:
+        """Number of distinct members (a member added twice by greedy counts once)."""
         return len(self.members)
+
+    def probs(self, probs: Mapping[str, Tensor]) -> Tensor:
+        """This ensemble's (N, C) probabilities on another split, e.g. test."""
+        return ensemble_probs(probs, self.members, self.weights)
 
 
 def select_ensemble(
@@ -62,3 +102,117 @@ def select_ensemble(
     assert best is not None
     best.k_curve = curve
     return best
+
+
+# --------------------------------------------------------------------------- greedy selection
+def _greedy_pool(
+    val_probs: Mapping[str, Tensor], val_labels: Tensor, candidates: int | None
+) -> list[str]:
+    """The names greedy may add, sorted by name (so a lower index breaks the last tie)."""
+    if not val_probs:
+        raise IncaError("no adapters to select from")
+    if len(val_labels) == 0:
+        raise IncaError("accuracy of an empty split is undefined; give the split some images")
+    if candidates is None:
+        return sorted(val_probs)
+    if candidates < 1:
+        raise IncaError(f"candidates must be >= 1 (or None for all), got {candidates}")
+    accs = {n: accuracy(p, val_labels) for n, p in val_probs.items()}
+    return sorted(rank(accs)[:candidates])
+
+
+def _stack(val_probs: Mapping[str, Tensor], names: list[str], labels: Tensor) -> Tensor:
+    """The pool's probabilities as one float64 (M, N, C) tensor; float64 so that a running sum
+    of many members does not drift enough to flip near-tied decisions."""
+    shapes = {tuple(val_probs[n].shape) for n in names}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise IncaError(
+            f"every adapter's validation probabilities must be one (N, C) shape, got "
+            f"{sorted(shapes)}"
+        )
+    stacked = torch.stack([val_probs[n] for n in names]).to(torch.float64)  # (M, N, C)
+    if stacked.shape[1] != len(labels):
+        raise IncaError(
+            f"{stacked.shape[1]} validation predictions but {len(labels)} labels; they must match"
+        )
+    return stacked
+
+
+def _best_addition(correct: Tensor, nll: Tensor) -> int:
+    """Index of the best candidate: most correct, then lowest NLL, then lowest index (name).
+
+    ``correct`` is an integer count, so equal accuracies compare exactly.
+    """
+    top = correct == correct.max()  # (M,) bool
+    nll = torch.where(top, nll, torch.full_like(nll, float("inf")))
+    return int(torch.nonzero(nll == nll.min())[0])  # first: lowest index among exact ties
+
+
+def select_greedy(
+    val_probs: Mapping[str, Tensor],
+    val_labels: Tensor,
+    max_steps: int = 25,
+    candidates: int | None = None,
+) -> EnsembleChoice:
+    """Greedy forward ensemble selection with replacement (Caruana et al., 2004).
+
+    Starting empty, each of ``max_steps`` steps adds (possibly again) the adapter whose addition
+    gives the best validation accuracy of the mean probabilities; ties go to the lower validation
+    negative log-likelihood, then to the name, so the result is reproducible. ``candidates``
+    restricts the pool to that many adapters best by validation accuracy (fewer, stronger
+    candidates overfit the validation set less). The step count with the best accuracy is kept
+    (the fewest steps on a tie); an adapter added c times of s steps gets weight c / s.
+
+    Every candidate's addition is scored in one batched op per step against a running sum, so a
+    step costs O(M N C) tensor work, not a Python loop over the M candidates.
+    """
+    if max_steps < 1:
+        raise IncaError(f"max_steps must be >= 1, got {max_steps}")
+    names = _greedy_pool(val_probs, val_labels, candidates)
+    pool = _stack(val_probs, names, val_labels)  # (M, N, C)
+    labels = val_labels.to(pool.device).long()  # (N,)
+    rows = torch.arange(len(labels), device=pool.device)
+    pool_true = pool[:, rows, labels]  # (M, N): each candidate's probability of the true class
+    running = torch.zeros_like(pool[0])  # (N, C): sum of the chosen members' probabilities
+    running_true = torch.zeros_like(pool_true[0])  # (N,)
+    picks: list[int] = []
+    curve: list[dict[str, float]] = []
+    for step in range(1, max_steps + 1):
+        preds = (running + pool).argmax(-1)  # (M, N); dividing by step would not move argmax
+        correct = (preds == labels).sum(-1)  # (M,)
+        nll = -((running_true + pool_true) / step).clamp_min(_TINY).log().mean(-1)  # (M,)
+        pick = _best_addition(correct, nll)
+        picks.append(pick)
+        running += pool[pick]
+        running_true += pool_true[pick]
+        acc = correct[pick].item() / len(labels)
+        curve.append({"step": step, "k": len(set(picks)), "val_acc": acc})
+    best = max(range(len(curve)), key=lambda i: (curve[i]["val_acc"], -i))
+    members, weights = _multiplicities([names[i] for i in picks[: best + 1]])
+    return EnsembleChoice(members, curve[best]["val_acc"], curve, weights=weights, method="greedy")
+
+
+def _multiplicities(added: list[str]) -> tuple[list[str], list[float]]:
+    """Distinct names in order of first addition, and each one's share of the additions."""
+    counts: dict[str, int] = {}
+    for name in added:
+        counts[name] = counts.get(name, 0) + 1
+    return list(counts), [c / len(added) for c in counts.values()]
+
+
+def choose_ensemble(
+    val_probs: Mapping[str, Tensor],
+    val_labels: Tensor,
+    max_k: int = 10,
+    greedy_steps: int = 25,
+    candidates: int | None = None,
+) -> EnsembleChoice:
+    """The better on validation of the top-k and the greedy ensemble; top-k wins a tie, being
+    simpler (uniform, usually fewer members). The returned choice's ``alternatives`` holds both
+    validation accuracies, {"top-k": acc, "greedy": acc}, so a report can say what lost."""
+    top = select_ensemble(val_probs, val_labels, max_k=max_k)
+    greedy = select_greedy(val_probs, val_labels, max_steps=greedy_steps, candidates=candidates)
+    n = len(val_labels)  # compare counts of correct images: the two accuracies are rounded apart
+    chosen = greedy if round(greedy.val_acc * n) > round(top.val_acc * n) else top
+    chosen.alternatives = {"top-k": top.val_acc, "greedy": greedy.val_acc}
+    return chosen

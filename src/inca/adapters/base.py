@@ -69,6 +69,12 @@ class AdapterConfig:
             )
         return cls(**data)
 
+    @property
+    def solved(self) -> bool:
+        """True when a closed-form or full-batch solver fits this adapter instead of the
+        one-to-many SGD loop (it then has no learning rate)."""
+        return False
+
     def short(self) -> str:
         """The non-default options as ``key=value`` text, for readable adapter names."""
         default = type(self)()
@@ -99,6 +105,22 @@ class Adapter(nn.Module):
 
     def stacked_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         """params: name -> (N, *shape); x: (N, B, T, D) -> logits (N, B, C)."""
+        raise NotImplementedError
+
+    # An adapter that reads its tap only through softmax attention pooling can share that work
+    # with every other such adapter on the tap (``inca.adapters.shared_pool``); InCA's folded
+    # form does. The three methods below are its contract; other adapters say False.
+    def pools_tokens(self, tokens: int) -> bool:
+        """Whether, for taps of ``tokens`` tokens, this adapter runs as the three phases
+        ``folded_queries`` -> shared pooling -> ``from_pooled``."""
+        return False
+
+    def folded_queries(self, params: dict[str, Tensor]) -> Tensor:
+        """params: name -> (N, *shape) -> the queries that pool the tokens, (N, J, D)."""
+        raise NotImplementedError
+
+    def from_pooled(self, params: dict[str, Tensor], pooled: Tensor) -> Tensor:
+        """Pooled tokens (N, B, J, D) -> logits (N, B, C)."""
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:

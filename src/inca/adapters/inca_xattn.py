@@ -114,11 +114,12 @@ class InCAAdapter(Adapter):
 
     def stacked_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         """params: name -> (N, *shape); x: normalised tokens (N, B, T, D) -> logits (N, B, C)."""
-        P = params
         if self.choose_path(x.shape[2]) == "folded":
-            attn = self._attend_folded(P, x)
-        else:
-            attn = self._attend_plain(P, x)
+            return self._attend_folded(params, x)
+        return self._finish(params, self._attend_plain(params, x))
+
+    def _finish(self, P: dict[str, Tensor], attn: Tensor) -> Tensor:
+        """Attention output (N, B, m, d) -> logits (N, B, C): output projection, MLP, head."""
         z = P["queries"].unsqueeze(1) + stacked_linear(attn, P["o_proj.weight"], P["o_proj.bias"])
         if self.mlp is not None:  # (N, B, m, d), pre-norm residual MLP
             hidden = stacked_layer_norm(z, P["mlp.0.weight"], P["mlp.0.bias"])
@@ -126,6 +127,43 @@ class InCAAdapter(Adapter):
             z = z + stacked_linear(hidden, P["mlp.3.weight"], P["mlp.3.bias"])
         pooled = stacked_layer_norm(z, P["out_norm.weight"], P["out_norm.bias"]).mean(2)
         return stacked_linear(pooled, P["head.weight"], P["head.bias"])  # (N, B, C)
+
+    # ------------------------------------------------ the folded form, in three phases
+    # A bank runs phase 2 for every adapter reading a tap at once (``inca.adapters.shared``):
+    # the token-sized matmuls then have K·m·h rows instead of m·h, several times faster on CPU.
+    def pools_tokens(self, tokens: int) -> bool:
+        """Whether this adapter reads the tap only through attention pooling (phase 2), which a
+        bank may then share with the other adapters on the same tap."""
+        return self.choose_path(tokens) == "folded" and not (self.training and self.config.dropout)
+
+    def folded_queries(self, P: dict[str, Tensor]) -> Tensor:
+        """Phase 1: u = W_kᵀ q per head with the LayerNorm's scale and 1/√e folded in:
+        (N, m*h, D). The key bias and the LayerNorm's shift add the same q·const to every
+        token's logit: no effect on the softmax."""
+        N, D = P["norm_weight"].shape
+        h, e = self.heads, self.head_dim
+        w_k = P["k_proj.weight"].view(N, h, e, D)
+        u = torch.einsum("nmhe,nhed->nmhd", self._queries(P), w_k)
+        return (u * (P["norm_weight"].view(N, 1, 1, D) / math.sqrt(e))).reshape(N, -1, D)
+
+    def from_pooled(
+        self, P: dict[str, Tensor], pooled: Tensor, mass: Tensor | float = 1.0
+    ) -> Tensor:
+        """Phase 3: pooled tokens Σ_t α_t x̂_t, (N, B, m*h, D) -> logits (N, B, C).
+
+        W_v (g ⊙ p + mass·b) + mass·b_v: the LayerNorm's affine folds into the value weights,
+        so nothing element-wise touches the (N, B, m, h, D) pooled tokens."""
+        N, B, _, D = pooled.shape
+        m, h, e = self.config.queries, self.heads, self.head_dim
+        pooled = pooled.reshape(N, B, m, h, D)  # in the tokens' dtype: the value projection's
+        # matmul runs in it (bf16 from a bf16 cache or backbone), everything after it in fp32
+        g, b = P["norm_weight"], P["norm_bias"]  # (N, D)
+        w_v = P["v_proj.weight"].view(N, h, e, D)
+        w = (w_v * g.view(N, 1, 1, D)).to(pooled.dtype)
+        v = torch.einsum("nbmhd,nhed->nbmhe", pooled, w).float()
+        shift = torch.einsum("nhed,nd->nhe", w_v, b) + P["v_proj.bias"].view(N, h, e)  # (N, h, e)
+        v = v + mass * shift.view(N, 1, 1, h, e)
+        return self._finish(P, v.reshape(N, B, m, h * e))
 
     def _queries(self, P: dict[str, Tensor]) -> Tensor:
         """The projected queries, per head: (N, m, h, e)."""
@@ -149,15 +187,11 @@ class InCAAdapter(Adapter):
         return out.transpose(1, 2).reshape(N, B, m, h * e)
 
     def _attend_folded(self, P: dict[str, Tensor], x: Tensor) -> Tensor:
-        """Keys folded into the queries, values applied after pooling: -> (N, B, m, d)."""
+        """Keys folded into the queries, values applied after pooling, each adapter on its
+        own tokens (phases 1-3 with phase 2 per adapter): -> logits (N, B, C)."""
         N, B, T, D = x.shape
-        m, h, e = self.config.queries, self.heads, self.head_dim
-        g, b = P["norm_weight"], P["norm_bias"]  # (N, D)
-        w_k = P["k_proj.weight"].view(N, h, e, D)
-        # u = W_kᵀ q per head, with the LayerNorm's scale folded in; the key bias and the
-        # LayerNorm's shift add the same q·const to every token's logit: no effect on softmax.
-        u = torch.einsum("nmhe,nhed->nmhd", self._queries(P), w_k)
-        u = (u * (g.view(N, 1, 1, D) / math.sqrt(e))).reshape(N, m * h, D)
+        m, h = self.config.queries, self.heads
+        u = self.folded_queries(P)  # (N, m*h, D)
         # (N, m*h, D) @ (N, D, B*T): the long B*T side is the reduction of the backward's
         # grad_u = dlogits @ x, which keeps x row-major there (2.3x faster than x @ uᵀ)
         # x may be bf16 (the bank's token dtype): the two token-sized matmuls run in it,
@@ -170,11 +204,5 @@ class InCAAdapter(Adapter):
             mass = alpha.sum(-1).view(N, B, m, h, 1)  # dropped weights no longer sum to one
         else:
             mass = 1.0
-        pooled = torch.bmm(alpha.to(x.dtype), x.reshape(N * B, T, D)).float()  # Σ_t α_t x̂_t
-        # W_v (g ⊙ p + mass·b) + mass·b_v: the LayerNorm's affine folds into the value weights,
-        # so nothing element-wise touches the (N, B, m, h, D) pooled tokens
-        w_v = P["v_proj.weight"].view(N, h, e, D)
-        v = torch.einsum("nbmhd,nhed->nbmhe", pooled.view(N, B, m, h, D), w_v * g.view(N, 1, 1, D))
-        shift = torch.einsum("nhed,nd->nhe", w_v, b) + P["v_proj.bias"].view(N, h, e)  # (N, h, e)
-        v = v + mass * shift.view(N, 1, 1, h, e)
-        return v.reshape(N, B, m, h * e)
+        pooled = torch.bmm(alpha.to(x.dtype), x.reshape(N * B, T, D))  # Σ_t α_t x̂_t
+        return self.from_pooled(P, pooled.view(N, B, m * h, D), mass)

@@ -18,16 +18,28 @@ from inca.adapters.registry import register_adapter
 from inca.errors import IncaError
 
 POOLS = ("cls", "mean", "cls+mean")
+SOLVERS = ("lbfgs", "adamw")
 
 
 @dataclass(frozen=True)
 class LinearProbeConfig(AdapterConfig):
+    """pool: which features; solver: "lbfgs" fits the probe as the literature does (full-batch
+    L-BFGS on the multinomial loss, to convergence, its L2 penalty swept on validation; see
+    ``inca.train.probe_solver``), "adamw" trains it beside the other adapters by SGD."""
+
     kind: ClassVar[str] = "linear"
     pool: str = "cls+mean"
+    solver: str = "adamw"
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
             raise IncaError(f"linear probe: pool must be one of {POOLS}, got {self.pool!r}")
+        if self.solver not in SOLVERS:
+            raise IncaError(f"linear probe: solver must be one of {SOLVERS}, got {self.solver!r}")
+
+    @property
+    def solved(self) -> bool:
+        return self.solver == "lbfgs"
 
 
 @register_adapter(LinearProbeConfig)
@@ -48,14 +60,23 @@ class LinearProbe(Adapter):
 
     def stacked_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         """x: normalised tokens (N, B, T, D) -> logits (N, B, C)."""
-        parts = []
-        if "cls" in self.config.pool:
-            parts.append(x[:, :, 0].float())  # (N, B, D)
-        if "mean" in self.config.pool:
-            # the mean of the patch tokens as a matmul with averaging weights: no copy of x
-            T, p = x.shape[2], self.num_prefix_tokens
-            weights = x.new_zeros(T)
-            weights[p:] = 1.0 / (T - p)
-            parts.append(torch.matmul(weights, x).float())  # (N, B, D)
+        pooled = pool_tokens(x, self.num_prefix_tokens)
+        parts = [pooled[p] for p in ("cls", "mean") if p in self.config.pool]
         features = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
         return stacked_linear(features, params["head.weight"], params["head.bias"])
+
+
+def pool_tokens(x: Tensor, num_prefix_tokens: int) -> dict[str, Tensor]:
+    """Normalised tokens (..., T, D) -> {"cls": (..., D), "mean": (..., D)} in float32: the
+    first token (when there is a prefix) and the mean of the patch tokens. The one definition
+    of the probe's features: the L-BFGS solver pools through it too, so a fitted probe gives
+    the logits it was fitted for."""
+    out = {}
+    if num_prefix_tokens:
+        out["cls"] = x[..., 0, :].float()
+    # the mean of the patch tokens as a matmul with averaging weights: no copy of x
+    T, p = x.shape[-2], num_prefix_tokens
+    weights = x.new_zeros(T)
+    weights[p:] = 1.0 / (T - p)
+    out["mean"] = torch.matmul(weights, x).float()
+    return out

@@ -61,6 +61,11 @@ class ActivationCache:
             for t, s in self.shapes.items()
         }
 
+    @property
+    def nbytes(self) -> int:
+        """The cache's size on disk."""
+        return sum(f.stat().st_size for f in self.directory.iterdir() if f.is_file())
+
     def check(self, request: dict[str, Any]) -> None:
         """Refuse to serve a request this cache was not built for, saying what differs."""
         diff = differences(self.header, request)

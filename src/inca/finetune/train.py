@@ -243,7 +243,8 @@ def _train(
             if acc > best_acc[g]:
                 best_acc[g], best_epoch[g] = acc, epoch + 1
                 best_state[g] = members[g].changed_state()
-        entry = {"epoch": epoch + 1, "step": step}
+        # cumulative training seconds at this validation: the method's accuracy-vs-cost curve
+        entry = {"epoch": epoch + 1, "step": step, "seconds": train_seconds}
         entry |= {"val_acc": accs[0]} if len(members) == 1 else {"val_acc_by_lr": _by_lr(fts, accs)}
         with open(out_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")

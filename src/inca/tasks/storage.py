@@ -3,8 +3,12 @@
     my-task/
       task.json              {"format": "inca-task", "version": 1, "name", "method", "backbone",
                               "class_names", "members": [{"name", "kind", "tap", "config",
-                              "in_dim"}], "metrics", "data", "created"}   (sorted keys)
+                              "in_dim", "weight"?}], "metrics", "data", "created"}   (sorted keys)
       adapters.safetensors   "{member name}/{parameter name}" -> tensor
+
+A weighted ensemble (greedy selection) gives every member a "weight" (summing to 1); a uniform
+one gives none, so its task.json is the same as before weights existed and an older file loads
+as uniform.
 
 Saving writes a hidden sibling directory and renames it into place, so an interrupted save never
 leaves a half-written task where a loadable one was. Loading reads safetensors only (no pickle:
@@ -15,6 +19,7 @@ a task file can come from anyone) and turns every way the files can be wrong int
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -55,15 +60,16 @@ def task_record(task: Task | FineTunedTask) -> dict[str, Any]:
     members = []
     for name in task.member_names:
         adapter = task.member(name)
-        members.append(
-            {
-                "name": name,
-                "kind": adapter.config.kind,
-                "tap": task.member_taps[name],
-                "config": adapter.config.to_dict(),
-                "in_dim": adapter.in_dim,
-            }
-        )
+        member = {
+            "name": name,
+            "kind": adapter.config.kind,
+            "tap": task.member_taps[name],
+            "config": adapter.config.to_dict(),
+            "in_dim": adapter.in_dim,
+        }
+        if task.member_weights is not None:
+            member["weight"] = task.member_weights[name]
+        members.append(member)
     return record | {"members": members}
 
 
@@ -178,6 +184,7 @@ def load_task(path: str | os.PathLike) -> Task | FineTunedTask:
             f"({', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}); the two files do not "
             "belong together: re-save the task"
         )
+    weighted = "weight" in record["members"][0]  # _read_record: all members or none
     task = Task(
         record["name"],
         record["method"],
@@ -187,6 +194,7 @@ def load_task(path: str | os.PathLike) -> Task | FineTunedTask:
         metrics=record.get("metrics"),
         data=record.get("data"),
         created=record.get("created"),
+        weights=[m["weight"] for m in record["members"]] if weighted else None,
     )
     return task.eval()
 
@@ -241,7 +249,28 @@ def _read_record(file: Path) -> dict[str, Any]:
         if not isinstance(m, dict):
             raise IncaError(f"{file}: members[{i}] is not an object; re-save the task")
         _require(m, file, f"members[{i}].", name=str, kind=str, tap=str, config=dict, in_dim=int)
+    if "finetune" not in record:
+        _check_weights(record["members"], file)
     return record
+
+
+def _check_weights(members: list[dict], file: Path) -> None:
+    """Either no member has a "weight" (uniform, as every task saved before weights) or all do,
+    each a finite number > 0; anything else is a damaged file, not something to guess at."""
+    has = [i for i, m in enumerate(members) if "weight" in m]
+    if has and len(has) != len(members):
+        missing = next(i for i in range(len(members)) if i not in has)
+        raise IncaError(
+            f"{file}: members[{missing}] has no weight but others do; every member of a weighted "
+            "ensemble needs one: re-save the task"
+        )
+    for i in has:
+        w = members[i]["weight"]
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w <= 0:
+            raise IncaError(
+                f"{file}: field members[{i}].weight is {w!r}, not a finite number > 0; re-save "
+                "the task"
+            )
 
 
 def _require(record: dict, file: Path, where: str, **types: type) -> None:

@@ -2,12 +2,14 @@
 
 A task is one or more adapters (its *members*) reading taps of one frozen backbone; it predicts
 the mean of the members' softmax probabilities (one member: a single adapter; several: an
-ensemble, as ``inca.select`` chose them). It remembers which backbone it was trained on (name,
+ensemble, as ``inca.select`` chose them), weighted when greedy selection chose the ensemble (a
+member it added twice counts twice). It remembers which backbone it was trained on (name,
 weights hash, preprocessing) so that serving can refuse a backbone that would give other tokens.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,8 +48,59 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+Weights = Sequence[float] | Mapping[str, float]
+
+
+def normalize_weights(
+    task: str, members: Sequence[str], weights: Weights | None
+) -> dict[str, float] | None:
+    """``weights`` checked and scaled to sum 1, keyed by member; None stays None (uniform).
+
+    ``weights`` is one number per member, in member order, or a mapping {member: weight} naming
+    every member (what ``Task.member_weights`` is, so one task's weights can build another).
+    Bad weights are refused rather than guessed: a wrong weight silently changes every
+    prediction.
+    """
+    if weights is None:
+        return None
+    if isinstance(weights, Mapping):
+        if set(weights) != set(members):
+            raise IncaError(
+                f"task {task!r}: the weights name {sorted(weights)} but the members are "
+                f"{list(members)}; give one weight per member"
+            )
+        weights = [weights[m] for m in members]
+    try:
+        if isinstance(weights, str | bytes):
+            raise TypeError
+        values = list(weights)
+    except TypeError:
+        raise IncaError(
+            f"task {task!r}: weights must be numbers, one per member, not {weights!r}"
+        ) from None
+    if len(values) != len(members):
+        raise IncaError(
+            f"task {task!r} has {len(members)} members but {len(values)} weights; give one "
+            "weight per member, in member order"
+        )
+    out = {}
+    for member, w in zip(members, values, strict=True):
+        try:
+            value = float(w) if not isinstance(w, bool | str | bytes) else math.nan
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            raise IncaError(
+                f"task {task!r}, member {member!r}: weight {w!r} is not a finite number > 0"
+            )
+        out[member] = value
+    total = math.fsum(out.values())
+    return {m: w / total for m, w in out.items()}
+
+
 class Task(nn.Module):
-    """Adapters on taps of one backbone; ``forward`` gives the mean of their probabilities.
+    """Adapters on taps of one backbone; ``forward`` gives the (weighted) mean of their
+    probabilities.
 
     Args:
         name: how the task is called in predictions and on disk.
@@ -57,6 +110,9 @@ class Task(nn.Module):
         members: ``(member name, tap, adapter)``; the task holds these modules, not copies.
         metrics, data: free-form JSON-able records (accuracies, dataset and split).
         created: ISO time of creation (now when not given).
+        weights: one finite weight > 0 per member, in member order, or {member: weight} (e.g.
+            greedy selection's multiplicities); scaled to sum 1 and kept as ``member_weights``
+            {member: weight}. None (the default): a uniform mean, ``member_weights`` None.
     """
 
     def __init__(
@@ -69,6 +125,7 @@ class Task(nn.Module):
         metrics: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
         created: str | None = None,
+        weights: Weights | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(name, str) or not name:
@@ -85,6 +142,7 @@ class Task(nn.Module):
         self._keys: dict[str, str] = {}  # member name -> ModuleDict key
         for member, tap, adapter in members:
             self._add(member, tap, adapter)
+        self.member_weights = normalize_weights(name, self.member_names, weights)
 
     def _add(self, member: str, tap: str, adapter: Adapter) -> None:
         where = f"task {self.name!r}, member {member!r}"
@@ -113,8 +171,10 @@ class Task(nn.Module):
         members: Sequence[Member],
         metrics: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
+        weights: Weights | None = None,
     ) -> Task:
-        """A task from adapters trained on ``backbone``; checks each tap exists and fits."""
+        """A task from adapters trained on ``backbone``; checks each tap exists and fits.
+        ``weights``: as for ``Task`` (one per member; None for a uniform mean)."""
         for member, tap, adapter in members:
             info = backbone.taps.get(tap)
             if info is None:
@@ -125,7 +185,8 @@ class Task(nn.Module):
                     f"but tap {tap!r} of {backbone.name} has width {info.dim}; build it with "
                     f"in_dim={info.dim}"
                 )
-        return cls(name, method, backbone_info(backbone), class_names, members, metrics, data)
+        info = backbone_info(backbone)
+        return cls(name, method, info, class_names, members, metrics, data, weights=weights)
 
     # ----------------------------------------------------------------- what it holds
     @property
@@ -164,7 +225,8 @@ class Task(nn.Module):
         return self.forward_normalized({t: normalize_tokens(tokens[t]) for t in self.taps})
 
     def forward_normalized(self, normed: Mapping[str, Tensor]) -> Tensor:
-        """Normalised tokens {tap: x̂ (B, T, D) float32} -> mean member probabilities (B, C).
+        """Normalised tokens {tap: x̂ (B, T, D) float32} -> mean member probabilities (B, C),
+        weighted by ``member_weights`` when the task has them.
 
         Takes x̂ rather than raw tokens so that a caller serving several tasks normalises each
         tap once for all of them (``MultiTask``).
@@ -173,7 +235,13 @@ class Task(nn.Module):
             self.members[self._keys[m]](normed[tap]).float().softmax(-1)  # (B, C)
             for m, tap in self.member_taps.items()
         ]
-        return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
+        if len(probs) == 1:
+            return probs[0]
+        stacked = torch.stack(probs)  # (M, B, C)
+        if self.member_weights is None:
+            return stacked.mean(0)
+        w = torch.tensor(list(self.member_weights.values()), device=stacked.device)  # (M,)
+        return torch.einsum("m,mbc->bc", w, stacked)
 
     # ----------------------------------------------------------------- on disk
     def save(self, path: str | Path) -> Path:

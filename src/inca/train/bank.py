@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from inca.adapters import Adapter, build_adapter
 from inca.adapters.base import stack_taps
+from inca.adapters.shared_pool import shared_pool
 from inca.adapters.stack import AdapterStack
 from inca.backbones.base import TapInfo
 from inca.train.plan import AdapterSpec
@@ -40,6 +41,7 @@ class AdapterBank(nn.Module):
     ) -> None:
         super().__init__()
         self.token_dtype = token_dtype  # what the adapters' token-sized matmuls read
+        self._build = (dict(taps), num_classes, num_prefix_tokens, seed, token_dtype)
         self.specs = {s.name: s for s in specs}
         self.taps = [t for t in taps if any(s.tap == t for s in specs)]  # backbone order
         groups: dict[tuple, list[tuple[AdapterSpec, Adapter]]] = {}
@@ -73,14 +75,42 @@ class AdapterBank(nn.Module):
         return self.forward_normalized(x)
 
     def forward_normalized(self, x: Tensor) -> dict[str, Tensor]:
-        """x: normalised tokens of ``self.taps`` stacked, (n_taps, B, T, D) -> {name: (B, C)}."""
+        """x: normalised tokens of ``self.taps`` stacked, (n_taps, B, T, D) -> {name: (B, C)}.
+
+        Stacks whose adapters only pool the tokens by attention (folded InCA) share that work:
+        one matmul per tap for all of them (``shared_pool``); the others run on their own."""
         out: dict[str, Tensor] = {}
+        pooling = [k for k, s in enumerate(self.stacks) if s.template.pools_tokens(x.shape[2])]
+        if pooling:
+            params = [self.stacks[k].stacked() for k in pooling]
+            queries = [
+                self.stacks[k].template.folded_queries(p)
+                for k, p in zip(pooling, params, strict=True)
+            ]
+            taps = [getattr(self, f"tap_index_{k}") for k in pooling]
+            for k, p, pooled in zip(pooling, params, shared_pool(queries, taps, x), strict=True):
+                logits = self.stacks[k].template.from_pooled(p, pooled.transpose(0, 1))
+                out.update(zip(self.stack_names[k], logits.unbind(0), strict=True))
         for k, stack in enumerate(self.stacks):
+            if k in pooling:
+                continue
             sl = self._contiguous[k]
             xs = x[sl] if sl is not None else x.index_select(0, getattr(self, f"tap_index_{k}"))
             logits = stack(xs)  # (N, B, C)
             out.update(zip(self.stack_names[k], logits.unbind(0), strict=True))
         return out
+
+    def subset(self, names: Sequence[str]) -> AdapterBank:
+        """A bank of only ``names`` (kept in this bank's order) carrying their current weights:
+        successive halving drops members this way, so later epochs cost only what survives."""
+        keep = [n for n in self.names if n in set(names)]
+        taps, num_classes, prefix, seed, dtype = self._build
+        device = next(self.parameters()).device
+        small = AdapterBank([self.specs[n] for n in keep], taps, num_classes, prefix, seed, dtype)
+        small = small.to(device)
+        for n in keep:
+            small.load_adapter_state(n, self.adapter_state(n))
+        return small
 
     # ------------------------------------------------------------- per-adapter views
     def adapter_state(self, name: str) -> dict[str, Tensor]:
@@ -119,6 +149,32 @@ class AdapterBank(nn.Module):
                         }
                     )
         return groups
+
+
+def carry_optimizer_state(
+    old: torch.optim.Optimizer,
+    old_bank: AdapterBank,
+    new: torch.optim.Optimizer,
+    new_bank: AdapterBank,
+) -> None:
+    """Move each surviving adapter's AdamW moments from ``old`` into ``new`` (same members, fewer
+    of them): rows of the stacked moments are picked out, so the survivors continue exactly."""
+    for names, stack in zip(new_bank.stack_names, new_bank.stacks, strict=True):
+        where = [old_bank._where[n] for n in names]
+        k_old = where[0][0]  # one stack key, lr and wd: they all come from one old stack
+        rows = torch.tensor([i for _, i in where])
+        old_stack = old_bank.stacks[k_old]
+        for pname, p_new in stack.stacked().items():
+            p_old = old_stack.stacked()[pname]
+            state = old.state.get(p_old)
+            if not state:
+                continue
+            new.state[p_new] = {
+                k: v[rows.to(v.device)].clone()
+                if v.ndim and v.shape[0] == len(old_stack)
+                else v.clone()
+                for k, v in state.items()
+            }
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:

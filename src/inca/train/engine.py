@@ -30,12 +30,17 @@ from inca.data import ImageTransform, Splits, Subset, make_loader
 from inca.errors import IncaError
 from inca.select import accuracy, rank
 from inca.train import checkpoint
-from inca.train.bank import AdapterBank, lr_factor
+from inca.train.bank import AdapterBank, carry_optimizer_state, lr_factor
+from inca.train.budget import Budget, resolve_budget, survivors
 from inca.train.plan import AdapterSpec
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """What every training method shares. Frozen-feature training (adapter plans) reads
+    ``epochs`` as a cap and may stop early or halve its grid (see ``inca.train.budget``);
+    fine-tuning methods train exactly ``epochs``."""
+
     epochs: int = 4
     batch_size: int = 64
     eval_batch_size: int = 128
@@ -45,6 +50,11 @@ class TrainConfig:
     seed: int = 0
     workers: int | None = None
     progress: bool = True
+    min_steps: int = 0  # adapter plans: at least this many optimizer steps (small sets)
+    patience: int = 0  # adapter plans: stop after this many steps without a better member
+    halving_epochs: int = 0  # adapter plans: first successive-halving rung (0: no halving)
+    halving_keep: float = 0.25  # fraction of members that continue after each rung
+    halving_min: int = 8  # never fewer members than this after a rung
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -53,10 +63,59 @@ class TrainConfig:
             raise IncaError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         if not 0 <= self.label_smoothing < 1:
             raise IncaError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if min(self.min_steps, self.patience, self.halving_epochs) < 0:
+            raise IncaError("min_steps, patience and halving_epochs must be >= 0 (0: off)")
+        if not 0 < self.halving_keep <= 1 or self.halving_min < 1:
+            raise IncaError(
+                f"halving keeps a fraction in (0, 1] and at least 1 member, got "
+                f"keep={self.halving_keep}, min={self.halving_min}"
+            )
 
     def signature(self) -> dict[str, Any]:
-        """What must match for a checkpoint to be resumed (progress display and workers may not)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("progress", "workers")}
+        """What must match for a checkpoint to be resumed (progress display and workers may not).
+        Options added after a run was made are left out while at their defaults, so its
+        checkpoint still resumes."""
+        later = {f: getattr(TrainConfig, f) for f in LATER_FIELDS}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("progress", "workers") and not (k in later and v == later[k])
+        }
+
+    def to_options(self) -> dict[str, Any]:
+        """As plain options (saved by `inca compare`): fields added later are left out while
+        at their defaults, so options saved before them still compare equal."""
+        later = {f: getattr(TrainConfig, f) for f in LATER_FIELDS}
+        return {k: v for k, v in asdict(self).items() if not (k in later and v == later[k])}
+
+    def budget(self, steps_per_epoch: int) -> Budget:
+        return resolve_budget(
+            steps_per_epoch,
+            self.epochs,
+            self.min_steps,
+            self.patience,
+            self.halving_epochs,
+            self.halving_keep,
+            self.halving_min,
+        )
+
+
+# Frozen-feature training (adapter plans, from the activation cache): epochs there cost a few
+# percent of a backbone pass, so the budget is "until validation stops improving", counted in
+# optimizer steps, with a grid halved early. Fine-tuning keeps TrainConfig()'s epoch budget.
+FROZEN_DEFAULTS: dict[str, Any] = {
+    "epochs": 20,  # a cap (the cosine schedule spans it); patience may end the run before
+    "batch_size": 128,
+    "label_smoothing": 0.1,
+    "augment": False,  # one cached view per image
+    "min_steps": 1000,
+    "patience": 800,
+    "halving_epochs": 2,
+    "halving_keep": 0.25,
+    "halving_min": 12,
+}
+
+LATER_FIELDS = ("min_steps", "patience", "halving_epochs", "halving_keep", "halving_min")
 
 
 def token_dtype(backbone: Backbone) -> torch.dtype:
@@ -161,7 +220,12 @@ def predict_all(
 
 
 class OneToManyTrainer:
-    """Trains every adapter of ``specs`` on ``splits`` from one backbone pass per batch."""
+    """Trains every adapter of ``specs`` on ``splits`` from one backbone pass per batch.
+
+    Runs until the budget (``TrainConfig.budget``) says stop: the epoch cap, patience, and the
+    successive-halving rungs that shrink the bank to its best members. Every member keeps its
+    best validation epoch, also after it is dropped.
+    """
 
     def __init__(
         self,
@@ -178,6 +242,7 @@ class OneToManyTrainer:
         # as JSON gives it back (tuples become lists), to compare with a saved checkpoint's
         self.signature = json.loads(json.dumps(signature | {"train": config.signature()}))
         num_classes = len(splits.class_names)
+        self.specs = list(specs)
         self.bank = AdapterBank(
             specs,
             backbone.taps,
@@ -186,8 +251,8 @@ class OneToManyTrainer:
             seed=config.seed,
             token_dtype=token_dtype(backbone),
         ).to(backbone.device)
-        # fused: one kernel per parameter instead of ~10 element-wise passes (6x on this CPU)
-        self.optimizer = torch.optim.AdamW(self.bank.param_groups(), fused=True)
+        self.all_names = self.bank.names
+        self.optimizer = self._optimizer()
         self.source = BatchSource(backbone, splits, self.bank.taps, config, caches)
         self.steps_per_epoch = len(splits.train) // config.batch_size
         if self.steps_per_epoch == 0:
@@ -195,26 +260,51 @@ class OneToManyTrainer:
                 f"the training split has {len(splits.train)} images, fewer than one "
                 f"batch of {config.batch_size}; lower --batch-size"
             )
-        self.total_steps = self.steps_per_epoch * config.epochs
+        self.budget = config.budget(self.steps_per_epoch)
+        self.total_steps = self.budget.total_steps
         self.warmup_steps = int(config.warmup * self.total_steps)
         self.epoch = 0  # epochs done
         self.step = 0
-        self.best_acc = {n: -1.0 for n in self.bank.names}
-        self.best_epoch = {n: 0 for n in self.bank.names}
-        self.best_state = {n: self._adapter_state(n) for n in self.bank.names}
+        self.best_acc = {n: -1.0 for n in self.all_names}
+        self.best_epoch = {n: 0 for n in self.all_names}
+        self.best_state = {n: self._adapter_state(n) for n in self.all_names}
         self.best_val_probs: dict[str, Tensor] = {}
         self.val_labels: Tensor | None = None
+        self.last_val_loss: dict[str, float] = {}
+        self.last_improved_step = 0
+        self.stopped = ""  # why training ended before the cap ("" while it has not)
+        self.dropped_at: dict[str, int] = {}  # member -> the epoch after which halving dropped it
         self.train_seconds = 0.0
+        self.val_seconds = 0.0
         self.backbone_seconds = 0.0
         self.images_seen = 0
+        self.curve: list[dict[str, float]] = []  # per epoch: cumulative seconds, best val acc
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        # fused: one kernel per parameter instead of ~10 element-wise passes (6x on this CPU)
+        return torch.optim.AdamW(self.bank.param_groups(), fused=True)
 
     # ------------------------------------------------------------------ state
     def _adapter_state(self, name: str) -> dict[str, Tensor]:
         return self.bank.adapter_state(name)
 
+    @property
+    def active(self) -> list[str]:
+        """The members still training (all of them until a halving rung drops some)."""
+        return self.bank.names
+
+    def _shrink(self, keep: list[str], carry: bool = True) -> None:
+        """Continue with members ``keep`` only; their weights and AdamW moments carry over."""
+        old_bank, old_opt = self.bank, self.optimizer
+        self.bank = old_bank.subset(keep)
+        self.optimizer = self._optimizer()
+        if carry:
+            carry_optimizer_state(old_opt, old_bank, self.optimizer, self.bank)
+        self.source.taps = self.bank.taps  # read only the taps the survivors need
+
     def save_checkpoint(self) -> None:
         tensors = checkpoint.flatten("bank", self.bank.state_dict())
-        for n in self.bank.names:
+        for n in self.all_names:
             tensors |= checkpoint.flatten(f"best/{n}", self.best_state[n])
         tensors |= {f"valprobs/{n}": p for n, p in self.best_val_probs.items()}
         if self.val_labels is not None:
@@ -230,6 +320,13 @@ class OneToManyTrainer:
             "train_seconds": self.train_seconds,
             "backbone_seconds": self.backbone_seconds,
             "images_seen": self.images_seen,
+            "val_seconds": self.val_seconds,
+            "active": self.active,
+            "dropped_at": self.dropped_at,
+            "last_val_loss": self.last_val_loss,
+            "last_improved_step": self.last_improved_step,
+            "stopped": self.stopped,
+            "curve": self.curve,
         }
         checkpoint.save(self.out_dir, tensors | optim_tensors, meta)
 
@@ -246,8 +343,10 @@ class OneToManyTrainer:
                 f"settings ({', '.join(diff)} differ); use the same options or "
                 "another --out"
             )
+        if meta.get("active", self.all_names) != self.all_names:
+            self._shrink(meta["active"], carry=False)  # the state below fills it
         self.bank.load_state_dict(checkpoint.unflatten(tensors, "bank"))
-        for n in self.bank.names:
+        for n in self.all_names:
             self.best_state[n] = checkpoint.unflatten(tensors, f"best/{n}")
             if f"valprobs/{n}" in tensors:
                 self.best_val_probs[n] = tensors[f"valprobs/{n}"]
@@ -257,6 +356,12 @@ class OneToManyTrainer:
         self.best_acc, self.best_epoch = meta["best_acc"], meta["best_epoch"]
         self.train_seconds, self.backbone_seconds = meta["train_seconds"], meta["backbone_seconds"]
         self.images_seen = meta["images_seen"]
+        self.val_seconds = meta.get("val_seconds", 0.0)
+        self.dropped_at = meta.get("dropped_at", {})
+        self.last_val_loss = meta.get("last_val_loss", {})
+        self.last_improved_step = meta.get("last_improved_step", self.step)
+        self.stopped = meta.get("stopped", "")
+        self.curve = meta.get("curve", [])
 
     # ------------------------------------------------------------------ training
     def best_name(self) -> str | None:
@@ -274,7 +379,7 @@ class OneToManyTrainer:
         backbone_before = self.source.backbone_seconds
         bar = tqdm(
             self.source.train(self.epoch),
-            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            desc=f"epoch {self.epoch + 1}/{self.budget.max_epochs}",
             total=self.steps_per_epoch,
             unit="batch",
             disable=not cfg.progress,
@@ -315,44 +420,95 @@ class OneToManyTrainer:
         probs, labels = predict_all(self.source, self.bank, "val", self.config.progress)
         self.val_labels = labels
         accs = {n: accuracy(p, labels) for n, p in probs.items()}
+        for n, p in probs.items():  # the tie-breaker of halving: plateaus share an accuracy
+            picked = p.gather(1, labels.view(-1, 1)).clamp_min(1e-12)
+            self.last_val_loss[n] = -picked.log().mean().item()
         for n, acc in accs.items():
             if acc > self.best_acc[n]:
                 self.best_acc[n], self.best_epoch[n] = acc, self.epoch
                 self.best_state[n] = self._adapter_state(n)
                 self.best_val_probs[n] = probs[n]
+                self.last_improved_step = self.step
         return accs
 
+    def _halve(self) -> list[str]:
+        """At a halving rung: drop all but the best members; returns the dropped names."""
+        if self.epoch not in self.budget.rungs:
+            return []
+        b = self.budget
+        keep = survivors(self.active, self.best_acc, self.last_val_loss, b.keep, b.min_members)
+        dropped = [n for n in self.active if n not in keep]
+        if dropped:
+            for n in dropped:
+                self.dropped_at[n] = self.epoch
+            self._shrink(keep)
+        return dropped
+
+    def _out_of_patience(self) -> bool:
+        patience = self.budget.patience_steps
+        return bool(patience) and self.step - self.last_improved_step >= patience
+
     def fit(self, resume: bool = False) -> None:
-        """Train for the configured epochs (continuing from the checkpoint when ``resume``)."""
+        """Train until the budget ends (continuing from the checkpoint when ``resume``)."""
         log = self.out_dir / "log.jsonl"
+        cap = self.budget.max_epochs
         if resume and (self.out_dir / checkpoint.FILE).exists():
             self.load_checkpoint()
-            print(f"resuming {self.out_dir} after epoch {self.epoch}/{self.config.epochs}")
-        while self.epoch < self.config.epochs:
+            print(f"resuming {self.out_dir} after epoch {self.epoch}/{cap}")
+        while self.epoch < cap and not self.stopped:
             t0 = time.perf_counter()
             losses = self.train_epoch()
             t_train = time.perf_counter() - t0
             self.epoch += 1
             accs = self.validate()
-            self.save_checkpoint()
+            t_val = time.perf_counter() - t0 - t_train
+            self.val_seconds += t_val
             best = self.best_name()
+            self.curve.append(
+                {
+                    "epoch": self.epoch,
+                    "seconds": self.train_seconds + self.val_seconds,  # validation is a cost too
+                    "val_acc": self.best_acc[best],
+                }
+            )
+            dropped = self._halve()
+            if self._out_of_patience():
+                self.stopped = f"no better member for {self.step - self.last_improved_step} steps"
+            self.save_checkpoint()
             entry = {
                 "epoch": self.epoch,
                 "step": self.step,
                 "train_seconds": t_train,
-                "val_seconds": time.perf_counter() - t0 - t_train,
+                "val_seconds": t_val,
                 "train_loss": losses,
                 "val_acc": accs,
                 "best": {"name": best, "val_acc": self.best_acc[best]},
+                "active": len(self.active),
             }
+            if dropped:
+                entry["dropped"] = dropped
+            if self.stopped:
+                entry["stopped"] = self.stopped
             with open(log, "a") as f:
                 f.write(json.dumps(entry, sort_keys=True) + "\n")
+            note = f"; halving kept {len(self.active)} of {len(self.active) + len(dropped)}"
             print(
-                f"epoch {self.epoch}/{self.config.epochs}: best {best} "
-                f"{100 * self.best_acc[best]:.2f}% val ({t_train:.0f} s train)"
+                f"epoch {self.epoch}/{cap}: best {best} {100 * self.best_acc[best]:.2f}% val "
+                f"({t_train:.0f} s train, {len(accs)} members{note if dropped else ''})"
+                + (f"; stopping: {self.stopped}" if self.stopped else "")
             )
 
     def load_best(self) -> None:
-        """Put every adapter back to its best validation epoch."""
+        """Every member of the plan, dropped ones included, back at its best validation epoch."""
+        if self.active != self.all_names:
+            self.bank = AdapterBank(
+                self.specs,
+                self.backbone.taps,
+                len(self.splits.class_names),
+                self.backbone.num_prefix_tokens,
+                seed=self.config.seed,
+                token_dtype=token_dtype(self.backbone),
+            ).to(self.backbone.device)
+            self.source.taps = self.bank.taps
         for n in self.bank.names:
             self.bank.load_adapter_state(n, self.best_state[n])

@@ -24,7 +24,13 @@ from typing import Any
 from inca.adapters import AdapterConfig, adapter_config
 from inca.errors import IncaError
 
-DEFAULT_PLAN = "inca taps=block.* lr=1e-3; linear taps=block.*[-3:] lr=1e-3,1e-2"
+# The main job's grid: InCA on every other block (the cache then holds six taps, not twelve),
+# two learning rates x two weight decays x 6 or 12 heads (48 adapters, halved after two epochs),
+# and a converged linear probe on each of those blocks.
+DEFAULT_PLAN = (
+    "inca taps=block.*[1::2] lr=1e-3,3e-3 wd=1e-4,0.05 heads=6,12; "
+    "linear taps=block.*[1::2] pool=cls+mean solver=lbfgs"
+)
 _SLICE = re.compile(r"^(?P<glob>[^\[\]]+)\[(?P<slice>-?\d*(?::-?\d*){0,2})\]$")
 
 
@@ -38,6 +44,10 @@ class AdapterSpec:
     config: AdapterConfig
     lr: float
     weight_decay: float
+
+    @property
+    def solved(self) -> bool:
+        return self.config.solved
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,11 +135,15 @@ def parse_plan(
         ):
             opts = dict(zip(swept, combo, strict=True))
             config = adapter_config(kind, opts)
+            solved = config.solved  # fitted by a solver: no lr or wd of its own
             name = ".".join(
-                [kind, tap, f"lr{compact(lr_)}"]
-                + ([f"wd{compact(wd)}"] if wd_given else [])
-                + [f"{k}{compact(v)}" for k, v in opts.items()]
+                [kind, tap]
+                + ([] if solved else [f"lr{compact(lr_)}"])
+                + ([f"wd{compact(wd)}"] if wd_given and not solved else [])
+                + [f"{k}{compact(v)}" for k, v in opts.items() if k != "solver"]
             )
+            if solved and any(s.name == name for s in specs):
+                continue  # an lr or wd sweep means nothing to a solver: one fit is enough
             specs.append(AdapterSpec(name, kind, tap, config, lr_, wd))
     if not specs:
         raise IncaError(f"plan {text!r} has no adapters; e.g. {DEFAULT_PLAN!r}")

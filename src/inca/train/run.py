@@ -1,17 +1,30 @@
 """A whole training run: data + backbone + plan -> trained adapters, selection, tasks, report.
 
+By default the run builds (or reuses) an activation cache of exactly the taps the plan reads,
+then trains from it: the backbone runs once per image, not once per epoch. Adapters that train by
+SGD go through the one-to-many trainer (with its budget: patience, successive halving); linear
+probes with ``solver=lbfgs`` are fitted to convergence on pooled cached features. Every member,
+however trained, enters the same selection on validation: the best single member and the best
+ensemble (top-k or greedy with replacement). Test accuracy is computed once.
+
 The run directory holds ``plan.json`` (what was asked), ``log.jsonl`` (per-epoch metrics),
-``checkpoint.safetensors`` (resume), ``results.json`` (every adapter: tap, kind, params, val and
-test accuracy), ``tasks/best`` and ``tasks/ensemble`` (loadable with ``inca.load_task``), and
-``report.md`` + ``accuracy_by_layer.png``.
+``checkpoint.safetensors`` (resume), ``probes.json`` (the linear probes' fits),
+``results.json`` (every member: tap, kind, params, val and test accuracy, and the run's cost and
+validation curve), ``tasks/best`` and ``tasks/ensemble`` (loadable with ``inca.load_task``), and
+``report.md`` + ``accuracy_by_layer.png``. With ``seeds`` > 1 the plan is repeated with other
+training seeds (same splits, same cache) under ``seeds/seed<k>`` and ``results.json`` gains the
+mean ± std over seeds.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from inca.backbones import Backbone, load_backbone
 from inca.cache import ActivationCache, build_cache, cache_request
@@ -19,26 +32,11 @@ from inca.cache.format import read_header
 from inca.data import Splits, make_splits
 from inca.errors import IncaError
 from inca.io import write_json
-from inca.select import accuracy, ensemble_probs, rank, select_ensemble
-from inca.train.engine import OneToManyTrainer, TrainConfig, predict_all
-from inca.train.plan import DEFAULT_PLAN, parse_plan
-
-
-def _task(
-    trainer: OneToManyTrainer, name: str, method: str, members: list[str], metrics: dict, data: dict
-):
-    from inca.tasks import Task
-
-    bank = trainer.bank
-    return Task.from_adapters(
-        name,
-        method,
-        trainer.backbone,
-        trainer.splits.class_names,
-        [(m, bank.specs[m].tap, bank.export_adapter(m)) for m in members],
-        metrics=metrics,
-        data=data,
-    )
+from inca.select import accuracy, choose_ensemble, rank
+from inca.train.engine import BatchSource, OneToManyTrainer, TrainConfig, predict_all
+from inca.train.member import Member
+from inca.train.plan import DEFAULT_PLAN, AdapterSpec, parse_plan
+from inca.train.probes import fit_linear_probes
 
 
 def train(
@@ -53,13 +51,15 @@ def train(
     precision: str = "auto",
     device: str = "auto",
     lr: float = 1e-3,
-    weight_decay: float = 1e-4,
+    weight_decay: float = 0.05,
     max_ensemble: int = 10,
     resume: bool = False,
     config: TrainConfig | None = None,
     cache: str | Path | None = None,
     cache_views: int = 1,
     cache_dtype: str = "auto",
+    seeds: int = 1,
+    cache_taps: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train every adapter of ``plan`` at once and write the run directory; returns results.
 
@@ -67,10 +67,13 @@ def train(
     ``cache/{train,val,test}`` (built there first if absent): the backbone runs once, not once
     per epoch. The training cache holds ``cache_views`` views per image, augmented when there
     are several (epoch e reads view e mod views); with one view there is no augmentation.
+    ``cache_taps`` adds taps to the cache beyond the plan's (a cache shared by several runs).
     """
     config = config or TrainConfig()
     out = Path(out)
     started = time.perf_counter()
+    if seeds < 1:
+        raise IncaError(f"seeds must be at least 1, got {seeds}")
     if (out / "checkpoint.safetensors").exists() and not resume:
         raise IncaError(
             f"{out} already holds a run; pass --resume to continue it, or choose another --out"
@@ -100,15 +103,13 @@ def train(
         "plan": [s.to_dict() for s in specs],
         "data": data_info,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "plan.json", signature | {"plan_text": plan, "train": config.signature()})
     print(
         f"{data}: {splits.sizes()} images, {len(splits.class_names)} classes; "
         f"{backbone.name} at {backbone.preprocess.image_size} px, {backbone.precision.name} on "
         f"{backbone.device}; {len(specs)} adapters on {len({s.tap for s in specs})} taps"
     )
 
-    caches = None
+    caches, cache_info = None, None
     if cache is not None:
         if cache_views == 1 and config.augment:
             config = TrainConfig(**(asdict(config) | {"augment": False}))
@@ -116,13 +117,87 @@ def train(
                 "cached training with one view per image: no augmentation (--cache-views K "
                 "caches K augmented views)"
             )
-        taps = [t for t in backbone.taps if any(s.tap == t for s in specs)]
+        wanted = {s.tap for s in specs} | set(cache_taps or [])
+        taps = [t for t in backbone.taps if t in wanted]
+        t0 = time.perf_counter()
         caches = open_caches(backbone, splits, taps, Path(cache), cache_views, cache_dtype, config)
+        cache_info = {
+            "dir": str(cache),
+            "views": cache_views,
+            "dtype": caches["train"].dtype,
+            "taps": taps,
+            "bytes": sum(c.nbytes for c in caches.values()),
+            "seconds": time.perf_counter() - t0,  # here: building, or opening a built one
+            "build_seconds": build_seconds(Path(cache)),  # what building it cost, once
+        }
         signature["cache"] = {"views": cache_views, "dtype": cache_dtype}
-    trainer = OneToManyTrainer(backbone, splits, specs, config, out, signature, caches)
-    trainer.fit(resume=resume)
-    trainer.load_best()
-    return finish(trainer, out, max_ensemble, started, data_info)
+        print(
+            f"activation cache {cache}: {len(taps)} taps, "
+            f"{cache_info['bytes'] / 2**30:.2f} GiB on disk ({cache_info['seconds']:.0f} s)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "plan.json", signature | {"plan_text": plan, "train": config.signature()})
+
+    runs = []
+    for k in range(seeds):
+        run_out = out if k == 0 else out / "seeds" / f"seed{config.seed + k}"
+        run_config = TrainConfig(**(asdict(config) | {"seed": config.seed + k}))
+        if k:
+            print(f"== seed {config.seed + k} ({k + 1}/{seeds}) ==")
+        members, trainer = train_members(
+            backbone, splits, specs, run_config, run_out, signature, caches, resume
+        )
+        runs.append(
+            finish(
+                backbone, splits, members, trainer, run_out, max_ensemble, started, data_info,
+                cache_info,
+            )
+        )  # fmt: skip
+    results = runs[0]
+    if seeds > 1:
+        results["seeds"] = seed_summary(runs, config.seed)
+        write_json(out / "results.json", results)
+        from inca.report import write_report
+
+        write_report(results, out)
+    return results
+
+
+def train_members(
+    backbone: Backbone,
+    splits: Splits,
+    specs: list[AdapterSpec],
+    config: TrainConfig,
+    out: Path,
+    signature: dict[str, Any],
+    caches: dict[str, ActivationCache] | None,
+    resume: bool,
+) -> tuple[dict[str, Member], OneToManyTrainer | None]:
+    """Every member of the plan, trained: SGD members one-to-many, solved probes by L-BFGS."""
+    out.mkdir(parents=True, exist_ok=True)
+    sgd = [s for s in specs if not s.solved]
+    solved = [s for s in specs if s.solved]
+    members: dict[str, Member] = {}
+    trainer = None
+    if sgd:
+        trainer = OneToManyTrainer(backbone, splits, sgd, config, out, signature, caches)
+        trainer.fit(resume=resume)
+        trainer.load_best()
+        test_probs, _ = predict_all(trainer.source, trainer.bank, "test", config.progress)
+        for n, spec in trainer.bank.specs.items():
+            members[n] = Member(
+                spec,
+                trainer.bank.export_adapter(n),
+                trainer.best_acc[n],
+                trainer.best_val_probs[n],
+                test_probs[n],
+                {"best_epoch": trainer.best_epoch[n], "dropped_after": trainer.dropped_at.get(n)},
+            )
+    if solved:
+        taps = [t for t in backbone.taps if any(s.tap == t for s in solved)]
+        source = BatchSource(backbone, splits, taps, config, caches)
+        members |= fit_linear_probes(source, solved, len(splits.class_names), out, config.progress)
+    return members, trainer
 
 
 def open_caches(
@@ -136,12 +211,13 @@ def open_caches(
 ) -> dict[str, ActivationCache]:
     """The activation cache of each split under ``root``: reused when it matches, finished when
     interrupted, built when absent, refused (with the differences) when it is another's."""
-    caches = {}
+    caches, started, built_any = {}, time.perf_counter(), False
     for split in ("train", "val", "test"):
         subset = getattr(splits, split)
         v = views if split == "train" else 1
         augment = split == "train" and v > 1
         directory = root / split
+        built = False
         if not (directory / "header.json").exists() or not read_header(directory)["complete"]:
             build_cache(
                 backbone,
@@ -156,95 +232,184 @@ def open_caches(
                 workers=config.workers,
                 progress=config.progress,
             )
-        cache = ActivationCache(directory)
+            built = built_any = True
+        # just built here: its checksums were computed from the bytes on disk a moment ago,
+        # so reading them all again would only cost time (a reused cache is verified)
+        cache = ActivationCache(directory, verify=not built)
         cache.check(cache_request(backbone, subset, taps, dtype, v, augment, config.seed))
         caches[split] = cache
+    if built_any:  # what the backbone passes cost, for reports that count the cache in
+        write_json(root / BUILD_RECORD, {"seconds": time.perf_counter() - started})
     return caches
 
 
+BUILD_RECORD = "build.json"
+
+
+def build_seconds(root: Path) -> float | None:
+    """Seconds the cache under ``root`` took to build (None when unrecorded)."""
+    import json
+
+    try:
+        return float(json.loads((root / BUILD_RECORD).read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def finish(
-    trainer: OneToManyTrainer, out: Path, max_ensemble: int, started: float, data_info: dict
+    backbone: Backbone,
+    splits: Splits,
+    members: dict[str, Member],
+    trainer: OneToManyTrainer | None,
+    out: Path,
+    max_ensemble: int,
+    started: float,
+    data_info: dict,
+    cache_info: dict | None = None,
 ) -> dict[str, Any]:
     """Select on validation, compute test accuracy once, save tasks, results and report."""
-    bank, backbone = trainer.bank, trainer.backbone
-    val_probs, val_labels = trainer.best_val_probs, trainer.val_labels
-    ensemble = select_ensemble(val_probs, val_labels, max_k=max_ensemble)
-    best = rank(trainer.best_acc)[0]
-    test_probs, test_labels = predict_all(trainer.source, bank, "test", trainer.config.progress)
-    test_acc = {n: accuracy(p, test_labels) for n, p in test_probs.items()}
-    ens_test = accuracy(ensemble_probs(test_probs, ensemble.members), test_labels)
+    val_labels = torch.as_tensor(splits.val.labels, dtype=torch.long)  # split order, as the
+    test_labels = torch.as_tensor(splits.test.labels, dtype=torch.long)  # probabilities' rows
+    val_acc = {n: m.val_acc for n, m in members.items()}
+    best = rank(val_acc)[0]
+    ensemble = choose_ensemble(
+        {n: m.val_probs for n, m in members.items()}, val_labels, max_k=max_ensemble
+    )
+    test_acc = {n: accuracy(m.test_probs, test_labels) for n, m in members.items()}
+    ens_test = accuracy(ensemble.probs({n: m.test_probs for n, m in members.items()}), test_labels)
     taps_order = list(backbone.taps)
 
     adapters = []
-    for n, spec in bank.specs.items():
+    for n, m in members.items():
         adapters.append(
-            spec.to_dict()
+            m.spec.to_dict()
             | {
-                "tap_index": taps_order.index(spec.tap),
-                "params": bank.num_params(n),
-                "best_epoch": trainer.best_epoch[n],
-                "val_acc": trainer.best_acc[n],
+                "tap_index": taps_order.index(m.spec.tap),
+                "params": m.adapter.num_params(),
+                "val_acc": m.val_acc,
                 "test_acc": test_acc[n],
-                "train_time_s": trainer.train_seconds,
             }
+            | {k: v for k, v in m.info.items() if v is not None}
         )
     linear = [a for a in adapters if a["kind"] == "linear"]
     reference = None
     if linear:
-        deepest = max(a["tap_index"] for a in linear)
-        ref = max((a for a in linear if a["tap_index"] == deepest), key=lambda a: a["val_acc"])
+        ref = max(linear, key=lambda a: (a["val_acc"], a["tap_index"]))
         reference = {
             "name": ref["name"],
             "val_acc": ref["val_acc"],
             "test_acc": ref["test_acc"],
-            "note": "linear probe on the deepest tap",
+            "note": "the linear probe with the best validation accuracy",
         }
     wall = time.perf_counter() - started
-    results = {
-        "run": {
-            "backbone": backbone.describe(),
-            **data_info,
-            "epochs": trainer.config.epochs,
-            "batch_size": trainer.config.batch_size,
-            "augment": trainer.config.augment,
-            "precision": backbone.precision.name,
-            "device": str(backbone.device),
-            "wall_time_s": wall,
+    run: dict[str, Any] = {
+        "backbone": backbone.describe(),
+        **data_info,
+        "batch_size": trainer.config.batch_size if trainer else None,
+        "precision": backbone.precision.name,
+        "device": str(backbone.device),
+        "wall_time_s": wall,
+        "taps_order": taps_order,
+        "num_adapters": len(adapters),
+    }
+    if trainer is not None:
+        cfg, budget = trainer.config, trainer.budget
+        run |= {
+            "epochs": trainer.epoch,
+            "max_epochs": budget.max_epochs,
+            "steps": trainer.step,
+            "stopped": trainer.stopped or "epoch cap",
+            "budget": budget.describe(),
+            "augment": cfg.augment,
             "train_time_s": trainer.train_seconds,
+            "val_time_s": trainer.val_seconds,
             "train_images_per_s": trainer.images_seen / max(trainer.train_seconds, 1e-9),
             "backbone_share_of_train_time": trainer.backbone_seconds
             / max(trainer.train_seconds, 1e-9),
-            "taps_order": taps_order,
-            "num_adapters": len(adapters),
-        },
+            "curve": trainer.curve,
+        }
+    if cache_info:
+        run["cache"] = cache_info
+    ensemble_record = {
+        "members": ensemble.members,
+        "weights": ensemble.weights,
+        "method": ensemble.method,
+        "k": ensemble.k,
+        "val_acc": ensemble.val_acc,
+        "test_acc": ens_test,
+        "k_curve": ensemble.k_curve,
+        "alternatives": ensemble.alternatives,
+    }
+    results = {
+        "run": run,
         "adapters": adapters,
         "selection": {
-            "best": {"name": best, "val_acc": trainer.best_acc[best], "test_acc": test_acc[best]},
-            "ensemble": {
-                "members": ensemble.members,
-                "k": ensemble.k,
-                "val_acc": ensemble.val_acc,
-                "test_acc": ens_test,
-                "k_curve": ensemble.k_curve,
-            },
+            "best": {"name": best, "val_acc": val_acc[best], "test_acc": test_acc[best]},
+            "ensemble": ensemble_record,
         },
     }
     if reference:
         results["reference"] = reference
-    metrics = {"val_acc": trainer.best_acc[best], "test_acc": test_acc[best]}
-    _task(
-        trainer, f"{data_info['data']}-{best}", bank.specs[best].kind, [best], metrics, data_info
-    ).save(out / "tasks" / "best")
-    _task(
-        trainer,
-        f"{data_info['data']}-ensemble{ensemble.k}",
-        "ensemble",
-        ensemble.members,
-        {"val_acc": ensemble.val_acc, "test_acc": ens_test},
-        data_info,
-    ).save(out / "tasks" / "ensemble")
+    _task(backbone, splits, members, f"{data_info['data']}-{best}", members[best].spec.kind,
+          [best], None, {"val_acc": val_acc[best], "test_acc": test_acc[best]},
+          data_info).save(out / "tasks" / "best")  # fmt: skip
+    _task(backbone, splits, members, f"{data_info['data']}-ensemble{ensemble.k}", "ensemble",
+          ensemble.members, ensemble.weights,
+          {"val_acc": ensemble.val_acc, "test_acc": ens_test}, data_info,
+          ).save(out / "tasks" / "ensemble")  # fmt: skip
     write_json(out / "results.json", results)
     from inca.report import write_report
 
     write_report(results, out)
     return results
+
+
+def _task(
+    backbone: Backbone,
+    splits: Splits,
+    members: dict[str, Member],
+    name: str,
+    method: str,
+    chosen: list[str],
+    weights: list[float] | None,
+    metrics: dict,
+    data: dict,
+):
+    from inca.tasks import Task
+
+    return Task.from_adapters(
+        name,
+        method,
+        backbone,
+        splits.class_names,
+        [(m, members[m].spec.tap, members[m].adapter) for m in chosen],
+        metrics=metrics,
+        data=data,
+        weights=weights,
+    )
+
+
+def seed_summary(runs: list[dict[str, Any]], first_seed: int) -> dict[str, Any]:
+    """Mean ± std over seeds of what a user compares: the selected single member, the
+    ensemble, and the best linear probe."""
+
+    def stats(values: list[float]) -> dict[str, Any]:
+        return {
+            "values": values,
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        }
+
+    out: dict[str, Any] = {"seeds": list(range(first_seed, first_seed + len(runs)))}
+    for key, pick in (
+        ("best", lambda r: r["selection"]["best"]),
+        ("ensemble", lambda r: r["selection"]["ensemble"]),
+        ("linear", lambda r: r.get("reference")),
+    ):
+        picked = [pick(r) for r in runs]
+        if all(picked):
+            out[key] = {
+                "val_acc": stats([p["val_acc"] for p in picked]),
+                "test_acc": stats([p["test_acc"] for p in picked]),
+            }
+    return out
