@@ -16,8 +16,11 @@ def test_table_and_curve(tmp_path) -> None:
            "met": {k: (ratios[k] <= v if op == "<=" else ratios[k] >= v)
                    for k, (op, v) in TARGETS.items()},
            "backbone_images_per_s": {"112px": {"fp32": 50.0, "bf16": 90.0}},
-           "adapter_stack_images_per_s": {"plain": 80.0, "folded": 1200.0}}  # fmt: skip
+           "adapter_stack_images_per_s": {"plain": 80.0, "folded": 1200.0},
+           "cached_cost": [{"what": "grid, batch 128",
+                            "us_per_image_per_adapter": 21.5}]}  # fmt: skip
     table = format_table(res)
+    assert "| grid, batch 128 | 21.5 |" in table
     assert "| R2: cached epoch / extraction epoch | 0.080 | <= 0.05 | no |" in table
     assert "| R1: online epoch / extraction epoch | 1.100 | <= 1.15 | yes |" in table
     assert "| 64 | 11.40 | 0.640 |" in table and "(15.0x)" in table

@@ -81,3 +81,21 @@ def test_train_runs_one_method(tmp_path, capsys) -> None:
     assert main([*args, "--resume"]) == 0
     assert "not rerun" in capsys.readouterr().out
     assert main(["eval", str(out / "task"), "--no-progress"]) == 0
+
+
+def test_results_made_before_options_were_recorded_are_kept_or_rerun() -> None:
+    """A comparison directory from before this change (one shared "train" budget, results with
+    no options): fine-tuning results stay valid while their budget is unchanged; frozen-feature
+    results were made with that epoch budget, so they are rerun."""
+    from inca.compare import default_options, legacy_options, method_options
+    from inca.train import FROZEN_DEFAULTS, TrainConfig
+
+    ft = TrainConfig(progress=False)
+    now = default_options("m", "d", 112, 10_000, 2_000, None, ft, TrainConfig(**FROZEN_DEFAULTS))
+    now |= {"precision": "auto", "device": "auto"}
+    saved = {k: v for k, v in now.items() if k != "frozen"}  # the old options.json
+    assert legacy_options("full", saved) == method_options("full", now)
+    assert legacy_options("inca", saved) != method_options("inca", now)
+    assert now["train"] == {"epochs": 4, "batch_size": 64, "eval_batch_size": 128, "warmup": 0.1,
+                            "label_smoothing": 0.0, "augment": True, "seed": 0, "workers": None,
+                            "progress": False}  # fmt: skip  # keys as old options.json has them

@@ -78,6 +78,42 @@ def trainer_for(
     return OneToManyTrainer(backbone, splits, specs, cfg, out, {}, caches)
 
 
+def cached_cost(
+    backbone: Backbone, splits: Splits, caches: dict, tmp: Path
+) -> list[dict[str, Any]]:
+    """Microseconds per training image per adapter of an epoch from the activation cache: the
+    unit cost of a grid. For this benchmark's plan at batch 64 (the old default) and for the
+    main job's InCA grid at batch 64 and at its default batch of 128."""
+    from inca.train import DEFAULT_PLAN, FROZEN_DEFAULTS
+
+    grid = DEFAULT_PLAN.split(";")[0]  # the SGD part: the InCA grid
+    rows = []
+    for what, plan, batch in (
+        (f"{PLAN} (15 adapters), batch 64", PLAN, 64),
+        ("main job's InCA grid (48 adapters), batch 64", grid, 64),
+        (
+            f"main job's InCA grid (48 adapters), batch {FROZEN_DEFAULTS['batch_size']}",
+            grid,
+            FROZEN_DEFAULTS["batch_size"],
+        ),
+    ):
+        cfg = TrainConfig(batch_size=batch, progress=False, augment=False)
+        tr = trainer_for(backbone, splits, plan, cfg, tmp / f"cost{len(rows)}", caches)
+        training_epoch(tr)  # warm-up
+        seconds = best_of(2, lambda tr=tr: training_epoch(tr))
+        images = tr.steps_per_epoch * batch
+        rows.append(
+            {
+                "what": what,
+                "adapters": len(tr.bank.names),
+                "batch_size": batch,
+                "epoch_s": seconds,
+                "us_per_image_per_adapter": 1e6 * seconds / (images * len(tr.bank.names)),
+            }
+        )
+    return rows
+
+
 def training_epoch(trainer: OneToManyTrainer) -> float:
     start = time.perf_counter()
     trainer.train_epoch()
@@ -213,6 +249,9 @@ def run_benchmark(
         training_epoch(cached)  # warm-up
         t_cached = best_of(3, lambda: training_epoch(cached))
         say(f"cache build: {t_build:.1f} s; one-to-many epoch from the cache: {t_cached:.2f} s")
+        cost = cached_cost(backbone, splits, caches, tmp)
+        for row in cost:
+            say(f"  cached cost: {row['what']}: {row['us_per_image_per_adapter']:.1f} us")
 
         # R3: every adapter of the plan as its own run (own backbone pass), on a small subset
         sub = make_splits(data, train_size=small, val_size=64, test_size=64, seed=0)
@@ -296,6 +335,7 @@ def run_benchmark(
         "one_to_many_small": t_many,
     }
     res["memory_mib"] = {"extraction": mem_extract, "one_to_many_training": mem_train}
+    res["cached_cost"] = cost
     res["curve"] = curve
     res["curve_extraction_s"] = e_curve  # the extraction epoch of the curve's subset
     say("backbone throughput and adapter computation ...")
@@ -335,6 +375,9 @@ def format_table(res: dict[str, Any]) -> str:
             f"| {row['adapters']} | {row['online_s']:.2f} | {row['cached_s']:.3f} | "
             f"{row['online_vs_extraction']:.3f} | {row['cached_vs_extraction']:.4f} |"
         )
+    if cost := res.get("cached_cost"):
+        lines += ["", "| cached epoch of | us per image per adapter |", "|---|---|"]
+        lines += [f"| {r['what']} | {r['us_per_image_per_adapter']:.1f} |" for r in cost]
     bb = res["backbone_images_per_s"]
     lines += ["", "| backbone | fp32 img/s | bf16 img/s |", "|---|---|---|"]
     lines += [f"| {s} | {v['fp32']:.1f} | {v['bf16']:.1f} |" for s, v in bb.items()]
