@@ -126,7 +126,8 @@ def _train_config(args: argparse.Namespace, frozen: bool = False):
     anyway); cached training reads one view per image, unaugmented."""
     from inca.train import FROZEN_DEFAULTS, TrainConfig
 
-    given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k, None) is not None}
+    flags = _TRAIN_FLAGS if frozen else _TRAIN_FLAGS[:4]  # the budget flags are frozen-only
+    given = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
     base = dict(FROZEN_DEFAULTS) if frozen else {}
     if frozen and getattr(args, "no_cache", False):
         base["augment"] = True

@@ -266,7 +266,9 @@ def compare(
             if made_with == method_options(method, options):
                 print(f"{method}: done before, not rerun ({result_file})")
                 continue
-            print(f"{method}: done before with other options; running it again")
+            kept = out / f"{method}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            (out / method).rename(kept)  # its run directory would refuse the new options
+            print(f"{method}: done before with other options (kept in {kept}); running it again")
         print(f"== {method} ==")
         if in_process:
             write_json(result_file, run_method(method, options, out / method))
