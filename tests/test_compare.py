@@ -68,8 +68,8 @@ def test_other_options_are_refused(tmp_path, capsys) -> None:
 
 def test_train_runs_one_method(tmp_path, capsys) -> None:
     out = tmp_path / "vqt"
-    args = ["train", *ARGS[: ARGS.index("--plans")], "--method", "vqt", "--lrs", "1e-2,3e-2", "--out", str(out),
-            "--finetune", "queries=2 layer_queries=0:0"]  # fmt: skip
+    args = ["train", *ARGS[: ARGS.index("--plans")], "--method", "vqt", "--lrs", "1e-2,3e-2",
+            "--out", str(out), "--finetune", "queries=2 layer_queries=0:0"]  # fmt: skip
     assert main(args) == 0
     row = json.loads((out / "result.json").read_text())["rows"][0]
     assert [s["lr"] for s in row["sweep"]] == [1e-2, 3e-2]
