@@ -156,10 +156,7 @@ def train(
     results = runs[0]
     if seeds > 1:
         results["seeds"] = seed_summary(runs, config.seed)
-        write_json(out / "results.json", results)
-        from inca.report import write_report
-
-        write_report(results, out)
+        write_results(results, out)
     return results
 
 
@@ -357,11 +354,16 @@ def finish(
           ensemble.members, ensemble.weights,
           {"val_acc": ensemble.val_acc, "test_acc": ens_test}, data_info,
           ).save(out / "tasks" / "ensemble")  # fmt: skip
-    write_json(out / "results.json", results)
+    write_results(results, out)
+    return results
+
+
+def write_results(results: dict[str, Any], out: Path) -> None:
+    """``results.json`` and the report made from it."""
     from inca.report import write_report
 
+    write_json(out / "results.json", results)
     write_report(results, out)
-    return results
 
 
 def _task(
