@@ -165,7 +165,9 @@ def test_adapters_of_other_shapes_do_not_stack() -> None:
 def test_a_bank_sharing_attention_pooling_equals_each_adapter_alone() -> None:
     """The bank joins the token-sized matmuls of every folded adapter on a tap (across stacks
     of other learning rates and query counts); each adapter must still compute exactly its own
-    function, outputs and gradients, beside plain-path and dropout adapters that do not share."""
+    function, outputs and gradients, beside plain-path, dropout and multi-tap adapters that do
+    not share (a multi-tap adapter alone reads its taps' tokens joined along the token axis)."""
+    from inca.adapters.tap_groups import group_tokens
     from inca.backbones.base import TapInfo
     from inca.train import AdapterBank, parse_plan
 
@@ -173,9 +175,15 @@ def test_a_bank_sharing_attention_pooling_equals_each_adapter_alone() -> None:
     plan = (
         "inca taps=block.0,block.2 lr=1e-3,3e-3 queries=1,2 heads=2; "
         "inca taps=block.1 path=plain heads=2; inca taps=block.2 dropout=0.5 heads=4; "
-        "linear taps=block.1"
+        "linear taps=block.1; inca taps=block.2+block.0,block.1+block.2 heads=2; "
+        "inca taps=block.*+block.1 queries=2 heads=2 path=plain"
     )
     specs = parse_plan(plan, list(taps))
+    assert [s.tap for s in specs[-3:]] == [
+        "block.0+block.2",
+        "block.1+block.2",
+        "block.0+block.1+block.2",
+    ]
     bank = AdapterBank(specs, taps, num_classes=4, num_prefix_tokens=1, seed=0)
     bank.eval()  # dropout off: every adapter is deterministic, the dropout one unshared
     with torch.no_grad():
@@ -183,13 +191,13 @@ def test_a_bank_sharing_attention_pooling_equals_each_adapter_alone() -> None:
             p.add_(0.1 * torch.randn_like(p))  # move off the init: norms and biases matter
     x = normalize_tokens(torch.randn(3, 5, 7, 16))  # (n_taps, B, T, D)
     ours = bank.forward_normalized(x)
-    assert set(ours) == set(bank.names) and len(ours) == 11
+    assert set(ours) == set(bank.names) and len(ours) == 14
     weights = {n: torch.randn(5, 4) for n in ours}
     sum((ours[n] * weights[n]).sum() for n in ours).backward()
+    tokens = dict(zip(bank.taps, x, strict=True))
     for name in bank.names:
         alone = bank.export_adapter(name)
-        tap = bank.taps.index(bank.specs[name].tap)
-        expected = alone(x[tap])
+        expected = alone(group_tokens(tokens, bank.specs[name].tap))
         torch.testing.assert_close(ours[name], expected, rtol=1e-5, atol=1e-5, msg=name)
         (expected * weights[name]).sum().backward()
         k, i = bank._where[name]

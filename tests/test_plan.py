@@ -67,3 +67,21 @@ def test_bad_plans_are_named() -> None:
         parse_plan(" ; ", TAPS)
     with pytest.raises(IncaError, match="queries must be at least 1"):
         parse_plan("inca queries=0", TAPS)
+
+
+def test_tap_groups_make_multi_tap_adapters() -> None:
+    specs = parse_plan("inca taps=block.8+block.5,block.*[-2:]+final lr=1e-3", TAPS)
+    assert [s.tap for s in specs] == ["block.5+block.8", "block.10+block.11+final"]
+    assert specs[0].name == "inca.block.5+block.8.lr1e-3"
+    assert specs[1].taps == ["block.10", "block.11", "final"]
+    assert select_taps("block.3,block.3+block.4,block.4", TAPS) == [
+        "block.3",
+        "block.3+block.4",
+        "block.4",
+    ]
+    with pytest.raises(IncaError, match="linear adapters read one tap"):
+        parse_plan("linear taps=block.5+block.8", TAPS)
+    with pytest.raises(IncaError, match="names one tap"):
+        parse_plan("inca taps=block.5+block.5", TAPS)
+    with pytest.raises(IncaError, match="match no tap"):
+        parse_plan("inca taps=block.5+block.99", TAPS)

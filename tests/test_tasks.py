@@ -29,9 +29,8 @@ def backbone() -> inca.Backbone:
 def make_adapter(backbone, tap: str, kind: str, seed: int, **options):
     """An adapter with random (not initial) weights, so every parameter matters."""
     config = adapter_config(kind, options)
-    adapter = build_adapter(
-        config, backbone.taps[tap].dim, len(CLASSES), backbone.num_prefix_tokens
-    )
+    width = backbone.taps[tap.split("+")[0]].dim
+    adapter = build_adapter(config, width, len(CLASSES), backbone.num_prefix_tokens)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in adapter.parameters():
@@ -69,8 +68,16 @@ def probs_of(task: Task, backbone, x: torch.Tensor) -> torch.Tensor:
         return task(backbone.forward_taps(x, task.taps))
 
 
+MULTI_TAP = [
+    ("pair", "block.1+final", "inca", {"heads": 2}),
+    ("final/linear", "final", "linear", {}),
+]
+
+
 @pytest.mark.parametrize(
-    "specs", [[("final/inca", "final", "inca", {})], ENSEMBLE], ids=["single", "ensemble"]
+    "specs",
+    [[("final/inca", "final", "inca", {})], ENSEMBLE, MULTI_TAP],
+    ids=["single", "ensemble", "multi-tap"],
 )
 def test_save_load_gives_identical_probabilities(backbone, tmp_path, specs) -> None:
     task = make_task(backbone, "demo", specs)
@@ -88,10 +95,12 @@ def test_save_load_gives_identical_probabilities(backbone, tmp_path, specs) -> N
 
 
 def member_probs(task: Task, tokens: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Each member's (B, C) probabilities, computed alone."""
+    """Each member's (B, C) probabilities, computed alone (a tap group's member on its taps'
+    normalised tokens, joined along the token axis)."""
+    normed = {t: inca.adapters.normalize_tokens(x) for t, x in tokens.items()}
     with torch.no_grad():
         return [
-            task.member(m)(inca.adapters.normalize_tokens(tokens[tap])).softmax(-1)
+            task.member(m)(torch.cat([normed[t] for t in tap.split("+")], dim=1)).softmax(-1)
             for m, tap in task.member_taps.items()
         ]
 
@@ -439,3 +448,15 @@ def test_save_never_replaces_other_files(backbone, tmp_path) -> None:
 def test_loaded_task_moves_to_a_device(saved) -> None:
     task = load_task(saved).to("cpu")
     assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in task.parameters())
+
+
+def test_a_multi_tap_member_reads_its_taps_joined(backbone) -> None:
+    task = make_task(backbone, "pair", MULTI_TAP)
+    assert task.taps == ["block.1", "final"]
+    x = pixels()
+    tokens = backbone.forward_taps(x, task.taps)
+    expected = torch.stack(member_probs(task, tokens)).mean(0)
+    torch.testing.assert_close(probs_of(task, backbone, x), expected, rtol=0, atol=1e-6)
+    linear = make_adapter(backbone, "final", "linear", 0)
+    with pytest.raises(IncaError, match="reads one tap, not the group"):
+        Task.from_adapters("bad", "linear", backbone, CLASSES, [("m", "block.1+final", linear)])

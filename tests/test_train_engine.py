@@ -12,7 +12,7 @@ from inca.data import make_splits
 from inca.errors import IncaError
 from inca.train import OneToManyTrainer, TrainConfig, parse_plan
 
-PLAN = "inca taps=block.1,final lr=3e-3; linear taps=block.3 lr=1e-2"
+PLAN = "inca taps=block.1,final,block.1+block.3 lr=3e-3; linear taps=block.3 lr=1e-2"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_together_equals_alone(setup, tmp_path) -> None:
     together = trainer(setup, PLAN, tmp_path / "all")
     together.fit()
     names = together.bank.names
-    assert len(names) == 3
+    assert len(names) == 4
     for name in names:
         spec = together.bank.specs[name]
         alone_plan = f"{spec.kind} taps={spec.tap} lr={spec.lr}"

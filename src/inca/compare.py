@@ -67,8 +67,8 @@ def cache_taps(methods: list[str], options: dict[str, Any], taps: list[str]) -> 
     """Every tap any frozen-feature method of the comparison reads: their one shared cache."""
     from inca.train.plan import parse_plan
 
-    wanted = {s.tap for m in methods if METHODS[m][0] == "plan"
-              for s in parse_plan(plan_of(m, options), taps)}  # fmt: skip
+    wanted = {t for m in methods if METHODS[m][0] == "plan"
+              for s in parse_plan(plan_of(m, options), taps) for t in s.taps}  # fmt: skip
     return [t for t in taps if t in wanted]
 
 

@@ -294,7 +294,8 @@ def run_summary(results: Mapping[str, Any]) -> str:
         data += " (" + " / ".join(f"{_int(n)} {split}" for split, n in sizes.items()) + " images"
         data += f" at {size}px)" if size else ")"
     parts.append(data)
-    n_taps = len({a["tap"] for a in adapters if "l2" not in a})  # the taps SGD adapters read
+    # the single taps SGD adapters read (a group "block.5+block.8" reads two)
+    n_taps = len({t for a in adapters if "l2" not in a for t in a["tap"].split("+")})
     solved = sum(1 for a in adapters if "l2" in a)
     epochs = f"{run.get('epochs', '?')} epochs"
     if run.get("max_epochs"):

@@ -54,6 +54,7 @@ class AdapterConfig:
     """Base of adapter configs: plain values only, validated in ``__post_init__``."""
 
     kind: ClassVar[str] = ""
+    multi_tap: ClassVar[bool] = False  # may read a tap group (``inca.adapters.tap_groups``)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

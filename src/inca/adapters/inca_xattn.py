@@ -44,6 +44,7 @@ class InCAConfig(AdapterConfig):
     (0: no MLP); dropout: on the attention weights while training."""
 
     kind: ClassVar[str] = "inca"
+    multi_tap: ClassVar[bool] = True  # attention pools any number of tokens, of any depths
     queries: int = 1
     dim: int | None = None
     heads: int | None = None

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from inca.adapters import normalize_tokens
+from inca.adapters.tap_groups import tap_parts
 from inca.backbones.base import Backbone
 from inca.backbones.registry import load_backbone
 from inca.errors import IncaError
@@ -123,7 +124,7 @@ class MultiTask:
                 continue
             for member, tap in task.member_taps.items():
                 width = task.member(member).in_dim
-                if tap not in taps or taps[tap].dim != width:
+                if any(p not in taps or taps[p].dim != width for p in tap_parts(tap)):
                     raise IncaError(
                         f"task {task.name!r}, member {member!r} reads tap {tap!r} of width "
                         f"{width}, which backbone {self.backbone.name} does not have; the task "

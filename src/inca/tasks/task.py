@@ -19,10 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from inca.adapters import Adapter, normalize_tokens
+from inca.adapters.tap_groups import group_tokens, group_width, is_group, single_taps
 from inca.backbones.base import Backbone
 from inca.errors import IncaError
 
-Member = tuple[str, str, Adapter]  # (member name, tap, adapter)
+Member = tuple[str, str, Adapter]  # (member name, tap or tap group "block.5+block.8", adapter)
 
 
 _EMPTY = nn.ModuleDict()  # what a ModuleDict key must not shadow
@@ -175,15 +176,24 @@ class Task(nn.Module):
     ) -> Task:
         """A task from adapters trained on ``backbone``; checks each tap exists and fits.
         ``weights``: as for ``Task`` (one per member; None for a uniform mean)."""
+        widths = {t: info.dim for t, info in backbone.taps.items()}
         for member, tap, adapter in members:
-            info = backbone.taps.get(tap)
-            if info is None:
-                backbone.validate_taps([tap])  # raises UnknownNameError listing the valid taps
-            elif adapter.in_dim != info.dim:
+            if is_group(tap):
+                if not adapter.config.multi_tap:
+                    raise IncaError(
+                        f"task {name!r}, member {member!r}: a {adapter.config.kind} adapter reads "
+                        f"one tap, not the group {tap!r}"
+                    )
+                dim = group_width(tap, widths, f"task {name!r}, member {member!r}: ")
+            else:
+                if tap not in widths:
+                    backbone.validate_taps([tap])  # raises UnknownNameError listing the taps
+                dim = widths[tap]
+            if adapter.in_dim != dim:
                 raise IncaError(
                     f"task {name!r}, member {member!r}: the adapter reads width {adapter.in_dim} "
-                    f"but tap {tap!r} of {backbone.name} has width {info.dim}; build it with "
-                    f"in_dim={info.dim}"
+                    f"but tap {tap!r} of {backbone.name} has width {dim}; build it with "
+                    f"in_dim={dim}"
                 )
         info = backbone_info(backbone)
         return cls(name, method, info, class_names, members, metrics, data, weights=weights)
@@ -203,8 +213,9 @@ class Task(nn.Module):
 
     @property
     def taps(self) -> list[str]:
-        """The taps the members read, each once, in the order members first use them."""
-        return list(dict.fromkeys(self.member_taps.values()))
+        """The single taps the members read (a group's each), each once, in the order members
+        first use them: what the backbone must give."""
+        return single_taps(self.member_taps.values())
 
     @property
     def num_classes(self) -> int:
@@ -232,7 +243,7 @@ class Task(nn.Module):
         tap once for all of them (``MultiTask``).
         """
         probs = [
-            self.members[self._keys[m]](normed[tap]).float().softmax(-1)  # (B, C)
+            self.members[self._keys[m]](group_tokens(normed, tap)).float().softmax(-1)  # (B, C)
             for m, tap in self.member_taps.items()
         ]
         if len(probs) == 1:

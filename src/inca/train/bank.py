@@ -5,7 +5,8 @@ Each tap's tokens are normalised once per batch and shared by all adapters readi
 shape and optimiser setting are stored stacked and run as ONE batched computation
 (:class:`~inca.adapters.stack.AdapterStack`), whichever taps they read: InCA on twelve blocks is
 one stack. Each adapter is initialised from its own seed (run seed + its name), so it starts
-from the same weights whether it is trained alone or beside sixty others.
+from the same weights whether it is trained alone or beside sixty others. A multi-tap adapter
+(``tap_groups``) reads its taps' normalised tokens joined along the token axis.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from inca.adapters import Adapter, build_adapter
 from inca.adapters.base import stack_taps
 from inca.adapters.shared_pool import shared_pool
 from inca.adapters.stack import AdapterStack
+from inca.adapters.tap_groups import group_width
 from inca.backbones.base import TapInfo
 from inca.train.plan import AdapterSpec
 
@@ -43,27 +45,50 @@ class AdapterBank(nn.Module):
         self.token_dtype = token_dtype  # what the adapters' token-sized matmuls read
         self._build = (dict(taps), num_classes, num_prefix_tokens, seed, token_dtype)
         self.specs = {s.name: s for s in specs}
-        self.taps = [t for t in taps if any(s.tap == t for s in specs)]  # backbone order
+        self.taps = [t for t in taps if any(t in s.taps for s in specs)]  # backbone order
+        widths = {t: info.dim for t, info in taps.items()}
         groups: dict[tuple, list[tuple[AdapterSpec, Adapter]]] = {}
         for s in specs:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(adapter_seed(seed, s.name))
-                adapter = build_adapter(s.config, taps[s.tap].dim, num_classes, num_prefix_tokens)
-            groups.setdefault((adapter.stack_key(), s.lr, s.weight_decay), []).append((s, adapter))
+                width = group_width(s.tap, widths, f"adapter {s.name!r}: ")
+                adapter = build_adapter(s.config, width, num_classes, num_prefix_tokens)
+            key = (adapter.stack_key(), len(s.taps), s.lr, s.weight_decay)
+            groups.setdefault(key, []).append((s, adapter))
         self.stacks = nn.ModuleList(AdapterStack([a for _, a in g]) for g in groups.values())
         self.stack_names = [[s.name for s, _ in g] for g in groups.values()]
         self._where = {n: (k, i) for k, names in enumerate(self.stack_names)
                        for i, n in enumerate(names)}  # fmt: skip
         for k, names in enumerate(self.stack_names):
-            idx = [self.taps.index(self.specs[n].tap) for n in names]
-            self.register_buffer(f"tap_index_{k}", torch.tensor(idx), persistent=False)
-        self._contiguous = [self._as_slice(names) for names in self.stack_names]
+            # (N,) for single taps; (N, k) for adapters on groups of k taps
+            idx = [[self.taps.index(t) for t in self.specs[n].taps] for n in names]
+            index = torch.tensor(idx)
+            self.register_buffer(
+                f"tap_index_{k}", index[:, 0] if index.shape[1] == 1 else index, persistent=False
+            )
+        self._contiguous = [self._as_slice(k) for k in range(len(self.stacks))]
 
-    def _as_slice(self, names: list[str]) -> slice | None:
-        idx = [self.taps.index(self.specs[n].tap) for n in names]
-        if idx == list(range(idx[0], idx[0] + len(idx))):
+    def _as_slice(self, k: int) -> slice | None:
+        """The stack's taps as a slice of the stacked taps (a view, no copy), when they are one
+        run of consecutive single taps."""
+        idx = getattr(self, f"tap_index_{k}").tolist()
+        if isinstance(idx[0], int) and idx == list(range(idx[0], idx[0] + len(idx))):
             return slice(idx[0], idx[0] + len(idx))
         return None
+
+    def _tokens_of(self, k: int, x: Tensor) -> Tensor:
+        """x (n_taps, B, T, D) -> what stack k's adapters read: (N, B, T, D), or for groups of
+        g taps their tokens joined along the token axis, (N, B, g·T, D)."""
+        sl = self._contiguous[k]
+        if sl is not None:
+            return x[sl]
+        index = getattr(self, f"tap_index_{k}")
+        if index.ndim == 1:
+            return x.index_select(0, index)
+        n, g = index.shape
+        _, B, T, D = x.shape
+        xs = x.index_select(0, index.flatten()).view(n, g, B, T, D)
+        return xs.transpose(1, 2).reshape(n, B, g * T, D)
 
     @property
     def names(self) -> list[str]:
@@ -80,7 +105,11 @@ class AdapterBank(nn.Module):
         Stacks whose adapters only pool the tokens by attention (folded InCA) share that work:
         one matmul per tap for all of them (``shared_pool``); the others run on their own."""
         out: dict[str, Tensor] = {}
-        pooling = [k for k, s in enumerate(self.stacks) if s.template.pools_tokens(x.shape[2])]
+        pooling = [
+            k
+            for k, s in enumerate(self.stacks)
+            if s.template.pools_tokens(x.shape[2]) and getattr(self, f"tap_index_{k}").ndim == 1
+        ]  # groups pool over several taps' tokens at once: they run on their own
         if pooling:
             params = [self.stacks[k].stacked() for k in pooling]
             queries = [
@@ -94,9 +123,7 @@ class AdapterBank(nn.Module):
         for k, stack in enumerate(self.stacks):
             if k in pooling:
                 continue
-            sl = self._contiguous[k]
-            xs = x[sl] if sl is not None else x.index_select(0, getattr(self, f"tap_index_{k}"))
-            logits = stack(xs)  # (N, B, C)
+            logits = stack(self._tokens_of(k, x))  # (N, B, C)
             out.update(zip(self.stack_names[k], logits.unbind(0), strict=True))
         return out
 

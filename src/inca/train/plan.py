@@ -8,8 +8,10 @@ and hyper-parameters (``inca.block.7.lr3e-4``). Plans are written as one line:
 Entries are separated by ``;``. Each starts with an adapter kind, then ``key=value`` options;
 comma-separated values are swept (every combination becomes an adapter). ``taps`` takes tap
 names or globs, each optionally followed by a Python slice over its matches in depth order
-(``block.*[-3:]`` = the last three blocks); default: every tap. ``lr`` and ``wd`` set the
-optimiser; every other key is an option of the adapter kind (``queries``, ``heads``, ``pool``...).
+(``block.*[-3:]`` = the last three blocks); default: every tap. Taps joined by ``+`` make one
+multi-tap adapter reading all of them at once (``taps=block.5+block.8``,
+``taps=block.*[-2:]+block.5``; attention adapters only). ``lr`` and ``wd`` set the optimiser;
+every other key is an option of the adapter kind (``queries``, ``heads``, ``pool``...).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inca.adapters import AdapterConfig, adapter_config
+from inca.adapters.tap_groups import SEP, is_group, join_taps, tap_parts
 from inca.errors import IncaError
 
 # The main job's grid: InCA on every other block (the cache then holds six taps, not twelve),
@@ -40,7 +43,7 @@ class AdapterSpec:
 
     name: str
     kind: str
-    tap: str
+    tap: str  # one tap, or a group "block.5+block.8" (``inca.adapters.tap_groups``)
     config: AdapterConfig
     lr: float
     weight_decay: float
@@ -48,6 +51,11 @@ class AdapterSpec:
     @property
     def solved(self) -> bool:
         return self.config.solved
+
+    @property
+    def taps(self) -> list[str]:
+        """The single taps this adapter reads (one, or a group's)."""
+        return tap_parts(self.tap)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,23 +94,36 @@ def parse_value(text: str) -> Any:
 
 
 def select_taps(selector: str, taps: Sequence[str]) -> list[str]:
-    """Taps (in depth order) matching comma-separated names/globs, each with an optional slice."""
+    """Taps (in depth order) matching comma-separated names/globs, each with an optional slice;
+    an item of parts joined by ``+`` gives one tap group of all their matches."""
     chosen: list[str] = []
     for item in selector.split(","):
         item = item.strip()
-        m = _SLICE.match(item)
-        glob, sl = (m["glob"], m["slice"]) if m else (item, None)
-        found = [t for t in taps if fnmatch.fnmatchcase(t, glob)]
-        if sl is not None:
-            parts = [int(p) if p else None for p in sl.split(":")]
-            if ":" in sl:
-                found = found[slice(*parts)]
-            else:
-                found = found[parts[0] : parts[0] + 1 or None]  # one index, as a slice
-        if not found:
-            raise IncaError(f"plan: taps {item!r} match no tap; taps: {', '.join(taps)}")
+        if SEP in item:
+            parts = [t for part in item.split(SEP) for t in _match(part.strip(), taps)]
+            found = [join_taps(parts, taps)]
+            if len(set(parts)) < 2:
+                raise IncaError(f"plan: tap group {item!r} names one tap; join two or more")
+        else:
+            found = _match(item, taps)
         chosen += [t for t in found if t not in chosen]
     return chosen
+
+
+def _match(item: str, taps: Sequence[str]) -> list[str]:
+    """The taps one name/glob with an optional slice matches, in depth order."""
+    m = _SLICE.match(item)
+    glob, sl = (m["glob"], m["slice"]) if m else (item, None)
+    found = [t for t in taps if fnmatch.fnmatchcase(t, glob)]
+    if sl is not None:
+        parts = [int(p) if p else None for p in sl.split(":")]
+        if ":" in sl:
+            found = found[slice(*parts)]
+        else:
+            found = found[parts[0] : parts[0] + 1 or None]  # one index, as a slice
+    if not found:
+        raise IncaError(f"plan: taps {item!r} match no tap; taps: {', '.join(taps)}")
+    return found
 
 
 def _split_entry(entry: str) -> tuple[str, dict[str, list[str]]]:
@@ -135,6 +156,11 @@ def parse_plan(
         ):
             opts = dict(zip(swept, combo, strict=True))
             config = adapter_config(kind, opts)
+            if is_group(tap) and not config.multi_tap:
+                raise IncaError(
+                    f"plan: {kind} adapters read one tap, not the group {tap!r}; tap groups "
+                    "are for attention adapters (inca)"
+                )
             solved = config.solved  # fitted by a solver: no lr or wd of its own
             name = ".".join(
                 [kind, tap]

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from inca.adapters.tap_groups import depth_index
 from inca.backbones import Backbone, load_backbone
 from inca.cache import ActivationCache, build_cache, cache_request
 from inca.cache.format import read_header
@@ -106,7 +107,8 @@ def train(
     print(
         f"{data}: {splits.sizes()} images, {len(splits.class_names)} classes; "
         f"{backbone.name} at {backbone.preprocess.image_size} px, {backbone.precision.name} on "
-        f"{backbone.device}; {len(specs)} adapters on {len({s.tap for s in specs})} taps"
+        f"{backbone.device}; {len(specs)} adapters on "
+        f"{len({t for s in specs for t in s.taps})} taps"
     )
 
     caches, cache_info = None, None
@@ -117,7 +119,7 @@ def train(
                 "cached training with one view per image: no augmentation (--cache-views K "
                 "caches K augmented views)"
             )
-        wanted = {s.tap for s in specs} | set(cache_taps or [])
+        wanted = {t for s in specs for t in s.taps} | set(cache_taps or [])
         taps = [t for t in backbone.taps if t in wanted]
         t0 = time.perf_counter()
         caches = open_caches(backbone, splits, taps, Path(cache), cache_views, cache_dtype, config)
@@ -281,7 +283,7 @@ def finish(
         adapters.append(
             m.spec.to_dict()
             | {
-                "tap_index": taps_order.index(m.spec.tap),
+                "tap_index": depth_index(m.spec.tap, taps_order),
                 "params": m.adapter.num_params(),
                 "val_acc": m.val_acc,
                 "test_acc": test_acc[n],
