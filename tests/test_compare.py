@@ -99,3 +99,22 @@ def test_results_made_before_options_were_recorded_are_kept_or_rerun() -> None:
     assert now["train"] == {"epochs": 4, "batch_size": 64, "eval_batch_size": 128, "warmup": 0.1,
                             "label_smoothing": 0.0, "augment": True, "seed": 0, "workers": None,
                             "progress": False}  # fmt: skip  # keys as old options.json has them
+
+
+def test_wall_times_from_other_machines_are_not_compared() -> None:
+    from inca.compare_report import compare_table
+
+    def row(method, seconds, cpu, bf16):
+        machine = {"cpu": cpu, "cores": 2, "native_bf16": bf16}
+        return {"method": method, "test_acc": 0.9, "val_acc": 0.9, "train_time_s": seconds,
+                "peak_rss_mib": 1.0, "trainable_params": 1, "task_bytes": 1, "selected": "x",
+                "sweep": [], "machine": machine}  # fmt: skip
+
+    summary = {"budget": "b", "rows": [row("full", 1000, "A", True), row("lora", 500, "A", True),
+                                       row("inca", 100, "B", False)]}  # fmt: skip
+    lines = {line.split("|")[1].strip(): line for line in compare_table(summary).splitlines()
+             if line.startswith("| ") and "method" not in line}  # fmt: skip
+    assert "| 50% |" in lines["lora"] and "| 10% |" not in lines["inca"]
+    assert "other machine" in lines["inca"] and "B, 2 cores, no native bf16" in lines["inca"]
+    one = {"budget": "b", "rows": summary["rows"][:2]}
+    assert "Measured on one machine: A, 2 cores, AVX512-BF16" in compare_table(one)

@@ -201,10 +201,13 @@ def run_method(
         seconds = time.perf_counter() - start
         curve = sweep_curve(out)
     from inca.bench import peak_rss_mib
+    from inca.device import machine_info
 
     for row in rows:
         task_dir = Path(row["task"])
         row |= {
+            "machine": machine_info(backbone.device),
+            "precision": backbone.precision.name,
             "train_time_s": seconds,
             "peak_rss_mib": peak_rss_mib(),
             "sweep": sweep,

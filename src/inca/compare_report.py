@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from inca.device import machine_label
 from inca.io import atomic_write
 
 ONE_PASS = ("linear", "inca", "inca-ensemble")  # one training run covers the whole sweep
@@ -21,18 +22,33 @@ def runs(row: dict[str, Any]) -> int:
 
 
 def compare_table(summary: dict[str, Any]) -> str:
-    full = next((r for r in summary["rows"] if r["method"] == "full"), None)
+    """The table, best test accuracy first. Wall times compare only on one machine: rows from
+    another machine than full fine-tuning's get no time ratio, and a machine column says which
+    machine each row ran on whenever the rows ran on more than one."""
+    rows = summary["rows"]
+    full = next((r for r in rows if r["method"] == "full"), None)
+    label = {id(r): machine_label(r.get("machine")) for r in rows}
+    mixed = len(set(label.values())) > 1
     vs = " | test vs full | time vs full" if full else ""
+    where = (
+        "Rows ran on different machines (column machine): wall times compare only within one."
+        if mixed
+        else f"Measured on one machine: {next(iter(label.values()), '?')}."
+    )
     lines = [
         f"Budget: {summary['budget']}; selection on validation, test computed once. Wall time "
         "covers the method's whole search (learning-rate sweep or adapter grid) and, for "
-        "frozen-feature methods, building the activation cache; per run, one configuration.",
+        f"frozen-feature methods, building the activation cache; per run, one configuration. "
+        f"{where}",
         "",
         "| method | test acc | val acc | epochs run | wall time (s) | per run (s) | "
-        f"peak memory (MiB) | trainable params | stored task | selected{vs} |",
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if full else ""),
+        f"peak memory (MiB) | trainable params | stored task | selected{vs} |"
+        + (" machine |" if mixed else ""),
+        "|---|---|---|---|---|---|---|---|---|---|"
+        + ("---|---|" if full else "")
+        + ("---|" if mixed else ""),
     ]
-    for r in sorted(summary["rows"], key=lambda r: -r["test_acc"]):
+    for r in sorted(rows, key=lambda r: -r["test_acc"]):
         line = (
             f"| {r['method']} | {100 * r['test_acc']:.2f}% | {100 * r['val_acc']:.2f}% | "
             f"{r.get('epochs', '—')} | {r['train_time_s']:.0f} | "
@@ -40,10 +56,11 @@ def compare_table(summary: dict[str, Any]) -> str:
             f"{r['trainable_params']:,} | {r['task_bytes'] / 2**20:.2f} MiB | {r['selected']} |"
         )
         if full:
-            line += (
-                f" {100 * (r['test_acc'] - full['test_acc']):+.2f} pp | "
-                f"{r['train_time_s'] / full['train_time_s']:.0%} |"
-            )
+            same = label[id(r)] == label[id(full)]
+            ratio = f"{r['train_time_s'] / full['train_time_s']:.0%}" if same else "other machine"
+            line += f" {100 * (r['test_acc'] - full['test_acc']):+.2f} pp | {ratio} |"
+        if mixed:
+            line += f" {label[id(r)]} |"
         lines.append(line)
     return "\n".join(lines)
 

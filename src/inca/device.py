@@ -97,6 +97,48 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
 
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it ("" where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor()
+
+
+def machine_info(device: torch.device) -> dict[str, object]:
+    """What a timing was measured on: wall times from different machines do not compare (the
+    same job ran 3.5x slower on a 2-core CPU without AVX512-BF16 than on one with it)."""
+    import os
+
+    info: dict[str, object] = {
+        "cpu": cpu_model(),
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "native_bf16": cpu_has_native_bf16(),
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def machine_label(info: dict[str, object] | None) -> str:
+    """A short name of a machine for tables: "AMD EPYC, 2 cores, AVX512-BF16"."""
+    if not info:
+        return "unrecorded"
+    if info.get("gpu"):
+        return str(info["gpu"])
+    bf16 = ", AVX512-BF16" if info.get("native_bf16") else ", no native bf16"
+    return f"{info.get('cpu') or 'CPU'}, {info.get('cores', '?')} cores{bf16}"
+
+
 def tune_cpu_allocator() -> bool:
     """Keep freed memory in the process instead of returning it to the OS (glibc only).
 
