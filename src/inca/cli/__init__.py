@@ -1,0 +1,59 @@
+"""The ``inca`` command. Subcommands are thin wrappers over the library, one module each.
+
+inca models                      the backbones inca can load by name       (info.py)
+inca layers NAME                 a backbone's taps with token shapes       (info.py)
+inca datasets                    the dataset sources                       (info.py)
+inca train [options]             one-to-many training (the main job)       (train.py)
+inca cache --out DIR             activation caches of a dataset's splits   (cache.py)
+inca compare [options]           every method in one harness               (compare.py)
+inca bench, inca bench-memory    the one-to-many claims; peak memory       (bench.py)
+inca eval RUN                    a run's saved tasks on a split            (evaluate.py)
+inca predict TASK... IMAGE...    several tasks, one backbone pass          (predict.py)
+
+Each subcommand module has ``add_parser(subparsers)``, which sets ``func`` to the function that
+runs it. Heavy modules (torch, training) are imported inside those functions so that
+``inca --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from inca._version import __version__
+from inca.cli import bench, cache, compare, evaluate, info, predict, train
+from inca.errors import IncaError
+
+# in the order `inca --help` lists them
+SUBCOMMANDS = (info, train, cache, compare, bench, evaluate, predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inca",
+        description="Adapt frozen pretrained models through their intermediate representations.",
+    )
+    parser.add_argument("--version", action="version", version=f"inca {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command ``argv`` (default: sys.argv); errors the user can fix print one line
+    (exit 2), without a traceback."""
+    args = build_parser().parse_args(argv)
+    from inca.device import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    try:
+        args.func(args)
+    except IncaError as e:
+        print(f"inca: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("inca: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,47 @@
+"""`inca bench` (the one-to-many claims R1-R4 and the epoch-time curve) and `inca bench-memory`
+(training-step peak memory of each method)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench-memory", help="training-step peak memory: VQT, naive VQT, full fine-tuning, ..."
+    )
+    p.add_argument("--model", default="dinov2-small")
+    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--modes", default="inference,vqt,vqt-naive,full,stochca,lora")
+    p.add_argument("--out", default="benchmarks/results/memory.json")
+    p.set_defaults(func=run_memory)
+
+    p = sub.add_parser("bench", help="measure the one-to-many claims (R1-R4, the curve)")
+    p.add_argument("--model", default="dinov2-small")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--train-size", type=int, default=1024)
+    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--out", default="benchmarks/results")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from inca.bench import run_benchmark
+
+    run_benchmark(
+        model=args.model,
+        data=args.data,
+        n=args.train_size,
+        image_size=args.image_size,
+        out=args.out,
+    )
+
+
+def run_memory(args: argparse.Namespace) -> None:
+    from inca.bench_memory import run_memory_benchmark
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    run_memory_benchmark(modes, args.model, args.image_size, args.batch_size, args.out)
+    if args.out:
+        print(f"written: {args.out}")

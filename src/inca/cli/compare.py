@@ -1,0 +1,44 @@
+"""`inca compare`: InCA against linear probing, VQT and fine-tuning, in one harness."""
+
+from __future__ import annotations
+
+import argparse
+
+from inca.cli.method_options import add_method_options, method_options
+from inca.cli.options import add_backbone_options, add_split_options, add_training_options
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from inca.compare import METHODS
+
+    p = sub.add_parser("compare", help="InCA against linear probing, VQT and fine-tuning methods")
+    add_backbone_options(p)
+    p.set_defaults(image_size=112)
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument(
+        "--methods",
+        default="linear,inca,vqt,partial,lora,full,stochca",
+        help=f"comma-separated, from: {', '.join(METHODS)}",
+    )
+    p.add_argument("--out", default="runs/compare")
+    add_split_options(p, train_size=10_000, val_size=2_000)
+    add_training_options(p)  # the same budget and schedule for every method
+    add_method_options(p)
+    p.add_argument(
+        "--plans",
+        default=None,
+        help="the frozen-feature methods' plans, e.g. \"inca:inca taps=block.5 lr=1e-3 | "
+        "linear:linear taps=block.* solver=lbfgs\" (default: the main job's grid; every block "
+        "and pooling for the linear probe)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from inca.compare import compare, parse_methods
+    from inca.compare_report import compare_table
+
+    summary = compare(parse_methods(args.methods), method_options(args), args.out)
+    print()
+    print(compare_table(summary))
+    print(f"report: {args.out}/compare.md, plot: {args.out}/accuracy_vs_cost.png")

@@ -1,0 +1,145 @@
+"""Options several subcommands share (backbone, splits, training budget), and what they build."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inca.backbones import Backbone
+    from inca.data import Splits
+    from inca.train import TrainConfig
+
+
+def add_backbone_options(p: argparse.ArgumentParser, model: str = "dinov2-small") -> None:
+    p.add_argument(
+        "--model",
+        default=model,
+        help="backbone name, HF folder or hf:<id> (default: %(default)s; see `inca models`)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="square input size in pixels (default: the backbone's own)",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "amp-bf16", "amp-fp16"],
+        help="auto = bf16 where the hardware has it, else fp32 (CPU) / fp16 AMP (GPU)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
+
+def add_split_options(p: argparse.ArgumentParser, train_size: int | None, val_size: float) -> None:
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=train_size,
+        help="stratified training subset (default: %(default)s)",
+    )
+    p.add_argument(
+        "--val-size",
+        type=float,
+        default=val_size,
+        help="count, or fraction, carved from train for validation (default: %(default)s)",
+    )
+    p.add_argument(
+        "--test-size",
+        type=int,
+        default=None,
+        help="stratified test subset (default: the whole test split)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """What every training method shares (the same harness for all). Defaults depend on the
+    method: frozen-feature training (adapter plans) trains from the cache to patience, see
+    ``inca.train.FROZEN_DEFAULTS``; fine-tuning keeps an epoch budget (``TrainConfig()``)."""
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="fine-tuning: the epoch budget (default 4); adapter plans: the epoch cap (default "
+        "20), usually ended earlier by --patience",
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="default: 64; plans: 128")
+    p.add_argument("--warmup", type=float, default=None, help="fraction of steps (default 0.1)")
+    p.add_argument("--label-smoothing", type=float, default=None, help="default: 0; plans: 0.1")
+    p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
+    p.add_argument("--workers", type=int, default=None, help="loader processes (default: 2)")
+    p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("the budget of frozen-feature methods (adapter plans)")
+    g.add_argument(
+        "--min-steps",
+        type=int,
+        default=None,
+        help="at least this many optimizer steps: small sets get more epochs (default 1000)",
+    )
+    g.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="stop after this many optimizer steps (at least two epochs) without a better "
+        "validation accuracy; 0: run to the cap (default 800)",
+    )
+    g.add_argument(
+        "--halving-epochs",
+        type=int,
+        default=None,
+        help="successive halving: every member trains this many epochs, then only the best "
+        "--halving-keep fraction continues, again at doubling epochs; 0: off (default 2)",
+    )
+    g.add_argument("--halving-keep", type=float, default=None, help="default 0.25")
+    g.add_argument("--halving-min", type=int, default=None, help="members always kept (default 12)")
+
+
+TRAIN_FLAGS = ("epochs", "batch_size", "warmup", "label_smoothing", "min_steps", "patience",
+               "halving_epochs", "halving_keep", "halving_min")  # fmt: skip
+
+
+def splits_of(args: argparse.Namespace) -> Splits:
+    """The splits that add_split_options asked for."""
+    from inca.data import make_splits
+
+    return make_splits(
+        args.data,
+        train_size=args.train_size,
+        val_size=args.val_size,
+        test_size=args.test_size,
+        seed=args.seed,
+    )
+
+
+def train_config(args: argparse.Namespace, frozen: bool = False) -> TrainConfig:
+    """The TrainConfig the flags ask for, over the defaults of fine-tuning or, with ``frozen``,
+    of frozen-feature training. Online plan training augments (each epoch runs the backbone
+    anyway); cached training reads one view per image, unaugmented."""
+    from inca.train import FROZEN_DEFAULTS, TrainConfig
+
+    flags = TRAIN_FLAGS if frozen else TRAIN_FLAGS[:4]  # the budget flags are frozen-only
+    given = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
+    base = dict(FROZEN_DEFAULTS) if frozen else {}
+    if frozen and getattr(args, "no_cache", False):
+        base["augment"] = True
+    if args.no_augment:
+        base["augment"] = False
+    return TrainConfig(
+        **(base | given),
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+
+
+def backbone_of(args: argparse.Namespace, name: str | None = None) -> Backbone:
+    """The backbone --model (or ``name``) names, with the --image-size, --precision and
+    --device options."""
+    from inca.backbones import load_backbone
+
+    options = {"precision": args.precision, "device": args.device}
+    if args.image_size:
+        options["image_size"] = args.image_size
+    return load_backbone(name or args.model, **options)

@@ -1,0 +1,139 @@
+"""`inca train`: one-to-many training of an adapter plan (the main job), or with --method one
+method of the comparison harness."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from inca.cli.method_options import add_method_options, method_options
+from inca.cli.options import (
+    add_backbone_options,
+    add_split_options,
+    add_training_options,
+    train_config,
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from inca.compare import METHODS
+    from inca.train.plan import DEFAULT_PLAN
+
+    p = sub.add_parser("train", help="one-to-many training of many adapters (the main job)")
+    add_backbone_options(p)
+    p.set_defaults(image_size=112)
+    p.add_argument("--data", default="fashion-mnist", help="dataset (see `inca datasets`)")
+    p.add_argument(
+        "--plan",
+        default=DEFAULT_PLAN,
+        help='adapters to train, e.g. "inca taps=block.* lr=1e-3,3e-4; linear '
+        'taps=block.*[-3:]" (default: %(default)s)',
+    )
+    p.add_argument("--out", default="runs/train", help="run directory (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument(
+        "--method",
+        default=None,
+        choices=list(METHODS),
+        help="train one method of `inca compare` instead of the adapter plan (vqt, stochca, "
+        "full, partial, lora, ...), with its own learning-rate sweep",
+    )
+    add_method_options(p)
+    add_split_options(p, train_size=10_000, val_size=2_000)
+    p.add_argument("--lr", type=float, default=1e-3, help="for plan entries without lr=")
+    p.add_argument("--wd", type=float, default=0.05, help="for plan entries without wd=")
+    p.add_argument("--max-ensemble", type=int, default=10, help="largest top-k ensemble tried")
+    add_training_options(p)
+    p.add_argument(
+        "--cache",
+        default=None,
+        metavar="DIR",
+        help="activation caches in DIR/{train,val,test} (built first if absent, shareable "
+        "between runs): one backbone pass instead of one per epoch (default: OUT/cache)",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="train online (a backbone pass per epoch, with augmentation) instead",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="repeat the plan with N seeds (cheap from the cache) and report mean ± std",
+    )
+    p.add_argument(
+        "--cache-views",
+        type=int,
+        default=1,
+        help="augmented views per training image in the cache (1: no augmentation)",
+    )
+    p.add_argument(
+        "--cache-dtype",
+        default="auto",
+        choices=["auto", "float16", "bfloat16", "float32"],
+        help="auto: bfloat16 when the backbone runs in bf16, else float16",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.method is not None:
+        return train_method(args)
+    from inca.report import results_table, run_summary
+    from inca.train import train
+
+    config = train_config(args, frozen=True)
+    cache = None if args.no_cache else (args.cache or str(Path(args.out) / "cache"))
+    results = train(
+        model=args.model,
+        data=args.data,
+        plan=args.plan,
+        out=args.out,
+        train_size=args.train_size,
+        val_size=args.val_size,
+        test_size=args.test_size,
+        image_size=args.image_size,
+        precision=args.precision,
+        device=args.device,
+        lr=args.lr,
+        weight_decay=args.wd,
+        max_ensemble=args.max_ensemble,
+        resume=args.resume,
+        config=config,
+        cache=cache,
+        seeds=args.seeds,
+        cache_views=args.cache_views,
+        cache_dtype=args.cache_dtype,
+    )
+    print()
+    print(results_table(results, every_adapter=False))
+    print(run_summary(results))
+    print(f"report (every adapter): {args.out}/report.md, plot: {args.out}/accuracy_by_layer.png")
+    print(
+        f"saved tasks: {args.out}/tasks/best, {args.out}/tasks/ensemble "
+        f"(try: inca predict {args.out}/tasks/best IMAGE...)"
+    )
+
+
+def train_method(args: argparse.Namespace) -> None:
+    """`inca train --method M`: one method of the comparison harness, in this process."""
+    from inca.compare import run_method
+    from inca.compare_report import compare_table
+    from inca.io import write_json
+
+    out = Path(args.out)
+    done = out / "result.json"
+    if args.resume and done.exists():
+        print(f"{args.method}: finished before in {out}, not rerun")
+        result = json.loads(done.read_text())
+    else:
+        options = method_options(args)
+        result = run_method(args.method, options, out, resume=args.resume)
+        write_json(done, result)
+    print()
+    print(
+        compare_table({"rows": result["rows"], "budget": f"{result['rows'][0]['epochs']} epochs"})
+    )
+    print(f"saved task: {result['rows'][0]['task']} (try: inca predict TASK IMAGE...)")

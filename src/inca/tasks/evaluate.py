@@ -1,0 +1,76 @@
+"""Accuracy of saved tasks on a dataset split, all tasks in one backbone pass per batch.
+
+multi = MultiTask([load_task("runs/a/tasks/best"), load_task("runs/a/tasks/ensemble")])
+test = run_split(multi.tasks[multi.task_names[0]], "test")  # the run's own test images
+accuracies, n = evaluate_tasks(multi, test)  # {task name: top-1 accuracy}, number of images
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from inca.data import ImageTransform, Subset, make_loader, make_splits
+from inca.errors import IncaError
+from inca.select import accuracy
+from inca.tasks.finetuned import FineTunedTask
+from inca.tasks.multi import MultiTask
+from inca.tasks.task import Task
+
+SPLITS = ("train", "val", "test")
+
+
+def run_split(task: Task | FineTunedTask, split: str) -> Subset:
+    """The ``split`` of the run that trained ``task``, rebuilt from the data record it saved
+    (dataset, sizes, seed): splits are deterministic, so these are the very same images."""
+    if split not in SPLITS:
+        raise IncaError(f"unknown split {split!r}; one of {', '.join(SPLITS)}")
+    info = task.data
+    if not {"data", "sizes", "seed"} <= info.keys():
+        raise IncaError(
+            f"task {task.name} does not record the data it was trained on (dataset, sizes, "
+            "seed); evaluate it on a dataset given by name instead"
+        )
+    sizes = info["sizes"]
+    splits = make_splits(
+        info["data"],
+        train_size=sizes["train"],
+        val_size=sizes["val"],
+        test_size=sizes["test"],
+        seed=info["seed"],
+    )
+    return getattr(splits, split)
+
+
+def evaluate_tasks(
+    multi: MultiTask,
+    subset: Subset,
+    batch_size: int = 128,
+    progress: bool = True,
+    workers: int | None = None,
+) -> tuple[dict[str, float], int]:
+    """Top-1 accuracy of every task of ``multi`` on ``subset`` -> ({task name: accuracy in
+    [0, 1]}, number of images). Each batch runs the backbone once for all tasks (tasks trained
+    through the backbone run their own pass). ``workers``: loader processes (None: default)."""
+    for t in multi.tasks.values():
+        if list(t.class_names) != list(subset.class_names):
+            raise IncaError(
+                f"task {t.name} knows classes {t.class_names[:5]}..., the data has "
+                f"{subset.class_names[:5]}...; evaluate on data with its classes"
+            )
+    loader = make_loader(
+        subset,
+        ImageTransform(multi.backbone.preprocess),
+        batch_size=batch_size,
+        num_workers=workers,
+    )
+    probs: dict[str, list[torch.Tensor]] = {n: [] for n in multi.task_names}
+    labels = []
+    for pixels, y, _ in tqdm(loader, desc="eval", unit="batch", disable=not progress):
+        for n, p in multi.predict_proba(pixels).items():  # ONE backbone pass for all tasks
+            probs[n].append(p.cpu())
+        labels.append(y)
+    if not labels:
+        raise IncaError("nothing to evaluate: the dataset split is empty")
+    y = torch.cat(labels)
+    return {n: accuracy(torch.cat(probs[n]), y) for n in multi.task_names}, len(y)
