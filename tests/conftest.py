@@ -39,19 +39,19 @@ def fine_tune_tiny(setup, out, **options):
 
 @contextlib.contextmanager
 def killed_after_first_epoch(monkeypatch):
-    """Inside the block a fine-tuning run is killed (KeyboardInterrupt) right after it writes its
+    """Inside the block a training run is killed (KeyboardInterrupt) right after it writes its
     first epoch's checkpoint; the block expects that."""
-    import inca.finetune.train as ft_train
+    from inca.train.trainer import Trainer
 
-    real_save = ft_train.save_epoch
+    real_save = Trainer.save_checkpoint
 
-    def save_then_stop(*args, **kwargs):
-        real_save(*args, **kwargs)
+    def save_then_stop(self):
+        real_save(self)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ft_train, "save_epoch", save_then_stop)
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_stop)
     try:
         with pytest.raises(KeyboardInterrupt):
             yield
     finally:
-        monkeypatch.setattr(ft_train, "save_epoch", real_save)
+        monkeypatch.setattr(Trainer, "save_checkpoint", real_save)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from PIL import Image
 
 from inca.bench import TARGETS, adapter_compute, format_table, peak_rss_mib, plot_curve
@@ -30,9 +31,25 @@ def test_table_and_curve(tmp_path) -> None:
         assert img.size[0] > 500
 
 
-def test_folded_adapters_are_faster_and_memory_is_read() -> None:
+def test_folded_adapters_do_less_work_and_memory_is_read() -> None:
+    """Which form is faster is the benchmark's to measure; here: the folded form, which the
+    benchmark times against the plain one, does the ~60x fewer multiply-adds it claims at
+    DINOv2-S's shapes (counted, not timed), and both are timed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from inca.adapters import InCAConfig, build_adapter
+
+    x = torch.randn(1, 4, 65, 384)
+    flops = {}
+    for path in ("plain", "folded"):
+        adapter = build_adapter(InCAConfig(path=path), 384, 10)
+        params = {k: p.unsqueeze(0) for k, p in adapter.named_parameters()}
+        with FlopCounterMode(display=False) as counter:
+            adapter.stacked_forward(params, x)
+        flops[path] = counter.get_total_flops()
+    assert flops["plain"] > 20 * flops["folded"]
     speed = adapter_compute(n=2, batch=8, tokens=65, dim=64, repeats=2)
-    assert speed["plain"] > 0 and speed["folded"] > 0
+    assert set(speed) == {"plain", "folded"} and min(speed.values()) > 0
     assert 50 < peak_rss_mib() < 100_000
 
 

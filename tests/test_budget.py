@@ -10,8 +10,9 @@ import torch
 import inca
 from inca.data import make_splits
 from inca.errors import IncaError
-from inca.train import OneToManyTrainer, TrainConfig, parse_plan
+from inca.train import TrainConfig, adapter_trainer, parse_plan
 from inca.train.budget import resolve_budget, survivors
+from inca.train.trainer import Trainer
 
 PLAN = "inca taps=block.1,block.3 lr=3e-3,1e-3; linear taps=block.3 lr=1e-2"  # 5 members
 
@@ -52,10 +53,10 @@ def setup():
     return backbone, splits
 
 
-def trainer(setup, out, plan=PLAN, **kw) -> OneToManyTrainer:
+def trainer(setup, out, plan=PLAN, **kw) -> Trainer:
     backbone, splits = setup
     cfg = TrainConfig(batch_size=40, workers=0, progress=False, warmup=0.0, **kw)
-    return OneToManyTrainer(
+    return adapter_trainer(
         backbone, splits, parse_plan(plan, list(backbone.taps)), cfg, out, {"plan": plan}
     )
 
@@ -71,15 +72,15 @@ def test_halving_survivors_train_exactly_as_without_halving(setup, tmp_path) -> 
     full = trainer(setup, tmp_path / "f", epochs=3)
     full.fit()
     for name in halved.active:
-        for key, value in full.bank.adapter_state(name).items():
+        for key, value in full.members.member_state(name).items():
             torch.testing.assert_close(
-                halved.bank.adapter_state(name)[key], value, rtol=1e-5, atol=1e-6, msg=key
+                halved.members.member_state(name)[key], value, rtol=1e-5, atol=1e-6, msg=key
             )
     log = [json.loads(x) for x in (tmp_path / "h" / "log.jsonl").read_text().splitlines()]
     assert [e["active"] for e in log] == [2, 2, 2] and len(log[0]["dropped"]) == 3
     # dropped members keep their best epoch and come back for selection and export
     halved.load_best()
-    assert halved.bank.names == full.bank.names
+    assert halved.members.names == full.members.names
     for name, epoch in halved.dropped_at.items():
         assert halved.best_epoch[name] <= epoch
 
@@ -96,8 +97,10 @@ def test_halved_run_resumes_exactly(setup, tmp_path) -> None:
     resumed.fit(resume=True)
     assert resumed.epoch == 3 and resumed.active == straight.active
     for name in straight.active:
-        for key, value in straight.bank.adapter_state(name).items():
-            torch.testing.assert_close(resumed.bank.adapter_state(name)[key], value, rtol=0, atol=0)
+        for key, value in straight.members.member_state(name).items():
+            torch.testing.assert_close(
+                resumed.members.member_state(name)[key], value, rtol=0, atol=0
+            )
 
 
 def test_patience_stops_a_run_that_no_longer_improves(setup, tmp_path) -> None:

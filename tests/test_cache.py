@@ -16,7 +16,7 @@ from inca.cache import ActivationCache, build_cache, cache_request
 from inca.cache.format import tap_file
 from inca.data import ImageTransform, make_splits
 from inca.errors import IncaError
-from inca.train import OneToManyTrainer, TrainConfig, parse_plan
+from inca.train import TrainConfig, adapter_trainer, parse_plan
 
 TAPS = ["block.1", "final"]
 
@@ -137,7 +137,7 @@ def test_training_from_the_cache_equals_training_online(setup, tmp_path, dtype, 
     plan = "inca taps=block.1,final lr=3e-3; linear taps=final lr=1e-2"
     specs = parse_plan(plan, list(backbone.taps))
     cfg = TrainConfig(epochs=2, batch_size=40, workers=0, progress=False, augment=False)
-    online = OneToManyTrainer(backbone, splits, specs, cfg, tmp_path / "online", {})
+    online = adapter_trainer(backbone, splits, specs, cfg, tmp_path / "online", {})
     online.fit()
     caches = {}
     for split in ("train", "val", "test"):
@@ -151,7 +151,7 @@ def test_training_from_the_cache_equals_training_online(setup, tmp_path, dtype, 
             progress=False,
         )
         caches[split] = ActivationCache(d)
-    cached = OneToManyTrainer(backbone, splits, specs, cfg, tmp_path / "cached", {}, caches)
+    cached = adapter_trainer(backbone, splits, specs, cfg, tmp_path / "cached", {}, caches)
     calls = {"n": 0}
     real = backbone.forward_taps
     backbone.forward_taps = lambda *a: calls.__setitem__("n", calls["n"] + 1) or real(*a)
@@ -160,8 +160,8 @@ def test_training_from_the_cache_equals_training_online(setup, tmp_path, dtype, 
     finally:
         del backbone.forward_taps
     assert calls["n"] == 0  # no backbone pass at all
-    for name in online.bank.names:
-        a, b = online.bank.adapter_state(name), cached.bank.adapter_state(name)
+    for name in online.members.names:
+        a, b = online.members.member_state(name), cached.members.member_state(name)
         for key in a:
             torch.testing.assert_close(b[key], a[key], rtol=tol, atol=tol, msg=f"{name}.{key}")
     if dtype == "float32":

@@ -31,7 +31,14 @@ def test_compare_runs_every_method_and_resumes(tmp_path, capsys) -> None:
     assert rows["lora"]["task_bytes"] < rows["full"]["task_bytes"]
     assert rows["vqt"]["trainable_params"] < rows["lora"]["trainable_params"]
     assert rows["vqt"]["task_bytes"] < rows["stochca"]["task_bytes"]
-    assert all(r["peak_rss_mib"] > 50 and r["train_time_s"] > 0 for r in rows.values())
+    # each method's wall time covers what its own log timed: the fine-tuning sweeps' epochs,
+    # the frozen-feature methods' epochs plus the activation cache they train from
+    build = json.loads((out / "cache" / "build.json").read_text())["seconds"]
+    for m, r in rows.items():
+        floor = r["curve"][-1]["seconds"] if r.get("curve") else 0.0
+        assert r["train_time_s"] >= floor and r["train_time_s"] > 0, m
+        if m in ("linear", "inca"):
+            assert r["train_time_s"] >= build > 0
     # frozen-feature methods: trained from one shared cache, its build counted in their time
     for m in ("linear", "inca"):
         assert "activation cache built in" in rows[m]["note"]

@@ -7,10 +7,17 @@ from inca.device import Precision, resolve_device, resolve_precision
 from inca.errors import IncaError
 
 
-def test_auto_device_and_precision() -> None:
+def test_auto_device_and_precision(monkeypatch) -> None:
+    import inca.device as d
+
     dev = resolve_device("auto")
     assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_precision("auto", dev) in {"bf16", "fp32", "amp-fp16"}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", torch.device("cuda")) == "amp-fp16"  # older GPUs
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    monkeypatch.setattr(d, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision(None, torch.device("cpu")) == "fp32"
 
 
 def test_cpu_auto_precision_follows_the_hardware(monkeypatch) -> None:
@@ -39,3 +46,34 @@ def test_bad_precision_and_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(IncaError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    "precision, compute",
+    [("fp32", torch.float32), ("bf16", torch.bfloat16), ("amp-bf16", torch.bfloat16)],
+)
+def test_fine_tuning_trains_and_serves_at_the_users_precision(monkeypatch, precision, compute):
+    """Autocast is Precision's decision alone: on bf16 hardware ``--precision fp32`` fine-tunes
+    in fp32 (it used to train under bf16 autocast whatever the user asked), and the saved task
+    serves in the dtype it trained in."""
+    import inca
+    import inca.device as d
+    from inca.finetune.config import FineTuneConfig
+    from inca.finetune.model import build_model
+    from inca.finetune.train import ModelMembers
+    from inca.tasks.finetuned import FineTunedTask
+
+    monkeypatch.setattr(d, "cpu_has_native_bf16", lambda: True)  # bf16 hardware
+    backbone = inca.load_backbone("tiny-vit", precision=precision, device="cpu")
+    model = build_model(backbone, 3, FineTuneConfig(method="full"))
+    members = ModelMembers(model, ["m"], backbone.precision)
+    seen = []
+    linear = next(m for m in model.model.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    pixels = torch.randn(2, 3, 32, 32)
+    members.train().forward_batch(pixels)["m"].sum().backward()
+    task = FineTunedTask("t", "full", backbone.identity(), list("abc"), model.config,
+                         model.changed_state())  # fmt: skip
+    task._model = model  # serve this very model
+    task.predict_pixels(pixels, backbone)
+    assert seen == [compute, compute]  # training step, then serving

@@ -10,7 +10,7 @@ import torch
 import inca
 from inca.data import make_splits
 from inca.errors import IncaError
-from inca.train import OneToManyTrainer, TrainConfig, parse_plan
+from inca.train import TrainConfig, adapter_trainer, parse_plan
 
 PLAN = "inca taps=block.1,final,block.1+block.3 lr=3e-3; linear taps=block.3 lr=1e-2"
 
@@ -26,22 +26,22 @@ def trainer(setup, plan, out, epochs=2, **kw):
     backbone, splits = setup
     specs = parse_plan(plan, list(backbone.taps))
     cfg = TrainConfig(epochs=epochs, batch_size=40, workers=0, progress=False, **kw)
-    return OneToManyTrainer(backbone, splits, specs, cfg, out, signature={"plan": plan})
+    return adapter_trainer(backbone, splits, specs, cfg, out, signature={"plan": plan})
 
 
 def test_together_equals_alone(setup, tmp_path) -> None:
     together = trainer(setup, PLAN, tmp_path / "all")
     together.fit()
-    names = together.bank.names
+    names = together.members.names
     assert len(names) == 4
     for name in names:
-        spec = together.bank.specs[name]
+        spec = together.members.specs[name]
         alone_plan = f"{spec.kind} taps={spec.tap} lr={spec.lr}"
         alone = trainer(setup, alone_plan, tmp_path / name)
-        assert alone.bank.names == [name]
+        assert alone.members.names == [name]
         alone.fit()
-        mine = together.bank.adapter_state(name)
-        theirs = alone.bank.adapter_state(name)
+        mine = together.members.member_state(name)
+        theirs = alone.members.member_state(name)
         for key in mine:  # float32 rounding of a summed vs single loss: 1e-6 is ample
             torch.testing.assert_close(mine[key], theirs[key], rtol=1e-5, atol=1e-6, msg=key)
         assert together.best_acc[name] == alone.best_acc[name]
@@ -52,8 +52,8 @@ def test_training_learns_and_logs(setup, tmp_path) -> None:
     t.fit()
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == list(range(1, 9))
-    assert set(log[0]["val_acc"]) == set(t.bank.names)
-    for name in t.bank.names:  # a random 4-block ViT: weak features, but every adapter learns
+    assert set(log[0]["val_acc"]) == set(t.members.names)
+    for name in t.members.names:  # a random 4-block ViT: weak features, but every adapter learns
         assert log[-1]["train_loss"][name] < log[0]["train_loss"][name] - 0.05, name
     assert max(t.best_acc.values()) > 0.15  # 10 classes: chance is 0.1
 
@@ -67,10 +67,10 @@ def test_resume_continues_exactly(setup, tmp_path) -> None:
     resumed = trainer(setup, PLAN, tmp_path / "b", epochs=2)
     resumed.fit(resume=True)
     assert resumed.epoch == 2
-    for name in straight.bank.names:
-        for key, value in straight.bank.adapter_state(name).items():
+    for name in straight.members.names:
+        for key, value in straight.members.member_state(name).items():
             torch.testing.assert_close(
-                resumed.bank.adapter_state(name)[key],
+                resumed.members.member_state(name)[key],
                 value,
                 rtol=0,
                 atol=0,
@@ -89,4 +89,4 @@ def test_too_small_training_split(setup, tmp_path) -> None:
     backbone, splits = setup
     specs = parse_plan("linear taps=final", list(backbone.taps))
     with pytest.raises(IncaError, match="fewer than one batch"):
-        OneToManyTrainer(backbone, splits, specs, TrainConfig(batch_size=500), tmp_path, {})
+        adapter_trainer(backbone, splits, specs, TrainConfig(batch_size=500), tmp_path, {})

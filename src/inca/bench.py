@@ -31,7 +31,8 @@ from inca.backbones import Backbone, load_backbone
 from inca.cache import ActivationCache, build_cache
 from inca.data import ImageTransform, Splits, make_loader, make_splits
 from inca.io import write_json
-from inca.train import OneToManyTrainer, TrainConfig, parse_plan
+from inca.train import TrainConfig, adapter_trainer, parse_plan
+from inca.train.trainer import Trainer
 
 PLAN = "inca taps=block.*; linear taps=block.*[-3:]"  # 12 InCA + 3 linear probes
 CURVE_PLANS = {
@@ -73,9 +74,9 @@ def trainer_for(
     cfg: TrainConfig,
     out: Path,
     caches: dict | None = None,
-) -> OneToManyTrainer:
+) -> Trainer:
     specs = parse_plan(plan, list(backbone.taps))
-    return OneToManyTrainer(backbone, splits, specs, cfg, out, {}, caches)
+    return adapter_trainer(backbone, splits, specs, cfg, out, {}, caches)
 
 
 def cached_cost(
@@ -105,16 +106,16 @@ def cached_cost(
         rows.append(
             {
                 "what": what,
-                "adapters": len(tr.bank.names),
+                "adapters": len(tr.members.names),
                 "batch_size": batch,
                 "epoch_s": seconds,
-                "us_per_image_per_adapter": 1e6 * seconds / (images * len(tr.bank.names)),
+                "us_per_image_per_adapter": 1e6 * seconds / (images * len(tr.members.names)),
             }
         )
     return rows
 
 
-def training_epoch(trainer: OneToManyTrainer) -> float:
+def training_epoch(trainer: Trainer) -> float:
     start = time.perf_counter()
     trainer.train_epoch()
     return time.perf_counter() - start
@@ -236,7 +237,7 @@ def run_benchmark(
         say(f"extraction epoch ({n} images): {e:.1f} s = {n / e:.1f} img/s")
         trainer = trainer_for(backbone, splits, PLAN, cfg, tmp / "online")
         t_online = best_of(2, lambda: training_epoch(trainer))
-        say(f"one-to-many online epoch ({len(trainer.bank.names)} adapters): {t_online:.1f} s")
+        say(f"one-to-many online epoch ({len(trainer.members.names)} adapters): {t_online:.1f} s")
         t0 = time.perf_counter()
         cache_dir = build_cache(
             backbone, splits.train, taps, tmp / "cache", progress=False, batch_size=batch_size
@@ -258,8 +259,8 @@ def run_benchmark(
         many = trainer_for(backbone, sub, PLAN, cfg, tmp / "small")
         t_many = training_epoch(many)
         t_separate = 0.0
-        for name in many.bank.names:
-            spec = many.bank.specs[name]
+        for name in many.members.names:
+            spec = many.members.specs[name]
             alone = trainer_for(
                 backbone,
                 sub,
@@ -269,7 +270,7 @@ def run_benchmark(
             )
             t_separate += training_epoch(alone)
         say(
-            f"{len(many.bank.names)} separate runs: {t_separate:.1f} s vs one-to-many "
+            f"{len(many.members.names)} separate runs: {t_separate:.1f} s vs one-to-many "
             f"{t_many:.1f} s ({small} images)"
         )
 
@@ -292,7 +293,7 @@ def run_benchmark(
             tr = trainer_for(
                 backbone, curve_splits, plan, nocfg, tmp / f"cc{count}", {"train": curve_cache}
             )
-            assert len(tr.bank.names) == count
+            assert len(tr.members.names) == count
             training_epoch(tr)  # warm-up
             off = best_of(2, lambda tr=tr: training_epoch(tr))
             curve.append(

@@ -60,13 +60,16 @@ def _peak(device) -> float:
 
 def measure(mode: str, model: str, image_size: int, batch: int, steps: int = 2) -> dict[str, Any]:
     """One mode, in this process: peak memory (MiB) and seconds per step."""
+    import tempfile
+
     import torch
-    import torch.nn.functional as F
 
     from inca.backbones import load_backbone
     from inca.finetune.config import FineTuneConfig
     from inca.finetune.model import build_model
-    from inca.finetune.train import autocast_for
+    from inca.finetune.train import ModelMembers
+    from inca.train.config import TrainConfig
+    from inca.train.trainer import Trainer
 
     backbone = load_backbone(model, image_size=image_size)
     device = backbone.device
@@ -80,16 +83,15 @@ def measure(mode: str, model: str, image_size: int, batch: int, steps: int = 2) 
 
         trainable = 0
     else:
-        net = build_model(backbone, 10, FineTuneConfig(**MODES[mode])).to(device).train()
-        optimizer = torch.optim.AdamW(net.param_groups(), fused=True)
+        net = build_model(backbone, 10, FineTuneConfig(**MODES[mode])).to(device)
+        members = ModelMembers(net, ["model"], backbone.precision).train()
         trainable = net.trainable_params()
+        config = TrainConfig(epochs=1, batch_size=batch, label_smoothing=0.0, warmup=0.0)
+        # the real training step (the Trainer's), with no data source: the batch is fixed
+        trainer = Trainer(members, None, config, batch, tempfile.mkdtemp(), {}, device)
 
         def step() -> None:
-            with autocast_for(device):
-                logits = net(pixels)
-            F.cross_entropy(logits.float(), labels).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            trainer.train_step(pixels, labels)
 
     step()  # warm-up: optimizer states, allocator pools
     before = _reset_peak(device)

@@ -88,7 +88,7 @@ def run_method(
     from inca.backbones import load_backbone
     from inca.data import make_splits
     from inca.finetune.config import FineTuneConfig
-    from inca.finetune.train import evaluate, fine_tune_sweep
+    from inca.finetune.train import fine_tune_sweep, predict_model
     from inca.finetune.vqt_sweep import shares_backbone_pass
     from inca.select import accuracy
     from inca.tasks.finetuned import FineTunedTask
@@ -169,7 +169,7 @@ def run_method(
         trained = fine_tune_sweep(backbone, splits, base, lrs, cfg, out, resume)
         sweep = [{"lr": r["config"]["lr"], "val_acc": r["val_acc"]} for _, r in trained]
         best_model, best_record = max(trained, key=lambda t: t[1]["val_acc"])  # first of ties
-        probs, labels = evaluate(best_model, splits.test, backbone, cfg, "test")  # test once
+        probs, labels = predict_model(best_model, backbone, splits, cfg, "test")  # test once
         test_acc = accuracy(probs, labels)
         task = FineTunedTask(
             f"{options['data']}-{method}",
@@ -231,7 +231,8 @@ def sweep_curve(out: Path) -> list[dict[str, float]] | None:
             entry = json.loads(line)
             if "seconds" not in entry:
                 return None
-            accs = [entry["val_acc"]] if "val_acc" in entry else entry["val_acc_by_lr"].values()
+            accs = entry.get("val_acc", entry.get("val_acc_by_lr"))  # older logs: one number
+            accs = list(accs.values()) if isinstance(accs, dict) else [accs]
             best = max(best, *accs)
             last = entry["seconds"]
             curve.append({"seconds": offset + last, "val_acc": best})

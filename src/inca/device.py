@@ -92,9 +92,25 @@ class Precision:
         return self.autocast_dtype or self.weight_dtype
 
     def autocast(self) -> contextlib.AbstractContextManager:
+        """For the frozen backbone, whose weights are in ``weight_dtype``."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype this precision computes matmuls in: bf16 for bf16 and amp-bf16, fp16 for
+        amp-fp16, fp32 for fp32."""
+        return self.output_dtype
+
+    def mixed(self) -> contextlib.AbstractContextManager:
+        """For modules whose weights stay fp32 (trained or fine-tuned copies, their tasks): the
+        autocast that makes them compute as this precision does, none for fp32. The one place
+        that decides it, so training and serving a fine-tuned model agree with ``--precision``.
+        """
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
 
 def cpu_model() -> str:

@@ -76,15 +76,6 @@ class FineTunedTask(nn.Module):
     def predict_pixels(self, pixels: Tensor, backbone: Backbone) -> Tensor:
         """pixels (B, 3, S, S) -> probabilities (B, C), through its own pass."""
         model = self.build(backbone)
-        with backbone.precision.autocast() if backbone.precision.autocast_dtype else _amp(backbone):
+        with backbone.precision.mixed():  # as it trained: fp32 weights, the precision's compute
             logits = model(pixels.to(backbone.device, torch.float32))
         return logits.float().softmax(-1)
-
-
-def _amp(backbone: Backbone):
-    """Fine-tuned weights are fp32: run them under bf16 autocast where the backbone used bf16."""
-    if backbone.precision.weight_dtype == torch.bfloat16:
-        return torch.autocast(backbone.device.type, dtype=torch.bfloat16)
-    import contextlib
-
-    return contextlib.nullcontext()

@@ -11,7 +11,6 @@ from the same weights whether it is trained alone or beside sixty others. A mult
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Mapping, Sequence
 
@@ -94,6 +93,10 @@ class AdapterBank(nn.Module):
     def names(self) -> list[str]:
         return list(self.specs)
 
+    def forward_batch(self, x: Tensor) -> dict[str, Tensor]:
+        """The trainer's view (``inca.train.trainer.Members``): stacked normalised tokens."""
+        return self.forward_normalized(x)
+
     def forward(self, tokens: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """{tap: (B, T, D)} -> {adapter name: logits (B, C)}; each tap normalised once."""
         x = stack_taps(tokens, self.taps, normalize=True, dtype=self.token_dtype)
@@ -136,17 +139,24 @@ class AdapterBank(nn.Module):
         small = AdapterBank([self.specs[n] for n in keep], taps, num_classes, prefix, seed, dtype)
         small = small.to(device)
         for n in keep:
-            small.load_adapter_state(n, self.adapter_state(n))
+            small.load_member_state(n, self.member_state(n))
         return small
 
     # ------------------------------------------------------------- per-adapter views
-    def adapter_state(self, name: str) -> dict[str, Tensor]:
+    def member_state(self, name: str) -> dict[str, Tensor]:
+        """Adapter ``name``'s weights (CPU copies), keyed as its own module's."""
         k, i = self._where[name]
         return self.stacks[k].state_of(i)
 
-    def load_adapter_state(self, name: str, state: dict[str, Tensor]) -> None:
+    def load_member_state(self, name: str, state: dict[str, Tensor]) -> None:
         k, i = self._where[name]
         self.stacks[k].load_state_of(i, state)
+
+    def checkpoint_state(self) -> dict[str, Tensor]:
+        return self.state_dict()
+
+    def load_checkpoint_state(self, state: dict[str, Tensor]) -> None:
+        self.load_state_dict(state)
 
     def export_adapter(self, name: str) -> Adapter:
         """A standalone copy of adapter ``name`` (for saving as a task)."""
@@ -202,11 +212,3 @@ def carry_optimizer_state(
                 else v.clone()
                 for k, v in state.items()
             }
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))

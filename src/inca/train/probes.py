@@ -20,14 +20,14 @@ from tqdm.auto import tqdm
 from inca.adapters import build_adapter
 from inca.adapters.linear_probe import pool_tokens
 from inca.io import write_json
-from inca.train.engine import BatchSource
 from inca.train.member import Member
 from inca.train.plan import AdapterSpec
 from inca.train.probe_solver import fit_probes
+from inca.train.sources import TokenSource
 
 
 def pooled_features(
-    source: BatchSource, split: str, progress: bool = True
+    source: TokenSource, split: str, progress: bool = True
 ) -> tuple[dict[str, dict[str, Tensor]], Tensor]:
     """{tap: {"cls": (N, D), "mean": (N, D)}} float32 for every image of ``split`` (in the
     split's order, unaugmented), and the labels (N,)."""
@@ -51,7 +51,7 @@ def _select(feats: dict[str, dict[str, Tensor]], spec: AdapterSpec) -> Tensor:
 
 
 def fit_linear_probes(
-    source: BatchSource,
+    source: TokenSource,
     specs: Sequence[AdapterSpec],
     num_classes: int,
     out: Path,

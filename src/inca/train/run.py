@@ -34,10 +34,13 @@ from inca.data import Splits, make_splits
 from inca.errors import IncaError
 from inca.io import write_json
 from inca.select import accuracy, choose_ensemble, rank
-from inca.train.engine import BatchSource, OneToManyTrainer, TrainConfig, predict_all
+from inca.train.config import TrainConfig
 from inca.train.member import Member
+from inca.train.one_to_many import adapter_trainer
 from inca.train.plan import DEFAULT_PLAN, AdapterSpec, parse_plan
 from inca.train.probes import fit_linear_probes
+from inca.train.sources import TokenSource
+from inca.train.trainer import Trainer
 
 
 def train(
@@ -171,7 +174,7 @@ def train_members(
     signature: dict[str, Any],
     caches: dict[str, ActivationCache] | None,
     resume: bool,
-) -> tuple[dict[str, Member], OneToManyTrainer | None]:
+) -> tuple[dict[str, Member], Trainer | None]:
     """Every member of the plan, trained: SGD members one-to-many, solved probes by L-BFGS."""
     out.mkdir(parents=True, exist_ok=True)
     sgd = [s for s in specs if not s.solved]
@@ -179,14 +182,14 @@ def train_members(
     members: dict[str, Member] = {}
     trainer = None
     if sgd:
-        trainer = OneToManyTrainer(backbone, splits, sgd, config, out, signature, caches)
+        trainer = adapter_trainer(backbone, splits, sgd, config, out, signature, caches)
         trainer.fit(resume=resume)
         trainer.load_best()
-        test_probs, _ = predict_all(trainer.source, trainer.bank, "test", config.progress)
-        for n, spec in trainer.bank.specs.items():
+        test_probs, _ = trainer.predict("test")
+        for n, spec in trainer.members.specs.items():
             members[n] = Member(
                 spec,
-                trainer.bank.export_adapter(n),
+                trainer.members.export_adapter(n),
                 trainer.best_acc[n],
                 trainer.best_val_probs[n],
                 test_probs[n],
@@ -194,7 +197,7 @@ def train_members(
             )
     if solved:
         taps = [t for t in backbone.taps if any(s.tap == t for s in solved)]
-        source = BatchSource(backbone, splits, taps, config, caches)
+        source = TokenSource(backbone, splits, taps, config, caches)
         members |= fit_linear_probes(source, solved, len(splits.class_names), out, config.progress)
     return members, trainer
 
@@ -259,7 +262,7 @@ def finish(
     backbone: Backbone,
     splits: Splits,
     members: dict[str, Member],
-    trainer: OneToManyTrainer | None,
+    trainer: Trainer | None,
     out: Path,
     max_ensemble: int,
     started: float,

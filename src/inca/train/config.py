@@ -1,0 +1,97 @@
+"""What every training run shares: the budget, the schedule and the loss (``TrainConfig``).
+
+Frozen-feature training (adapter plans, from the activation cache) reads ``epochs`` as a cap and
+may stop early or halve its grid (``inca.train.budget``); fine-tuning methods train exactly
+``epochs``: their epochs cost a backbone pass each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from inca.errors import IncaError
+from inca.train.budget import Budget, resolve_budget
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What every training method shares. Frozen-feature training (adapter plans) reads
+    ``epochs`` as a cap and may stop early or halve its grid (see ``inca.train.budget``);
+    fine-tuning methods train exactly ``epochs``."""
+
+    epochs: int = 4
+    batch_size: int = 64
+    eval_batch_size: int = 128
+    warmup: float = 0.1  # fraction of all steps spent warming up
+    label_smoothing: float = 0.0
+    augment: bool = True
+    seed: int = 0
+    workers: int | None = None
+    progress: bool = True
+    min_steps: int = 0  # adapter plans: at least this many optimizer steps (small sets)
+    patience: int = 0  # adapter plans: stop after this many steps without a better member
+    halving_epochs: int = 0  # adapter plans: first successive-halving rung (0: no halving)
+    halving_keep: float = 0.25  # fraction of members that continue after each rung
+    halving_min: int = 8  # never fewer members than this after a rung
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise IncaError("epochs, batch_size and eval_batch_size must be at least 1")
+        if not 0 <= self.warmup < 1:
+            raise IncaError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        if not 0 <= self.label_smoothing < 1:
+            raise IncaError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if min(self.min_steps, self.patience, self.halving_epochs) < 0:
+            raise IncaError("min_steps, patience and halving_epochs must be >= 0 (0: off)")
+        if not 0 < self.halving_keep <= 1 or self.halving_min < 1:
+            raise IncaError(
+                f"halving keeps a fraction in (0, 1] and at least 1 member, got "
+                f"keep={self.halving_keep}, min={self.halving_min}"
+            )
+
+    def signature(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed (progress display and workers may not).
+        Options added after a run was made are left out while at their defaults, so its
+        checkpoint still resumes."""
+        later = {f: getattr(TrainConfig, f) for f in LATER_FIELDS}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("progress", "workers") and not (k in later and v == later[k])
+        }
+
+    def to_options(self) -> dict[str, Any]:
+        """As plain options (saved by `inca compare`): fields added later are left out while
+        at their defaults, so options saved before them still compare equal."""
+        later = {f: getattr(TrainConfig, f) for f in LATER_FIELDS}
+        return {k: v for k, v in asdict(self).items() if not (k in later and v == later[k])}
+
+    def budget(self, steps_per_epoch: int) -> Budget:
+        return resolve_budget(
+            steps_per_epoch,
+            self.epochs,
+            self.min_steps,
+            self.patience,
+            self.halving_epochs,
+            self.halving_keep,
+            self.halving_min,
+        )
+
+
+# Frozen-feature training (adapter plans, from the activation cache): epochs there cost a few
+# percent of a backbone pass, so the budget is "until validation stops improving", counted in
+# optimizer steps, with a grid halved early. Fine-tuning keeps TrainConfig()'s epoch budget.
+FROZEN_DEFAULTS: dict[str, Any] = {
+    "epochs": 20,  # a cap (the cosine schedule spans it); patience may end the run before
+    "batch_size": 128,
+    "label_smoothing": 0.1,
+    "augment": False,  # one cached view per image
+    "min_steps": 1000,
+    "patience": 800,
+    "halving_epochs": 2,
+    "halving_keep": 0.25,
+    "halving_min": 12,
+}
+
+LATER_FIELDS = ("min_steps", "patience", "halving_epochs", "halving_keep", "halving_min")

@@ -1,0 +1,48 @@
+"""One-to-many training of an adapter plan: one backbone pass (or cache read) feeds every adapter.
+
+The plan's adapters become one :class:`~inca.train.bank.AdapterBank` (the trainer's members) fed
+by a :class:`~inca.train.sources.TokenSource` of the taps they read; the
+:class:`~inca.train.trainer.Trainer` runs it like any other method: one summed loss, one
+backward, one fused AdamW step with parameter groups per stack of adapters sharing a shape, lr
+and weight decay (AdamW is element-wise, so each adapter trains exactly as it would alone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from inca.backbones.base import Backbone
+from inca.cache import ActivationCache
+from inca.data import Splits
+from inca.train.bank import AdapterBank
+from inca.train.config import TrainConfig
+from inca.train.plan import AdapterSpec
+from inca.train.sources import TokenSource, token_dtype
+from inca.train.trainer import Trainer
+
+
+def adapter_trainer(
+    backbone: Backbone,
+    splits: Splits,
+    specs: list[AdapterSpec],
+    config: TrainConfig,
+    out_dir: str | Path,
+    signature: dict[str, Any],
+    caches: Mapping[str, ActivationCache] | None = None,
+) -> Trainer:
+    """A trainer of every adapter of ``specs`` on ``splits``, from ``caches`` where given."""
+    bank = AdapterBank(
+        specs,
+        backbone.taps,
+        len(splits.class_names),
+        backbone.num_prefix_tokens,
+        seed=config.seed,
+        token_dtype=token_dtype(backbone),
+    ).to(backbone.device)
+    source = TokenSource(backbone, splits, bank.taps, config, caches)
+    return Trainer(
+        bank, source, config, len(splits.train), out_dir, signature, backbone.device,
+        num_val=len(splits.val),
+    )  # fmt: skip

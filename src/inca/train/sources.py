@@ -1,0 +1,127 @@
+"""Batch sources for the :class:`~inca.train.trainer.Trainer`: pixels, or normalised tokens.
+
+Every source gives the same images in the same order for a (seed, epoch): the training split
+shuffled by ``epoch_order`` with the last partial batch dropped, augmented per (seed, epoch),
+so that methods compared in one harness see the same data and a resumed run the same batches.
+
+* :class:`PixelSource`: pixels (B, 3, S, S), for methods that run the backbone themselves
+  (fine-tuning, VQT).
+* :class:`TokenSource`: the frozen backbone's normalised tokens of the members' taps,
+  (n_taps, B, T, D): from one backbone pass per batch (online) or, where an activation cache is
+  given for a split, read from it with no backbone pass at all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from inca.adapters.base import stack_taps
+from inca.backbones.base import Backbone
+from inca.cache import ActivationCache
+from inca.data import ImageTransform, Splits, Subset, make_loader
+from inca.train.config import TrainConfig
+from inca.train.trainer import epoch_order
+
+
+def token_dtype(backbone: Backbone) -> torch.dtype:
+    """Adapters read tokens in the backbone's output dtype when that is bf16 (half the memory
+    traffic of their token-sized matmuls); parameters, softmax and the rest stay fp32."""
+    return torch.bfloat16 if backbone.precision.output_dtype == torch.bfloat16 else torch.float32
+
+
+class PixelSource:
+    """Pixels and labels of ``splits``, batched as ``config`` says."""
+
+    def __init__(self, backbone: Backbone, splits: Splits, config: TrainConfig) -> None:
+        self.backbone, self.splits, self.config = backbone, splits, config
+        self.backbone_seconds = 0.0  # the members run the backbone: their time is training
+
+    def serve(self, members: Any) -> None:
+        """Pixels are all any member reads."""
+
+    def _train_loader(self, epoch: int):
+        cfg, subset = self.config, self.splits.train
+        order = epoch_order(len(subset), cfg.seed, epoch)
+        usable = len(order) // cfg.batch_size * cfg.batch_size  # drop the last partial batch
+        transform = ImageTransform(
+            self.backbone.preprocess, augment=cfg.augment, allow_hflip=subset.dataset.allow_hflip
+        )
+        ordered = Subset(subset.dataset, subset.indices[order[:usable].numpy()])
+        return make_loader(
+            ordered, transform, cfg.batch_size, seed=cfg.seed * 1000 + epoch,
+            num_workers=cfg.workers,
+        )  # fmt: skip
+
+    def _eval_loader(self, split: str):
+        return make_loader(
+            getattr(self.splits, split),
+            ImageTransform(self.backbone.preprocess),
+            self.config.eval_batch_size,
+            num_workers=self.config.workers,
+        )
+
+    def train(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for pixels, labels, _ in self._train_loader(epoch):
+            yield pixels, labels
+
+    def evaluate(self, split: str) -> Iterator[tuple[Tensor, Tensor]]:
+        """Split ``split`` in order, not augmented (``train`` too: features to select on)."""
+        for pixels, labels, _ in self._eval_loader(split):
+            yield pixels, labels
+
+
+class TokenSource(PixelSource):
+    """Normalised tokens of ``taps`` (n_taps, B, T, D) with labels; read from ``caches[split]``
+    where a cache is given for the split, else from one backbone pass per batch."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        splits: Splits,
+        taps: list[str],
+        config: TrainConfig,
+        caches: Mapping[str, ActivationCache] | None = None,
+    ) -> None:
+        super().__init__(backbone, splits, config)
+        self.taps = taps
+        self.caches = dict(caches or {})
+        self.token_dtype = token_dtype(backbone)
+
+    def serve(self, members: Any) -> None:
+        self.taps = list(members.taps)  # read only the taps the members still need
+
+    def train(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        cfg = self.config
+        if "train" in self.caches:
+            cache = self.caches["train"]
+            order = epoch_order(len(self.splits.train), cfg.seed, epoch)
+            usable = len(order) // cfg.batch_size * cfg.batch_size
+            for pos in order[:usable].split(cfg.batch_size):
+                yield cache.read(pos, self.taps, epoch, self.token_dtype), cache.labels[pos]
+            return
+        yield from self._online(self._train_loader(epoch))
+
+    def evaluate(self, split: str) -> Iterator[tuple[Tensor, Tensor]]:
+        if split in self.caches:
+            cache = self.caches[split]
+            for pos in torch.arange(len(getattr(self.splits, split))).split(
+                self.config.eval_batch_size
+            ):
+                yield cache.read(pos, self.taps, 0, self.token_dtype), cache.labels[pos]
+            return
+        yield from self._online(self._eval_loader(split))
+
+    def _online(self, loader) -> Iterator[tuple[Tensor, Tensor]]:
+        for pixels, labels, _ in loader:
+            t0 = time.perf_counter()
+            tokens = self.backbone.forward_taps(pixels, self.taps)  # ONE pass, no grad
+            x = stack_taps(tokens, self.taps, normalize=True, dtype=self.token_dtype)
+            del tokens  # not held while the adapters train on x
+            self.backbone_seconds += time.perf_counter() - t0
+            yield x, labels
+            del x  # resumed for the next batch: drop this one before the next backbone pass

@@ -1,0 +1,427 @@
+"""The one training loop: every method trains as named *members* fed by one batch source.
+
+One-to-many is the loop every method runs. Per batch: the source gives inputs (normalised tokens
+from the backbone or the activation cache, or pixels), ``members.forward_batch`` gives each
+member's logits, their cross-entropies are summed, ONE backward, ONE fused AdamW step with a
+linear warm-up and cosine decay. Members' parameters are disjoint, so each gets exactly the
+gradient its own run would (the equivalence tests keep this true). After every epoch each member
+is validated and its best epoch kept; the checkpoint makes the run resumable, exactly.
+
+What trains is anything satisfying :class:`Members`: an ``AdapterBank`` (InCA and linear probes
+on frozen taps, many per pass), a fine-tuned model (one member), a VQT learning-rate sweep (one
+member per rate). The budget (``TrainConfig.budget``) is the same for all: an epoch cap, and for
+frozen-feature members optionally patience and successive halving, which needs ``subset``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from inca.errors import IncaError
+from inca.select import accuracy, rank
+from inca.train import checkpoint
+from inca.train.budget import survivors
+from inca.train.config import TrainConfig
+
+MEMBERS_KEY = "bank"  # the checkpoint prefix of the members' state (its name since version 1)
+
+
+class Members(Protocol):
+    """What the :class:`Trainer` trains: named members, each a classifier of its own.
+
+    An ``nn.Module`` (``train``/``eval``/``to``) with disjoint parameters per member."""
+
+    @property
+    def names(self) -> list[str]: ...
+
+    def forward_batch(self, inputs: Tensor) -> dict[str, Tensor]:
+        """A batch from the source -> {member: logits (B, C)}."""
+        ...
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups, each with ``lr``, ``base_lr`` and ``weight_decay``."""
+        ...
+
+    def member_state(self, name: str) -> dict[str, Tensor]:
+        """What member ``name`` learned (CPU copies): kept at its best epoch."""
+        ...
+
+    def load_member_state(self, name: str, state: dict[str, Tensor]) -> None: ...
+
+    def checkpoint_state(self) -> dict[str, Tensor]:
+        """Everything training changes (trainable weights, random generators)."""
+        ...
+
+    def load_checkpoint_state(self, state: dict[str, Tensor]) -> None: ...
+
+
+class BatchSource(Protocol):
+    """Where batches come from: ``train(epoch)`` and ``evaluate(split)`` yield (inputs, labels).
+    ``train`` yields ``len(splits.train) // batch_size`` full batches in ``epoch_order``."""
+
+    backbone_seconds: float  # time spent in the frozen backbone (0 from a cache)
+
+    def train(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+    def evaluate(self, split: str) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+    def serve(self, members: Members) -> None:
+        """Give only what ``members`` read from now on (after halving dropped some)."""
+        ...
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The shuffled order of epoch ``epoch``: the same for every source and method."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+
+
+@torch.no_grad()
+def predict_all(
+    source: BatchSource,
+    members: Members,
+    split: str,
+    device: torch.device,
+    progress: bool = True,
+    total: int | None = None,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Every member's class probabilities on ``split``: ({name: (N, C)}, labels (N,))."""
+    members.eval()
+    probs: dict[str, list[Tensor]] = {n: [] for n in members.names}
+    labels = []
+    bar = tqdm(source.evaluate(split), desc=split, unit="batch", total=total, leave=False,
+               disable=not progress, dynamic_ncols=True)  # fmt: skip
+    for x, y in bar:
+        for n, lg in members.forward_batch(x.to(device)).items():
+            probs[n].append(lg.float().softmax(-1).cpu())
+        labels.append(y)
+    return {n: torch.cat(p) for n, p in probs.items()}, torch.cat(labels)
+
+
+def _truncate_log(log: Path, epochs: int) -> None:
+    """Keep the log's lines of the first ``epochs`` epochs (those the checkpoint holds)."""
+    if log.exists():
+        lines = log.read_text().splitlines()
+        kept = [line for line in lines if json.loads(line)["epoch"] <= epochs]
+        if len(kept) != len(lines):
+            log.write_text("".join(line + "\n" for line in kept))
+
+
+class Trainer:
+    """Trains ``members`` on batches of ``source`` until ``config``'s budget ends.
+
+    Args:
+        members: what trains (see :class:`Members`); ``subset(names)`` is needed only when the
+            budget halves (frozen-feature members).
+        source: where batches come from (see :class:`BatchSource`); None when only
+            ``train_step`` is called (a benchmark of one step).
+        config: the budget, schedule and loss; ``num_train`` images make an epoch.
+        out_dir: ``log.jsonl`` (one line per epoch) and the checkpoint go here.
+        signature: what must match for a checkpoint to be resumed (``config`` is added).
+        device: where members compute.
+    """
+
+    def __init__(
+        self,
+        members: Members,
+        source: BatchSource | None,
+        config: TrainConfig,
+        num_train: int,
+        out_dir: str | Path,
+        signature: dict[str, Any],
+        device: torch.device,
+        num_val: int | None = None,
+    ) -> None:
+        self.members, self.source, self.config = members, source, config
+        self.all_members, self.device = members, device  # load_best returns to every member
+        self.out_dir = Path(out_dir)
+        # as JSON gives it back (tuples become lists), to compare with a saved checkpoint's
+        self.signature = json.loads(json.dumps(signature | {"train": config.signature()}))
+        self.all_names = list(members.names)
+        self.steps_per_epoch = num_train // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise IncaError(
+                f"the training split has {num_train} images, fewer than one batch of "
+                f"{config.batch_size}; lower --batch-size"
+            )
+        self.val_batches = -(-num_val // config.eval_batch_size) if num_val else None
+        self.budget = config.budget(self.steps_per_epoch)
+        self.total_steps = self.budget.total_steps
+        self.warmup_steps = int(config.warmup * self.total_steps)
+        self.optimizer = self._optimizer()
+        self.epoch = 0  # epochs done
+        self.step = 0
+        self.best_acc = {n: -1.0 for n in self.all_names}
+        self.best_epoch = {n: 0 for n in self.all_names}
+        self.best_state = {n: members.member_state(n) for n in self.all_names}
+        self.best_val_probs: dict[str, Tensor] = {}
+        self.val_labels: Tensor | None = None
+        self.last_val_loss: dict[str, float] = {}
+        self.last_improved_step = 0
+        self.stopped = ""  # why training ended before the cap ("" while it has not)
+        self.dropped_at: dict[str, int] = {}  # member -> the epoch after which halving dropped it
+        self.train_seconds = 0.0
+        self.val_seconds = 0.0
+        self.backbone_seconds = 0.0
+        self.images_seen = 0
+        self.curve: list[dict[str, float]] = []  # per epoch: cumulative seconds, best val acc
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        # fused: one kernel per parameter instead of ~10 element-wise passes (6x on this CPU)
+        fused = self.device.type in ("cpu", "cuda")
+        return torch.optim.AdamW(self.members.param_groups(), fused=fused)
+
+    @property
+    def active(self) -> list[str]:
+        """The members still training (all of them until a halving rung drops some)."""
+        return list(self.members.names)
+
+    def _shrink(self, keep: list[str], carry: bool = True) -> None:
+        """Continue with members ``keep`` only; their weights and AdamW moments carry over."""
+        from inca.train.bank import carry_optimizer_state
+
+        old_members, old_opt = self.members, self.optimizer
+        self.members = old_members.subset(keep)  # type: ignore[attr-defined]
+        self.optimizer = self._optimizer()
+        if carry:
+            carry_optimizer_state(old_opt, old_members, self.optimizer, self.members)
+        self.source.serve(self.members)
+
+    # ------------------------------------------------------------------ checkpoint
+    def save_checkpoint(self) -> None:
+        tensors = checkpoint.flatten(MEMBERS_KEY, self.members.checkpoint_state())
+        for n in self.all_names:
+            tensors |= checkpoint.flatten(f"best/{n}", self.best_state[n])
+        tensors |= {f"valprobs/{n}": p for n, p in self.best_val_probs.items()}
+        if self.val_labels is not None:
+            tensors["val_labels"] = self.val_labels
+        optim_tensors, groups = checkpoint.optimizer_to_tensors(self.optimizer)
+        meta = {
+            "signature": self.signature,
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "optimizer_groups": groups,
+            "train_seconds": self.train_seconds,
+            "backbone_seconds": self.backbone_seconds,
+            "images_seen": self.images_seen,
+            "val_seconds": self.val_seconds,
+            "active": self.active,
+            "dropped_at": self.dropped_at,
+            "last_val_loss": self.last_val_loss,
+            "last_improved_step": self.last_improved_step,
+            "stopped": self.stopped,
+            "curve": self.curve,
+        }
+        checkpoint.save(self.out_dir, tensors | optim_tensors, meta)
+
+    def load_checkpoint(self) -> None:
+        tensors, meta = checkpoint.load(self.out_dir)
+        if "best_acc" in meta and not isinstance(meta["best_acc"], dict):
+            raise IncaError(
+                f"{self.out_dir / checkpoint.FILE} was written by the fine-tuning loop of an "
+                "older inca, which this one cannot continue; delete it to train this run again"
+            )
+        if meta["signature"] != self.signature:
+            diff = sorted(
+                k
+                for k in set(meta["signature"]) | set(self.signature)
+                if meta["signature"].get(k) != self.signature.get(k)
+            )
+            raise IncaError(
+                f"cannot resume {self.out_dir}: the run was started with other options "
+                f"({', '.join(diff)} differ); use the same options or another --out"
+            )
+        if meta.get("active", self.all_names) != self.all_names:
+            self._shrink(meta["active"], carry=False)  # the state below fills it
+        self.members.load_checkpoint_state(checkpoint.unflatten(tensors, MEMBERS_KEY))
+        for n in self.all_names:
+            self.best_state[n] = checkpoint.unflatten(tensors, f"best/{n}")
+            if f"valprobs/{n}" in tensors:
+                self.best_val_probs[n] = tensors[f"valprobs/{n}"]
+        self.val_labels = tensors.get("val_labels")
+        checkpoint.optimizer_from_tensors(self.optimizer, tensors, meta["optimizer_groups"])
+        self.epoch, self.step = meta["epoch"], meta["step"]
+        self.best_acc, self.best_epoch = meta["best_acc"], meta["best_epoch"]
+        self.train_seconds, self.backbone_seconds = meta["train_seconds"], meta["backbone_seconds"]
+        self.images_seen = meta["images_seen"]
+        self.val_seconds = meta.get("val_seconds", 0.0)
+        self.dropped_at = meta.get("dropped_at", {})
+        self.last_val_loss = meta.get("last_val_loss", {})
+        self.last_improved_step = meta.get("last_improved_step", self.step)
+        self.stopped = meta.get("stopped", "")
+        self.curve = meta.get("curve", [])
+
+    # ------------------------------------------------------------------ training
+    def best_name(self) -> str | None:
+        if self.epoch == 0:
+            return None
+        return rank(self.best_acc)[0]
+
+    def train_step(self, inputs: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """One optimizer step on one batch: every member's loss, summed, ONE backward."""
+        logits = self.members.forward_batch(inputs.to(self.device))
+        labels = labels.to(self.device)
+        smoothing = self.config.label_smoothing
+        losses = {
+            n: F.cross_entropy(lg.float(), labels, label_smoothing=smoothing)
+            for n, lg in logits.items()
+        }
+        factor = lr_factor(self.step, self.total_steps, self.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        torch.stack(list(losses.values())).sum().backward()  # ONE backward for all
+        self.optimizer.step()
+        # free gradients before the next backbone pass: they would otherwise sit in memory
+        # beside its activations (peak memory)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {n: loss.detach() for n, loss in losses.items()}
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the training split: returns each member's mean training loss."""
+        self.members.train()
+        loss_sum = {n: 0.0 for n in self.members.names}
+        start, seen, steps = time.perf_counter(), 0, 0
+        backbone_before = self.source.backbone_seconds
+        bar = tqdm(
+            self.source.train(self.epoch),
+            desc=f"epoch {self.epoch + 1}/{self.budget.max_epochs}",
+            total=self.steps_per_epoch,
+            unit="batch",
+            disable=not self.config.progress,
+            dynamic_ncols=True,
+        )
+        for x, labels in bar:
+            losses = self.train_step(x, labels)
+            del x  # this batch's inputs go before the next backbone pass
+            steps, seen = steps + 1, seen + len(labels)
+            for n, loss in losses.items():
+                loss_sum[n] += loss.item()
+            best = self.best_name()
+            bar.set_postfix_str(
+                f"{seen / (time.perf_counter() - start):.0f} img/s"
+                + (f", best {best} {100 * self.best_acc[best]:.2f}%" if best else "")
+            )
+        bar.close()
+        self.train_seconds += time.perf_counter() - start
+        self.backbone_seconds += self.source.backbone_seconds - backbone_before
+        self.images_seen += seen
+        return {n: s / max(1, steps) for n, s in loss_sum.items()}
+
+    def predict(self, split: str) -> tuple[dict[str, Tensor], Tensor]:
+        """The current members' probabilities on ``split`` and its labels."""
+        total = self.val_batches if split == "val" else None
+        return predict_all(self.source, self.members, split, self.device, self.config.progress,
+                           total)  # fmt: skip
+
+    def validate(self) -> dict[str, float]:
+        probs, labels = self.predict("val")
+        self.val_labels = labels
+        accs = {n: accuracy(p, labels) for n, p in probs.items()}
+        for n, p in probs.items():  # the tie-breaker of halving: plateaus share an accuracy
+            picked = p.gather(1, labels.view(-1, 1)).clamp_min(1e-12)
+            self.last_val_loss[n] = -picked.log().mean().item()
+        for n, acc in accs.items():
+            if acc > self.best_acc[n]:
+                self.best_acc[n], self.best_epoch[n] = acc, self.epoch
+                self.best_state[n] = self.members.member_state(n)
+                self.best_val_probs[n] = probs[n]
+                self.last_improved_step = self.step
+        return accs
+
+    def _halve(self) -> list[str]:
+        """At a halving rung: drop all but the best members; returns the dropped names."""
+        if self.epoch not in self.budget.rungs:
+            return []
+        b = self.budget
+        keep = survivors(self.active, self.best_acc, self.last_val_loss, b.keep, b.min_members)
+        dropped = [n for n in self.active if n not in keep]
+        if dropped:
+            for n in dropped:
+                self.dropped_at[n] = self.epoch
+            self._shrink(keep)
+        return dropped
+
+    def _out_of_patience(self) -> bool:
+        patience = self.budget.patience_steps
+        return bool(patience) and self.step - self.last_improved_step >= patience
+
+    def fit(self, resume: bool = False) -> None:
+        """Train until the budget ends (continuing from the checkpoint when ``resume``; a new
+        run starts a new log)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        log = self.out_dir / "log.jsonl"
+        cap = self.budget.max_epochs
+        if resume and (self.out_dir / checkpoint.FILE).exists():
+            self.load_checkpoint()
+            _truncate_log(log, self.epoch)  # a kill between log line and checkpoint
+            print(f"resuming {self.out_dir} after epoch {self.epoch}/{cap}")
+        elif self.epoch == 0:
+            log.unlink(missing_ok=True)
+        while self.epoch < cap and not self.stopped:
+            t0 = time.perf_counter()
+            losses = self.train_epoch()
+            t_train = time.perf_counter() - t0
+            self.epoch += 1
+            accs = self.validate()
+            t_val = time.perf_counter() - t0 - t_train
+            self.val_seconds += t_val
+            best = self.best_name()
+            seconds = self.train_seconds + self.val_seconds  # validation is a cost too
+            self.curve.append(
+                {"epoch": self.epoch, "seconds": seconds, "val_acc": self.best_acc[best]}
+            )
+            dropped = self._halve()
+            if self._out_of_patience():
+                self.stopped = f"no better member for {self.step - self.last_improved_step} steps"
+            entry = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "seconds": seconds,
+                "train_seconds": t_train,
+                "val_seconds": t_val,
+                "train_loss": losses,
+                "val_acc": accs,
+                "best": {"name": best, "val_acc": self.best_acc[best]},
+                "active": len(self.active),
+            }
+            if dropped:
+                entry["dropped"] = dropped
+            if self.stopped:
+                entry["stopped"] = self.stopped
+            with open(log, "a") as f:
+                f.write(json.dumps(entry, sort_keys=True) + "\n")
+            self.save_checkpoint()  # after the log line: a resume drops lines past it
+            note = f"; halving kept {len(self.active)} of {len(self.active) + len(dropped)}"
+            print(
+                f"epoch {self.epoch}/{cap}: best {best} {100 * self.best_acc[best]:.2f}% val "
+                f"({t_train:.0f} s train, {len(accs)} members{note if dropped else ''})"
+                + (f"; stopping: {self.stopped}" if self.stopped else "")
+            )
+
+    def load_best(self) -> None:
+        """Every member, dropped ones included, back at its best validation epoch."""
+        if self.members is not self.all_members:
+            self.members = self.all_members
+            self.source.serve(self.members)
+        for n in self.all_names:
+            self.members.load_member_state(n, self.best_state[n])
