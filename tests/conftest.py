@@ -28,13 +28,13 @@ def tiny_setup():
 
 def fine_tune_tiny(setup, out, **options):
     """One epoch of a method (FineTuneConfig options, lr 1e-2 unless given) on ``setup``."""
-    from inca.finetune.config import FineTuneConfig
+    from inca.finetune.config import finetune_config
     from inca.finetune.train import fine_tune
     from inca.train import TrainConfig
 
     backbone, splits = setup
     cfg = TrainConfig(epochs=1, batch_size=20, workers=0, progress=False, warmup=0.0)
-    return fine_tune(backbone, splits, FineTuneConfig(**({"lr": 1e-2} | options)), cfg, out)
+    return fine_tune(backbone, splits, finetune_config(**({"lr": 1e-2} | options)), cfg, out)
 
 
 @contextlib.contextmanager

@@ -58,14 +58,14 @@ def test_fine_tuning_trains_and_serves_at_the_users_precision(monkeypatch, preci
     serves in the dtype it trained in."""
     import inca
     import inca.device as d
-    from inca.finetune.config import FineTuneConfig
+    from inca.finetune.config import finetune_config
     from inca.finetune.model import build_model
     from inca.finetune.train import ModelMembers
     from inca.tasks.finetuned import FineTunedTask
 
     monkeypatch.setattr(d, "cpu_has_native_bf16", lambda: True)  # bf16 hardware
     backbone = inca.load_backbone("tiny-vit", precision=precision, device="cpu")
-    model = build_model(backbone, 3, FineTuneConfig(method="full"))
+    model = build_model(backbone, 3, finetune_config(method="full"))
     members = ModelMembers(model, ["m"], backbone.precision)
     seen = []
     linear = next(m for m in model.model.modules() if isinstance(m, torch.nn.Linear))

@@ -9,7 +9,7 @@ import torch
 import inca
 from inca.adapters import adapter_config, build_adapter
 from inca.errors import IncaError
-from inca.finetune.config import FineTuneConfig
+from inca.finetune.config import finetune_config
 from inca.tasks import MultiTask, Task, load_task
 from inca.tasks.finetuned import FineTunedTask
 from tests.conftest import fine_tune_tiny
@@ -118,21 +118,43 @@ def test_multitask_runs_fine_tuned_tasks_on_their_own_pass(setup, tmp_path, caps
 
 def test_bad_configs() -> None:
     with pytest.raises(IncaError, match="unknown fine-tuning method"):
-        FineTuneConfig(method="prompt")
+        finetune_config(method="prompt")
+    with pytest.raises(IncaError, match=r"full: unknown option\(s\) \['lora_r'\]"):
+        finetune_config(method="full", lora_r=4)  # each method has only its own fields
     with pytest.raises(IncaError, match="layer_decay"):
-        FineTuneConfig(layer_decay=1.5)
+        finetune_config(layer_decay=1.5)
     generic = inca.load_backbone(
         torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), taps=["0"], image_size=8, precision="fp32"
     )
     from inca.finetune.model import FineTuneModel
 
     with pytest.raises(IncaError, match="needs a Hugging Face transformer"):
-        FineTuneModel(generic, 3, FineTuneConfig())
+        FineTuneModel(generic, 3, finetune_config())
     from inca.finetune.vqt import VQTModel
 
     with pytest.raises(IncaError, match="VQT needs a Hugging Face transformer"):
-        VQTModel(generic, 3, FineTuneConfig(method="vqt"))
+        VQTModel(generic, 3, finetune_config(method="vqt"))
     with pytest.raises(IncaError, match="grad_checkpointing"):
-        FineTuneConfig(method="stochca", grad_checkpointing=True)
+        finetune_config(method="stochca", grad_checkpointing=True)
     with pytest.raises(IncaError, match="probability"):
-        FineTuneConfig(method="stochca", stochca_p=1.5)
+        finetune_config(method="stochca", stochca_p=1.5)
+
+
+def test_configs_of_older_inca_load_with_their_methods_fields() -> None:
+    """task.json of inca before per-method configs stored every method's 17 fields."""
+    from inca.finetune.config import config_from_dict, shared_options
+
+    old = {"method": "lora", "lr": 1e-3, "head_lr": 1e-3, "weight_decay": 0.05,
+           "layer_decay": 1.0, "blocks": 2, "lora_r": 4, "lora_alpha": 16.0, "lora_dropout": 0.0,
+           "grad_checkpointing": False, "stochca_p": 0.1, "stochca_per_sample": False,
+           "queries": 1, "layer_queries": "", "vqt_naive": False, "lasso_keep": 1.0,
+           "lasso_strength": 1e-3}  # fmt: skip
+    config = config_from_dict(old)
+    assert config == finetune_config("lora", lr=1e-3, lora_r=4)
+    assert "queries" not in config.to_dict() and config.to_dict()["method"] == "lora"
+    assert config_from_dict(config.to_dict()) == config
+    shared = {"layer_decay": 0.8, "lora_r": 4}  # `inca compare --finetune`: each takes its own
+    assert shared_options("full", shared) == finetune_config("full", layer_decay=0.8)
+    assert shared_options("vqt", shared) == finetune_config("vqt")
+    with pytest.raises(IncaError, match="belong to no method"):
+        shared_options("full", {"lora_rank": 4})

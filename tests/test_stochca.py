@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inca.finetune.config import FineTuneConfig
+from inca.finetune.config import finetune_config
 from inca.finetune.model import FineTuneModel
 from tests.conftest import fine_tune_tiny, killed_after_first_epoch
 
@@ -55,7 +55,7 @@ def perturbed(setup, **options) -> FineTuneModel:
     """A StochCA model whose copy already differs from the frozen backbone."""
     backbone, _ = setup
     torch.manual_seed(0)  # the same head every time
-    model = FineTuneModel(backbone, 10, FineTuneConfig(method="stochca", **options))
+    model = FineTuneModel(backbone, 10, finetune_config(method="stochca", **options))
     with torch.no_grad():
         for p in model.model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
@@ -112,7 +112,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(setup, tmp_path, monkeypa
 
     backbone, splits = setup
     cfg = TrainConfig(epochs=2, batch_size=20, workers=0, progress=False, warmup=0.0)
-    ft = FineTuneConfig(method="stochca", stochca_p=0.5, lr=1e-2)
+    ft = finetune_config(method="stochca", stochca_p=0.5, lr=1e-2)
     whole, whole_record = fine_tune(backbone, splits, ft, cfg, tmp_path / "whole")
 
     with killed_after_first_epoch(monkeypatch):
@@ -123,4 +123,4 @@ def test_an_interrupted_run_resumes_to_the_same_result(setup, tmp_path, monkeypa
     assert record["val_acc"] == whole_record["val_acc"]
     assert len((tmp_path / "cut" / "log.jsonl").read_text().splitlines()) == 2
     with pytest.raises(IncaError, match="other options"):
-        fine_tune(backbone, splits, FineTuneConfig(method="full"), cfg, tmp_path / "cut", True)
+        fine_tune(backbone, splits, finetune_config(method="full"), cfg, tmp_path / "cut", True)

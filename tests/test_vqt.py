@@ -9,7 +9,7 @@ import torch
 import inca
 from inca.backbones.attention_routing import attention_module, route_attention
 from inca.errors import IncaError
-from inca.finetune.config import FineTuneConfig
+from inca.finetune.config import finetune_config
 from inca.finetune.vqt import VQTModel
 
 FAMILIES = ("tiny-vit", "tiny-dinov2", "tiny-deit", "tiny-clip")
@@ -25,7 +25,7 @@ def pixels(n: int = 3, seed: int = 0) -> torch.Tensor:
 
 
 def vqt(backbone, **options) -> VQTModel:
-    model = VQTModel(backbone, 5, FineTuneConfig(method="vqt", **options))
+    model = VQTModel(backbone, 5, finetune_config(method="vqt", **options))
     with torch.no_grad():  # queries of a realistic scale, different per block
         for i, q in enumerate(model.queries):
             q.copy_(torch.randn(q.shape, generator=torch.Generator().manual_seed(i)))
@@ -60,7 +60,7 @@ def test_zero_queries_in_a_block_leave_it_out(backbone) -> None:
     with pytest.raises(IncaError, match="at least one query"):
         vqt(backbone, queries=0)
     with pytest.raises(IncaError, match="BLOCK:COUNT"):
-        FineTuneConfig(method="vqt", layer_queries="last:2")
+        finetune_config(method="vqt", layer_queries="last:2")
 
 
 def reference_features(model: VQTModel, x: torch.Tensor) -> torch.Tensor:
@@ -135,7 +135,7 @@ def test_vqt_with_feature_selection_trains_saves_and_reloads(tmp_path) -> None:
     backbone = inca.load_backbone("tiny-vit", precision="fp32")
     splits = make_splits("digits", train_size=80, val_size=40, test_size=40, seed=0)
     cfg = TrainConfig(epochs=1, batch_size=20, workers=0, progress=False, warmup=0.0)
-    ft = FineTuneConfig(method="vqt", lr=1e-2, lasso_keep=0.25)
+    ft = finetune_config(method="vqt", lr=1e-2, lasso_keep=0.25)
     model, record = fine_tune(backbone, splits, ft, cfg, tmp_path / "run")
     assert record["selected_features"] == 32 * 5 // 4 == model.head.in_features
     assert "val_acc_before_selection" in record
@@ -168,11 +168,11 @@ def test_vqt_and_stochca_on_the_packaged_dinov2() -> None:
         plain = backbone.forward_taps(x, ["final"])["final"]
         final, _ = model._efficient_pass(x)
         efficient = model.features(x)
-        model.config = FineTuneConfig(method="vqt", vqt_naive=True)
+        model.config = finetune_config(method="vqt", vqt_naive=True)
         naive = model.features(x)
     assert torch.equal(final.to(plain.dtype), plain)
     torch.testing.assert_close(efficient, naive, atol=2e-2, rtol=0)  # bf16 rounding
-    stoch = FineTuneModel(backbone, 10, FineTuneConfig(method="stochca", stochca_p=1.0))
+    stoch = FineTuneModel(backbone, 10, finetune_config(method="stochca", stochca_p=1.0))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         crossed = stoch.train()(x)
         own = stoch.eval()(x)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inca.finetune.config import FineTuneConfig
+from inca.finetune.config import finetune_config
 from tests.conftest import killed_after_first_epoch
 
 LRS = [1e-2, 3e-2]
@@ -33,13 +33,13 @@ def test_a_one_pass_sweep_equals_one_run_per_rate(setup, tmp_path) -> None:
     from inca.finetune.train import fine_tune, fine_tune_sweep
 
     backbone, splits = setup
-    ft = FineTuneConfig(method="vqt", queries=2, layer_queries="1:0")
+    ft = finetune_config(method="vqt", queries=2, layer_queries="1:0")
     swept = fine_tune_sweep(backbone, splits, ft, LRS, _config(), tmp_path / "sweep")
     assert (tmp_path / "sweep" / "lr0.01+0.03").is_dir()  # one shared run
     assert [record["config"]["lr"] for _, record in swept] == LRS
     for lr, (model, record) in zip(LRS, swept, strict=True):
         alone, alone_record = fine_tune(
-            backbone, splits, FineTuneConfig(method="vqt", queries=2, layer_queries="1:0", lr=lr),
+            backbone, splits, finetune_config(method="vqt", queries=2, layer_queries="1:0", lr=lr),
             _config(), tmp_path / f"alone{lr}",
         )  # fmt: skip
         _assert_same(model.changed_state(), alone.changed_state())
@@ -50,12 +50,10 @@ def test_a_one_pass_sweep_equals_one_run_per_rate(setup, tmp_path) -> None:
 
 
 def test_other_methods_and_the_naive_path_run_one_rate_at_a_time(setup, tmp_path) -> None:
-    from inca.finetune.vqt_sweep import shares_backbone_pass
-
-    assert shares_backbone_pass(FineTuneConfig(method="vqt"), LRS)
-    assert not shares_backbone_pass(FineTuneConfig(method="vqt"), LRS[:1])
-    assert not shares_backbone_pass(FineTuneConfig(method="vqt", vqt_naive=True), LRS)
-    assert not shares_backbone_pass(FineTuneConfig(method="lora"), LRS)
+    assert finetune_config(method="vqt").shares_backbone_pass(LRS)
+    assert not finetune_config(method="vqt").shares_backbone_pass(LRS[:1])
+    assert not finetune_config(method="vqt", vqt_naive=True).shares_backbone_pass(LRS)
+    assert not finetune_config(method="lora").shares_backbone_pass(LRS)
 
 
 def test_members_must_differ_only_in_lr(setup) -> None:
@@ -63,7 +61,7 @@ def test_members_must_differ_only_in_lr(setup) -> None:
     from inca.finetune.vqt_sweep import VQTSweep
 
     backbone, _ = setup
-    configs = [FineTuneConfig(method="vqt", lr=1e-2), FineTuneConfig(method="vqt", queries=2)]
+    configs = [finetune_config(method="vqt", lr=1e-2), finetune_config(method="vqt", queries=2)]
     with pytest.raises(IncaError, match="differ only in lr"):
         VQTSweep(backbone, 3, configs, seed=0)
 
@@ -72,7 +70,7 @@ def test_an_interrupted_sweep_resumes_to_the_same_result(setup, tmp_path, monkey
     from inca.finetune.train import fine_tune_sweep
 
     backbone, splits = setup
-    ft = FineTuneConfig(method="vqt")
+    ft = finetune_config(method="vqt")
     whole = fine_tune_sweep(backbone, splits, ft, LRS, _config(), tmp_path / "whole")
     with killed_after_first_epoch(monkeypatch):
         fine_tune_sweep(backbone, splits, ft, LRS, _config(), tmp_path / "cut")

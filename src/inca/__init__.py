@@ -3,7 +3,9 @@
 from inca._version import __version__
 from inca.backbones import Backbone, Preprocess, TapInfo, list_backbones, load_backbone
 from inca.errors import IncaError
+from inca.methods import get_method, list_methods
 from inca.tasks import MultiTask, Task, load_task
+from inca.train import plan as _plan  # noqa: F401  (registers the methods on frozen tokens)
 
 __all__ = [
     "Backbone",
@@ -13,6 +15,8 @@ __all__ = [
     "TapInfo",
     "Task",
     "__version__",
+    "get_method",
+    "list_methods",
     "list_backbones",
     "load_backbone",
     "load_task",

@@ -19,14 +19,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODES = {
-    "inference": None,
-    "vqt": {"method": "vqt"},
-    "vqt-naive": {"method": "vqt", "vqt_naive": True},
-    "full": {"method": "full"},
-    "stochca": {"method": "stochca", "stochca_p": 1.0},  # every block cross-attends: its worst
-    "lora": {"method": "lora"},
-}
+from inca.methods import list_methods
+
+
+def modes() -> dict[str, dict[str, Any] | None]:
+    """ "inference" (the frozen forward: the floor every method pays), then every registered
+    method's memory modes: a view of the method registry."""
+    out: dict[str, dict[str, Any] | None] = {"inference": None}
+    for method in list_methods():
+        out |= {name: dict(options) for name, options in method.memory_modes.items()}
+    return out
 
 
 def _rss_mib(field: str) -> float:
@@ -65,7 +67,7 @@ def measure(mode: str, model: str, image_size: int, batch: int, steps: int = 2) 
     import torch
 
     from inca.backbones import load_backbone
-    from inca.finetune.config import FineTuneConfig
+    from inca.finetune.config import finetune_config
     from inca.finetune.model import build_model
     from inca.finetune.train import ModelMembers
     from inca.train.config import TrainConfig
@@ -76,14 +78,14 @@ def measure(mode: str, model: str, image_size: int, batch: int, steps: int = 2) 
     g = torch.Generator().manual_seed(0)
     pixels = torch.randn(batch, 3, image_size, image_size, generator=g).to(device)
     labels = torch.randint(0, 10, (batch,), generator=g).to(device)
-    if MODES[mode] is None:
+    if modes()[mode] is None:
 
         def step() -> None:
             backbone.forward_taps(pixels, ["final"])
 
         trainable = 0
     else:
-        net = build_model(backbone, 10, FineTuneConfig(**MODES[mode])).to(device)
+        net = build_model(backbone, 10, finetune_config(**modes()[mode])).to(device)
         members = ModelMembers(net, ["model"], backbone.precision).train()
         trainable = net.trainable_params()
         config = TrainConfig(epochs=1, batch_size=batch, label_smoothing=0.0, warmup=0.0)
@@ -120,8 +122,8 @@ def run_memory_benchmark(
     from inca.errors import UnknownNameError
 
     for m in modes:
-        if m not in MODES:
-            raise UnknownNameError("memory benchmark mode", m, MODES)
+        if m not in modes():
+            raise UnknownNameError("memory benchmark mode", m, modes())
     rows = []
     for mode in modes:
         code = (

@@ -24,24 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inca.errors import IncaError, UnknownNameError
+from inca.errors import IncaError
 from inca.io import write_json
-from inca.train.plan import DEFAULT_PLAN
+from inca.methods import get_method
 
-# method -> (kind, default learning rates swept; plans carry their own grid)
-METHODS: dict[str, tuple[str, list[float]]] = {
-    "linear": ("plan", []),
-    "inca": ("plan", []),
-    "partial": ("finetune", [1e-4, 3e-4]),
-    "lora": ("finetune", [3e-4, 1e-3]),
-    "full": ("finetune", [2e-5, 5e-5]),
-    "stochca": ("finetune", [2e-5, 5e-5]),  # full fine-tuning's sweep, p = 0.1
-    "vqt": ("finetune", [1e-3, 1e-2]),  # queries and head share the rate
-}
-PLANS = {
-    "linear": "linear taps=block.* pool=cls,mean,cls+mean solver=lbfgs",
-    "inca": DEFAULT_PLAN,
-}
 COMMON = ("model", "data", "image_size", "train_size", "val_size", "test_size", "precision",
           "device")  # fmt: skip
 
@@ -51,7 +37,7 @@ def method_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
     is reused only while these are unchanged (so retuning the frozen-feature budget does not
     invalidate hours of fine-tuning, and the reverse)."""
     own = {k: options.get(k) for k in COMMON}
-    if METHODS[method][0] == "plan":
+    if get_method(method).from_tokens:
         own |= {"frozen": options.get("frozen"), "plan": plan_of(method, options)}
     else:
         own |= {"train": options.get("train"), "finetune": options.get("finetune")}
@@ -60,14 +46,14 @@ def method_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan_of(method: str, options: dict[str, Any]) -> str:
-    return (options.get("plans") or {}).get(method) or PLANS[method]
+    return (options.get("plans") or {}).get(method) or get_method(method).default_plan
 
 
 def cache_taps(methods: list[str], options: dict[str, Any], taps: list[str]) -> list[str]:
     """Every tap any frozen-feature method of the comparison reads: their one shared cache."""
     from inca.train.plan import parse_plan
 
-    wanted = {t for m in methods if METHODS[m][0] == "plan"
+    wanted = {t for m in methods if get_method(m).from_tokens
               for s in parse_plan(plan_of(m, options), taps) for t in s.taps}  # fmt: skip
     return [t for t in taps if t in wanted]
 
@@ -75,8 +61,7 @@ def cache_taps(methods: list[str], options: dict[str, Any], taps: list[str]) -> 
 def parse_methods(text: str) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
     for m in methods:
-        if m not in METHODS:
-            raise UnknownNameError("method", m, METHODS)
+        get_method(m)  # an unknown name is an error naming the registered ones
     return methods
 
 
@@ -87,15 +72,14 @@ def run_method(
     With ``resume``, runs interrupted before continue from their last finished epoch."""
     from inca.backbones import load_backbone
     from inca.data import make_splits
-    from inca.finetune.config import FineTuneConfig
+    from inca.finetune.config import shared_options
     from inca.finetune.train import fine_tune_sweep, predict_model
-    from inca.finetune.vqt_sweep import shares_backbone_pass
     from inca.select import accuracy
     from inca.tasks.finetuned import FineTunedTask
     from inca.train import TrainConfig, train
 
     cfg = TrainConfig(**options["train"])
-    lrs = options.get("lrs", {}).get(method) or METHODS[method][1]
+    lrs = options.get("lrs", {}).get(method) or list(get_method(method).default_lrs)
     backbone = load_backbone(
         options["model"],
         image_size=options["image_size"],
@@ -104,7 +88,7 @@ def run_method(
     )
     start, shared = time.perf_counter(), False
     epochs, curve = cfg.epochs, None
-    if METHODS[method][0] == "plan":
+    if get_method(method).from_tokens:
         cfg = TrainConfig(**options["frozen"])
         results = train(
             backbone,
@@ -165,7 +149,7 @@ def run_method(
             test_size=options.get("test_size"),
             seed=cfg.seed,
         )
-        base = FineTuneConfig(**({"method": method} | options.get("finetune", {})))
+        base = shared_options(method, options.get("finetune", {}))
         trained = fine_tune_sweep(backbone, splits, base, lrs, cfg, out, resume)
         sweep = [{"lr": r["config"]["lr"], "val_acc": r["val_acc"]} for _, r in trained]
         best_model, best_record = max(trained, key=lambda t: t[1]["val_acc"])  # first of ties
@@ -192,7 +176,7 @@ def run_method(
                 "task": str(out / "task"),
             }
         ]
-        shared = shares_backbone_pass(base, lrs)
+        shared = base.shares_backbone_pass(lrs)
         note = (
             f"{len(lrs)} learning rates trained at once from one backbone pass"
             if shared
@@ -214,7 +198,7 @@ def run_method(
             "task_bytes": sum(f.stat().st_size for f in task_dir.glob("*") if f.is_file()),
             "note": note,
             "epochs": epochs,
-            "runs": 1 if METHODS[method][0] == "plan" or shared else len(lrs),
+            "runs": 1 if get_method(method).from_tokens or shared else len(lrs),
         }
         if curve:
             row["curve"] = curve
@@ -256,7 +240,7 @@ def compare(
                 f"{out} holds a comparison made with other options "
                 f"({', '.join(diff)} differ); use the same options or another --out"
             )
-    if "cache_taps" not in options and any(METHODS[m][0] == "plan" for m in methods):
+    if "cache_taps" not in options and any(get_method(m).from_tokens for m in methods):
         from inca.backbones import load_backbone
 
         taps = list(load_backbone(options["model"], image_size=options["image_size"]).taps)
@@ -312,7 +296,7 @@ def legacy_options(method: str, saved: dict[str, Any]) -> dict[str, Any]:
     """What a result written before results recorded their options was made with: the old
     options.json, whose one "train" budget every method shared."""
     legacy = dict(saved)
-    if METHODS[method][0] == "plan":
+    if get_method(method).from_tokens:
         legacy["frozen"] = saved.get("train")  # the old shared epoch budget
         legacy.pop("plans", None)
         return json.loads(json.dumps(method_options(method, legacy) | {"plan": "legacy"}))

@@ -12,13 +12,15 @@ from typing import Any
 
 from inca.device import machine_label
 from inca.io import atomic_write
-
-ONE_PASS = ("linear", "inca", "inca-ensemble")  # one training run covers the whole sweep
+from inca.methods import get_method
 
 
 def runs(row: dict[str, Any]) -> int:
     """Training runs behind a row: 1 for one-to-many methods, one per swept rate otherwise."""
-    return row.get("runs") or (1 if row["method"] in ONE_PASS else max(1, len(row["sweep"])))
+    if row.get("runs"):
+        return row["runs"]
+    method = get_method(row["method"].removesuffix("-ensemble"))  # rows made before "runs"
+    return 1 if method.one_pass else max(1, len(row["sweep"]))
 
 
 def compare_table(summary: dict[str, Any]) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import warnings
 from typing import Any
 
 import torch
@@ -20,25 +19,11 @@ from torch import Tensor, nn
 
 from inca.backbones.attention_routing import route_attention
 from inca.backbones.base import Backbone
-from inca.errors import IncaError
-from inca.finetune.config import LORA_TARGETS, FineTuneConfig
-from inca.finetune.stochca import StochasticCrossAttention
-
-
-def lora_targets(model: nn.Module) -> list[str]:
-    """Names of the attention projections LoRA wraps in this model family."""
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    found = [t for t in LORA_TARGETS if t in names]
-    if not found:
-        raise IncaError(
-            "no attention projections (q_proj/k_proj/v_proj/o_proj or "
-            "query/key/value) found for LoRA in this model"
-        )
-    return found
+from inca.finetune.config import FineTuneConfig, FullConfig
 
 
 class FineTuneModel(nn.Module):
-    def __init__(self, backbone: Backbone, num_classes: int, config: FineTuneConfig) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, config: FullConfig) -> None:
         super().__init__()
         backbone.require_blocks("fine-tuning")
         self.config, self.backbone_name = config, backbone.name
@@ -47,37 +32,17 @@ class FineTuneModel(nn.Module):
         self.output_is_final = backbone.output_is_final
         self.final_norm_path = backbone.final_norm_path
         model = copy.deepcopy(backbone.model).float().train()  # fp32 master weights
-        model.requires_grad_(config.method in ("full", "stochca"))
-        if config.method == "partial":
-            for path in backbone.block_paths[-config.blocks :] + [backbone.final_norm_path]:
-                model.get_submodule(path).requires_grad_(True)
         if config.grad_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable()
-        if config.method == "lora":
-            from peft import LoraConfig, get_peft_model
-
-            lora = LoraConfig(
-                r=config.lora_r,
-                lora_alpha=config.lora_alpha,
-                lora_dropout=config.lora_dropout,
-                target_modules=lora_targets(model),
-            )
-            with warnings.catch_warnings():  # peft asks transformers 5 a deprecated question
-                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated")
-                model = get_peft_model(model, lora)
-        self.model = model
-        self.stochca = (
-            StochasticCrossAttention(backbone, model, config.stochca_p, config.stochca_per_sample)
-            if config.method == "stochca"
-            else None
-        )
+        self.model = config.prepare(model, backbone)  # which weights train; LoRA wraps it
+        self.stochca = config.cross_attention(backbone, model)
         self.block_paths = list(backbone.block_paths)
         dim = backbone.taps["final"].dim
         self.head = nn.Linear(2 * dim if self.num_prefix_tokens else dim, num_classes)
 
     def base(self) -> nn.Module:
         """The transformer inside (under peft's wrapper for LoRA)."""
-        return self.model.get_base_model() if self.config.method == "lora" else self.model
+        return self.config.base(self.model)
 
     def forward(self, pixels: Tensor) -> Tensor:
         """pixels (B, 3, S, S) -> logits (B, C)."""
@@ -137,42 +102,21 @@ class FineTuneModel(nn.Module):
 
     def changed_state(self) -> dict[str, Tensor]:
         """The weights that differ from the frozen backbone (and the head), on the CPU."""
-        if self.config.method == "lora":
-            from peft import get_peft_model_state_dict
-
-            body = {f"lora.{k}": v for k, v in get_peft_model_state_dict(self.model).items()}
-        else:
-            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-            body = {f"model.{k}": v for k, v in self.model.state_dict().items() if k in trainable}
         head = {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        body = self.config.body_state(self.model)
         return {k: v.detach().cpu().clone() for k, v in (body | head).items()}
 
     @torch.no_grad()
     def load_changed_state(self, state: dict[str, Tensor]) -> None:
-        head = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
-        self.head.load_state_dict(head)
-        if self.config.method == "lora":
-            from peft import set_peft_model_state_dict
-
-            lora = {k[5:]: v for k, v in state.items() if k.startswith("lora.")}
-            result = set_peft_model_state_dict(self.model, lora)
-            if getattr(result, "unexpected_keys", None):
-                raise IncaError(f"LoRA weights do not fit: unexpected {result.unexpected_keys[:3]}")
-            return
-        body = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
-        own = self.model.state_dict()
-        unknown = [k for k in body if k not in own]
-        if unknown:
-            raise IncaError(f"fine-tuned weights do not fit this backbone: {unknown[:3]}")
-        for k, v in body.items():
-            own[k].copy_(v)
+        self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+        self.config.load_body_state(self.model, state)
 
 
 def build_model(backbone: Backbone, num_classes: int, config: FineTuneConfig) -> nn.Module:
-    """The trainable model of ``config.method`` on ``backbone``: a fine-tuned copy, or VQT's
+    """The trainable model of ``config``'s method on ``backbone``: a fine-tuned copy, or VQT's
     queries and head on the shared frozen backbone."""
-    if config.method == "vqt":
-        from inca.finetune.vqt import VQTModel
+    if isinstance(config, FullConfig):
+        return FineTuneModel(backbone, num_classes, config)
+    from inca.finetune.vqt import VQTModel
 
-        return VQTModel(backbone, num_classes, config)
-    return FineTuneModel(backbone, num_classes, config)
+    return VQTModel(backbone, num_classes, config)

@@ -18,7 +18,7 @@ from inca.device import Precision
 from inca.errors import IncaError
 from inca.finetune.config import FineTuneConfig
 from inca.finetune.model import build_model
-from inca.finetune.vqt_sweep import VQTSweep, shares_backbone_pass
+from inca.finetune.vqt_sweep import VQTSweep
 from inca.select import accuracy
 from inca.train.config import TrainConfig
 from inca.train.sources import PixelSource
@@ -146,7 +146,7 @@ def fine_tune_sweep(
     frozen backbone's pass (VQT) train together in ``out_dir/lr<a>+<b>...``; the others run
     one after another in ``out_dir/lr<rate>``."""
     out_dir, configs = Path(out_dir), [dataclasses.replace(ft, lr=lr) for lr in lrs]
-    if shares_backbone_pass(ft, lrs):
+    if ft.shares_backbone_pass(lrs):
         name = "lr" + "+".join(f"{lr:g}" for lr in lrs)
         return _train(backbone, splits, configs, config, out_dir / name, resume)
     return [
@@ -204,7 +204,7 @@ def _record(
     """A trained model's record; VQT's optional feature selection happens here."""
     ft, selection = model.config, {}
     best_acc = trainer.best_acc[name]
-    if ft.method == "vqt" and ft.lasso_keep < 1:
+    if ft.selects_features():
         selection = select_vqt_features(model, splits, backbone, config)
         selection["val_acc_before_selection"] = best_acc
         best_acc = selection.pop("val_acc")

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from inca.backbones.attention_routing import attention_module, capture_route, route_attention
 from inca.backbones.base import Backbone
 from inca.errors import IncaError
-from inca.finetune.config import FineTuneConfig
+from inca.finetune.config import VQTConfig
 
 
 def _tokens(out: Any) -> Tensor:
@@ -37,7 +37,7 @@ class VQTModel(nn.Module):
     """Query tokens per block + a linear head over [CLS, query outputs]; the backbone is shared,
     frozen and not a submodule (``train()`` must not switch it out of eval mode)."""
 
-    def __init__(self, backbone: Backbone, num_classes: int, config: FineTuneConfig) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, config: VQTConfig) -> None:
         super().__init__()
         paths = backbone.require_blocks("VQT")
         self.config, self.backbone_name = config, backbone.name

@@ -20,14 +20,8 @@ from torch import Tensor, nn
 
 from inca.backbones.base import Backbone
 from inca.errors import IncaError
-from inca.finetune.config import FineTuneConfig
+from inca.finetune.config import VQTConfig
 from inca.finetune.vqt import VQTModel
-
-
-def shares_backbone_pass(ft: FineTuneConfig, lrs: list[float]) -> bool:
-    """Whether the runs of ``ft`` at ``lrs`` train together from one backbone pass: VQT's
-    memory-efficient path with two or more rates (the naive path is kept for measuring)."""
-    return ft.method == "vqt" and not ft.vqt_naive and len(lrs) > 1
 
 
 class VQTSweep(nn.Module):
@@ -37,12 +31,12 @@ class VQTSweep(nn.Module):
     ``VQTModel`` that saves, reloads and serves on its own."""
 
     def __init__(
-        self, backbone: Backbone, num_classes: int, configs: list[FineTuneConfig], seed: int
+        self, backbone: Backbone, num_classes: int, configs: list[VQTConfig], seed: int
     ) -> None:
         super().__init__()
         first = configs[0]
         if any(dataclasses.replace(c, lr=first.lr) != first for c in configs) or not (
-            shares_backbone_pass(first, [c.lr for c in configs])
+            isinstance(first, VQTConfig) and first.shares_backbone_pass([c.lr for c in configs])
         ):
             raise IncaError(
                 "a one-pass VQT sweep needs two or more VQT configs (memory-efficient path) "

@@ -50,7 +50,7 @@ class FineTunedTask(nn.Module):
     @property
     def changes_backbone(self) -> bool:
         """VQT reads the frozen backbone (with queries inside); the others change its weights."""
-        return self.method != "vqt"
+        return self.config.changes_backbone
 
     @property
     def num_classes(self) -> int:

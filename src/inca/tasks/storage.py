@@ -33,7 +33,7 @@ from torch import Tensor
 
 from inca.adapters import Adapter, adapter_config, build_adapter
 from inca.errors import IncaError, UnknownNameError
-from inca.finetune.config import FineTuneConfig
+from inca.finetune.config import config_from_dict
 from inca.io import write_json
 from inca.tasks.finetuned import FineTunedTask
 from inca.tasks.task import Task
@@ -146,7 +146,7 @@ def load_task(path: str | os.PathLike) -> Task | FineTunedTask:
     bb = record["backbone"]
     if "finetune" in record:
         try:
-            config = FineTuneConfig(**record["finetune"])
+            config = config_from_dict(record["finetune"])
         except TypeError as e:
             raise IncaError(f"{file}: field finetune is not a fine-tuning config ({e})") from None
         return FineTunedTask(
