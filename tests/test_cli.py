@@ -32,6 +32,19 @@ def test_datasets_lists_sources(capsys) -> None:
     assert code == 0 and "imagefolder:PATH" in out and "fashion-mnist" in out
 
 
+def test_methods_lists_the_method_registry(capsys) -> None:
+    import inca
+
+    code, out, _ = run(capsys, "methods")
+    names = [m.name for m in inca.list_methods()]
+    assert code == 0 and names[:2] == ["linear", "inca"]
+    assert {"full", "partial", "lora", "stochca", "vqt"} <= set(names)
+    listed = [line.split()[0] for line in out.splitlines() if not line.startswith(" ")]
+    assert listed == names
+    lora = out[out.index("lora ") :]
+    assert "lora_r=8" in lora.split("\n\n")[0] and "rates swept: 0.0003, 0.001" in lora
+
+
 CACHE = ["cache", "--model", "tiny-vit", "--out", "never-written"]  # fails before writing
 
 

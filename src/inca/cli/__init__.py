@@ -3,6 +3,7 @@
 inca models                      the backbones inca can load by name       (info.py)
 inca layers NAME                 a backbone's taps with token shapes       (info.py)
 inca datasets                    the dataset sources                       (info.py)
+inca methods                     the training methods and their options    (info.py)
 inca train [options]             one-to-many training (the main job)       (train.py)
 inca cache --out DIR             activation caches of a dataset's splits   (cache.py)
 inca compare [options]           every method in one harness               (compare.py)

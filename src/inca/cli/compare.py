@@ -9,7 +9,9 @@ from inca.cli.options import add_backbone_options, add_split_options, add_traini
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from inca.compare import METHODS
+    from inca.methods import list_methods
+
+    names = [m.name for m in list_methods()]
 
     p = sub.add_parser("compare", help="InCA against linear probing, VQT and fine-tuning methods")
     add_backbone_options(p)
@@ -18,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--methods",
         default="linear,inca,vqt,partial,lora,full,stochca",
-        help=f"comma-separated, from: {', '.join(METHODS)}",
+        help=f"comma-separated, from: {', '.join(names)}",
     )
     p.add_argument("--out", default="runs/compare")
     add_split_options(p, train_size=10_000, val_size=2_000)

@@ -19,6 +19,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("datasets", help="list the dataset sources")
     p.set_defaults(func=datasets)
 
+    p = sub.add_parser("methods", help="the training methods, their options and defaults")
+    p.set_defaults(func=methods)
+
+
+def methods(args: argparse.Namespace) -> None:
+    """The method registry: what each method reads, what a comparison sweeps, its options."""
+    from inca.methods import list_methods
+
+    for m in list_methods():
+        where = "frozen tokens (from the cache)" if m.from_tokens else "pixels (own pass)"
+        sweep = (
+            f"plan: {m.default_plan}"
+            if m.from_tokens
+            else f"rates swept: {', '.join(f'{lr:g}' for lr in m.default_lrs)}"
+        )
+        print(f"{m.name:<8} {m.summary}\n         reads {where}; {sweep}")
+        options = ", ".join(f"{name}={default}" for name, default in m.options_help())
+        print(f"         options: {options}")
+
 
 def models(args: argparse.Namespace) -> None:
     from inca.backbones import list_backbones

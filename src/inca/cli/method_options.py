@@ -21,7 +21,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         "--finetune",
         default=None,
         help='method options, e.g. "layer_decay=0.75 blocks=2 lora_r=8 stochca_p=0.1 '
-        'queries=1 grad_checkpointing=true" (see inca.finetune.FineTuneConfig)',
+        'queries=1 grad_checkpointing=true" (see `inca methods`)',
     )
 
 

@@ -17,7 +17,9 @@ from inca.cli.options import (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from inca.compare import METHODS
+    from inca.methods import list_methods
+
+    names = [m.name for m in list_methods()]
     from inca.train.plan import DEFAULT_PLAN
 
     p = sub.add_parser("train", help="one-to-many training of many adapters (the main job)")
@@ -35,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         default=None,
-        choices=list(METHODS),
+        choices=names,
         help="train one method of `inca compare` instead of the adapter plan (vqt, stochca, "
         "full, partial, lora, ...), with its own learning-rate sweep",
     )
