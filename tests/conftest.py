@@ -29,8 +29,8 @@ def tiny_setup():
 def fine_tune_tiny(setup, out, **options):
     """One epoch of a method (FineTuneConfig options, lr 1e-2 unless given) on ``setup``."""
     from inca.finetune.config import finetune_config
-    from inca.finetune.train import fine_tune
     from inca.train import TrainConfig
+    from inca.train.finetune_run import fine_tune
 
     backbone, splits = setup
     cfg = TrainConfig(epochs=1, batch_size=20, workers=0, progress=False, warmup=0.0)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from inca.bench import TARGETS, adapter_compute, format_table, peak_rss_mib, plot_curve
+from inca.bench import TARGETS, adapter_compute, format_table, plot_curve
+from inca.process import peak_rss_mib
 
 
 def test_table_and_curve(tmp_path) -> None:

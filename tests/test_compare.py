@@ -62,7 +62,7 @@ def test_compare_runs_every_method_and_resumes(tmp_path, capsys) -> None:
 
 
 def test_other_options_are_refused(tmp_path, capsys) -> None:
-    from inca.compare import compare
+    from inca.recipes.compare import compare
 
     (tmp_path / "options.json").write_text('{"model": "other"}')
     import pytest
@@ -94,7 +94,7 @@ def test_results_made_before_options_were_recorded_are_kept_or_rerun() -> None:
     """A comparison directory from before this change (one shared "train" budget, results with
     no options): fine-tuning results stay valid while their budget is unchanged; frozen-feature
     results were made with that epoch budget, so they are rerun."""
-    from inca.compare import default_options, legacy_options, method_options
+    from inca.recipes.compare import default_options, legacy_options, method_options
     from inca.train import FROZEN_DEFAULTS, TrainConfig
 
     ft = TrainConfig(progress=False)

@@ -60,8 +60,8 @@ def test_fine_tuning_trains_and_serves_at_the_users_precision(monkeypatch, preci
     import inca.device as d
     from inca.finetune.config import finetune_config
     from inca.finetune.model import build_model
-    from inca.finetune.train import ModelMembers
     from inca.tasks.finetuned import FineTunedTask
+    from inca.train.finetune_run import ModelMembers
 
     monkeypatch.setattr(d, "cpu_has_native_bf16", lambda: True)  # bf16 hardware
     backbone = inca.load_backbone("tiny-vit", precision=precision, device="cpu")

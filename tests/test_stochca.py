@@ -107,8 +107,8 @@ def test_only_the_trainable_copy_changes(setup, tmp_path) -> None:
 def test_an_interrupted_run_resumes_to_the_same_result(setup, tmp_path, monkeypatch) -> None:
     """StochCA at p = 0.5: weights, AdamW moments, best state and the draws all resume."""
     from inca.errors import IncaError
-    from inca.finetune.train import fine_tune
     from inca.train import TrainConfig
+    from inca.train.finetune_run import fine_tune
 
     backbone, splits = setup
     cfg = TrainConfig(epochs=2, batch_size=20, workers=0, progress=False, warmup=0.0)

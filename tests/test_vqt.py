@@ -127,10 +127,10 @@ def test_group_lasso_ranks_the_informative_features_first() -> None:
 
 def test_vqt_with_feature_selection_trains_saves_and_reloads(tmp_path) -> None:
     from inca.data import make_splits
-    from inca.finetune.train import fine_tune
     from inca.tasks import load_task
     from inca.tasks.finetuned import FineTunedTask
     from inca.train import TrainConfig
+    from inca.train.finetune_run import fine_tune
 
     backbone = inca.load_backbone("tiny-vit", precision="fp32")
     splits = make_splits("digits", train_size=80, val_size=40, test_size=40, seed=0)

@@ -30,7 +30,7 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 def test_a_one_pass_sweep_equals_one_run_per_rate(setup, tmp_path) -> None:
-    from inca.finetune.train import fine_tune, fine_tune_sweep
+    from inca.train.finetune_run import fine_tune, fine_tune_sweep
 
     backbone, splits = setup
     ft = finetune_config(method="vqt", queries=2, layer_queries="1:0")
@@ -67,7 +67,7 @@ def test_members_must_differ_only_in_lr(setup) -> None:
 
 
 def test_an_interrupted_sweep_resumes_to_the_same_result(setup, tmp_path, monkeypatch) -> None:
-    from inca.finetune.train import fine_tune_sweep
+    from inca.train.finetune_run import fine_tune_sweep
 
     backbone, splits = setup
     ft = finetune_config(method="vqt")

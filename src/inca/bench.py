@@ -31,6 +31,7 @@ from inca.backbones import Backbone, load_backbone
 from inca.cache import ActivationCache, build_cache
 from inca.data import ImageTransform, Splits, make_loader, make_splits
 from inca.io import write_json
+from inca.process import peak_rss_mib
 from inca.train import TrainConfig, adapter_trainer, parse_plan
 from inca.train.trainer import Trainer
 
@@ -172,17 +173,6 @@ def peak_memory(mode: str, args: dict[str, Any]) -> float:
         [sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, check=True
     )
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
-
-
-def peak_rss_mib() -> float:
-    """This process's resident high-water mark. (getrusage's ru_maxrss would inherit the peak of
-    the process that forked this one; /proc's VmHWM belongs to this image alone.)"""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def memory_child(mode: str, args: dict[str, Any]) -> dict[str, float]:

@@ -69,8 +69,8 @@ def measure(mode: str, model: str, image_size: int, batch: int, steps: int = 2) 
     from inca.backbones import load_backbone
     from inca.finetune.config import finetune_config
     from inca.finetune.model import build_model
-    from inca.finetune.train import ModelMembers
     from inca.train.config import TrainConfig
+    from inca.train.finetune_run import ModelMembers
     from inca.train.trainer import Trainer
 
     backbone = load_backbone(model, image_size=image_size)

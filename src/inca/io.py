@@ -11,6 +11,13 @@ from pathlib import Path
 from typing import Any
 
 
+def now_iso() -> str:
+    """The time now, UTC, to the second: when a file says it was made."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step."""

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from inca.data._files import IMAGE_EXTENSIONS, _images_in
+from inca.data import IMAGE_EXTENSIONS, images_in
 from inca.data.preprocess import ImageTransform
 from inca.errors import IncaError
 from inca.tasks import MultiTask
@@ -32,7 +32,7 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     for p in paths:
         p = Path(p).expanduser()
         if p.is_dir():
-            found = _images_in(p)
+            found = images_in(p)
             if not found:
                 exts = ", ".join(sorted(IMAGE_EXTENSIONS))
                 raise IncaError(f"folder {p} holds no image files ({exts}); point at images")

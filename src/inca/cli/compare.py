@@ -37,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from inca.compare import compare, parse_methods
     from inca.compare_report import compare_table
+    from inca.recipes.compare import compare, parse_methods
 
     summary = compare(parse_methods(args.methods), method_options(args), args.out)
     print()

@@ -47,7 +47,7 @@ def parse_lrs(text: str, method: str | None) -> dict[str, list[float]]:
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
     """What `inca compare` and `inca train --method` hand to each method: data, splits, budget,
     precision, learning-rate sweeps and fine-tuning options."""
-    from inca.compare import default_options
+    from inca.recipes.compare import default_options
     from inca.train.plan import parse_value
 
     options = default_options(

@@ -83,8 +83,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.method is not None:
         return train_method(args)
+    from inca.recipes.plan_run import train
     from inca.report import results_table, run_summary
-    from inca.train import train
 
     config = train_config(args, frozen=True)
     cache = None if args.no_cache else (args.cache or str(Path(args.out) / "cache"))
@@ -121,9 +121,9 @@ def run(args: argparse.Namespace) -> None:
 
 def train_method(args: argparse.Namespace) -> None:
     """`inca train --method M`: one method of the comparison harness, in this process."""
-    from inca.compare import run_method
     from inca.compare_report import compare_table
     from inca.io import write_json
+    from inca.recipes.compare import run_method
 
     out = Path(args.out)
     done = out / "result.json"

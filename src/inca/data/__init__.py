@@ -8,6 +8,7 @@ Typical use, with ``preprocess`` the backbone's ``Preprocess`` (image size, mean
         ...  # pixels (B, 3, S, S) float32, labels (B,), indices (B,) into splits.train.dataset
 """
 
+from inca.data._files import IMAGE_EXTENSIONS, images_in
 from inca.data.loader import Batch, make_loader
 from inca.data.preprocess import ImageTransform
 from inca.data.sources import (
@@ -20,11 +21,13 @@ from inca.data.sources import (
 from inca.data.splits import Splits, Subset, make_splits, stratified_indices
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "ArrayDataset",
     "Batch",
     "FileDataset",
     "ImageDataset",
     "ImageTransform",
+    "images_in",
     "Splits",
     "Subset",
     "list_datasets",

@@ -35,7 +35,7 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
-def _images_in(folder: Path) -> list[Path]:
+def images_in(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursively), sorted, hidden files skipped."""
     return sorted(
         p
@@ -63,7 +63,7 @@ def _scan_classes(folder: Path, class_names: list[str]) -> tuple[list[Path], lis
                 f"class folder {d} has no counterpart in the training folder; "
                 f"add it there or remove it (training classes: {', '.join(class_names)})"
             )
-        files = _images_in(d)
+        files = images_in(d)
         if not files:
             exts = ", ".join(sorted(IMAGE_EXTENSIONS))
             raise IncaError(

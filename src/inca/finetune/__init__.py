@@ -1,7 +1,7 @@
-"""Fine-tuning baselines (full, partial, LoRA) trained in the same harness as InCA."""
+"""The methods trained from pixels: full, partial, LoRA, StochCA fine-tuning and VQT (their
+configs, registered in ``inca.methods``, and models). ``inca.train`` trains them."""
 
 from inca.finetune.config import FineTuneConfig, finetune_config
 from inca.finetune.model import FineTuneModel
-from inca.finetune.train import fine_tune
 
-__all__ = ["FineTuneConfig", "FineTuneModel", "fine_tune", "finetune_config"]
+__all__ = ["FineTuneConfig", "FineTuneModel", "finetune_config"]

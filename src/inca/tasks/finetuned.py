@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from inca.backbones.base import Backbone
 from inca.finetune.config import FineTuneConfig
+from inca.io import now_iso
 
 
 class FineTunedTask(nn.Module):
@@ -37,8 +38,6 @@ class FineTunedTask(nn.Module):
         created: str | None = None,
     ) -> None:
         super().__init__()
-        from inca.tasks.task import now_iso
-
         self.name, self.method, self.config = name, method, config
         self.backbone_info = dict(backbone_info)
         self.class_names = list(class_names)

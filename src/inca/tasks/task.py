@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from inca.adapters import Adapter, normalize_tokens
 from inca.adapters.tap_groups import group_tokens, group_width, is_group, single_taps
 from inca.backbones.base import Backbone
 from inca.errors import IncaError
+from inca.io import now_iso
 
 Member = tuple[str, str, Adapter]  # (member name, tap or tap group "block.5+block.8", adapter)
 
@@ -43,10 +43,6 @@ def module_key(name: str) -> str:
 def backbone_info(backbone: Backbone) -> dict[str, Any]:
     """What a task records about its backbone: enough to reload it and to check it is the same."""
     return backbone.identity()
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 Weights = Sequence[float] | Mapping[str, float]

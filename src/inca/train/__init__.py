@@ -4,7 +4,6 @@ from inca.train.bank import AdapterBank
 from inca.train.config import FROZEN_DEFAULTS, TrainConfig
 from inca.train.one_to_many import adapter_trainer
 from inca.train.plan import DEFAULT_PLAN, AdapterSpec, parse_plan
-from inca.train.run import train
 from inca.train.trainer import Trainer
 
 __all__ = [
@@ -16,5 +15,4 @@ __all__ = [
     "Trainer",
     "adapter_trainer",
     "parse_plan",
-    "train",
 ]

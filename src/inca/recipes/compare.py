@@ -73,10 +73,11 @@ def run_method(
     from inca.backbones import load_backbone
     from inca.data import make_splits
     from inca.finetune.config import shared_options
-    from inca.finetune.train import fine_tune_sweep, predict_model
+    from inca.recipes.plan_run import train
     from inca.select import accuracy
     from inca.tasks.finetuned import FineTunedTask
-    from inca.train import TrainConfig, train
+    from inca.train import TrainConfig
+    from inca.train.finetune_run import fine_tune_sweep, predict_model
 
     cfg = TrainConfig(**options["train"])
     lrs = options.get("lrs", {}).get(method) or list(get_method(method).default_lrs)
@@ -184,8 +185,8 @@ def run_method(
         )
         seconds = time.perf_counter() - start
         curve = sweep_curve(out)
-    from inca.bench import peak_rss_mib
     from inca.device import machine_info
+    from inca.process import peak_rss_mib
 
     for row in rows:
         task_dir = Path(row["task"])
@@ -262,7 +263,7 @@ def compare(
             write_json(result_file, run_method(method, options, out / method))
         else:  # its own process: its own peak memory
             code = (
-                "import json, sys; from pathlib import Path; from inca.compare import "
+                "import json, sys; from pathlib import Path; from inca.recipes.compare import "
                 "run_method, write_json; write_json(Path(sys.argv[3]) / 'result.json', "
                 "run_method(sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3])))"
             )
