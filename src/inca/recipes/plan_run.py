@@ -28,8 +28,8 @@ import torch
 
 from inca.adapters.tap_groups import depth_index
 from inca.backbones import Backbone, load_backbone
-from inca.cache import ActivationCache, build_cache, cache_request
-from inca.cache.format import read_header
+from inca.cache import ActivationCache
+from inca.cache.splits import build_seconds, open_caches
 from inca.data import Splits, make_splits
 from inca.errors import IncaError
 from inca.io import write_json
@@ -125,7 +125,10 @@ def train(
         wanted = {t for s in specs for t in s.taps} | set(cache_taps or [])
         taps = [t for t in backbone.taps if t in wanted]
         t0 = time.perf_counter()
-        caches = open_caches(backbone, splits, taps, Path(cache), cache_views, cache_dtype, config)
+        caches = open_caches(
+            backbone, splits, taps, Path(cache), cache_views, cache_dtype,
+            config.eval_batch_size, config.seed, config.workers, config.progress,
+        )  # fmt: skip
         cache_info = {
             "dir": str(cache),
             "views": cache_views,
@@ -200,62 +203,6 @@ def train_members(
         source = TokenSource(backbone, splits, taps, config, caches)
         members |= fit_linear_probes(source, solved, len(splits.class_names), out, config.progress)
     return members, trainer
-
-
-def open_caches(
-    backbone: Backbone,
-    splits: Splits,
-    taps: list[str],
-    root: Path,
-    views: int,
-    dtype: str,
-    config: TrainConfig,
-) -> dict[str, ActivationCache]:
-    """The activation cache of each split under ``root``: reused when it matches, finished when
-    interrupted, built when absent, refused (with the differences) when it is another's."""
-    caches, started, built_any = {}, time.perf_counter(), False
-    for split in ("train", "val", "test"):
-        subset = getattr(splits, split)
-        v = views if split == "train" else 1
-        augment = split == "train" and v > 1
-        directory = root / split
-        built = False
-        if not (directory / "header.json").exists() or not read_header(directory)["complete"]:
-            build_cache(
-                backbone,
-                subset,
-                taps,
-                directory,
-                views=v,
-                augment=augment,
-                dtype=dtype,
-                batch_size=config.eval_batch_size,
-                seed=config.seed,
-                workers=config.workers,
-                progress=config.progress,
-            )
-            built = built_any = True
-        # just built here: its checksums were computed from the bytes on disk a moment ago,
-        # so reading them all again would only cost time (a reused cache is verified)
-        cache = ActivationCache(directory, verify=not built)
-        cache.check(cache_request(backbone, subset, taps, dtype, v, augment, config.seed))
-        caches[split] = cache
-    if built_any:  # what the backbone passes cost, for reports that count the cache in
-        write_json(root / BUILD_RECORD, {"seconds": time.perf_counter() - started})
-    return caches
-
-
-BUILD_RECORD = "build.json"
-
-
-def build_seconds(root: Path) -> float | None:
-    """Seconds the cache under ``root`` took to build (None when unrecorded)."""
-    import json
-
-    try:
-        return float(json.loads((root / BUILD_RECORD).read_text())["seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def finish(

@@ -25,7 +25,7 @@ from inca.backbones.base import Backbone
 from inca.cache import ActivationCache
 from inca.data import ImageTransform, Splits, Subset, make_loader
 from inca.train.config import TrainConfig
-from inca.train.trainer import epoch_order
+from inca.train.schedule import epoch_order
 
 
 def token_dtype(backbone: Backbone) -> torch.dtype:

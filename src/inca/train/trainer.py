@@ -16,11 +16,9 @@ frozen-feature members optionally patience and successive halving, which needs `
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,65 +30,10 @@ from inca.select import accuracy, rank
 from inca.train import checkpoint
 from inca.train.budget import survivors
 from inca.train.config import TrainConfig
+from inca.train.protocols import BatchSource, Members
+from inca.train.schedule import lr_factor
 
 MEMBERS_KEY = "bank"  # the checkpoint prefix of the members' state (its name since version 1)
-
-
-class Members(Protocol):
-    """What the :class:`Trainer` trains: named members, each a classifier of its own.
-
-    An ``nn.Module`` (``train``/``eval``/``to``) with disjoint parameters per member."""
-
-    @property
-    def names(self) -> list[str]: ...
-
-    def forward_batch(self, inputs: Tensor) -> dict[str, Tensor]:
-        """A batch from the source -> {member: logits (B, C)}."""
-        ...
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups, each with ``lr``, ``base_lr`` and ``weight_decay``."""
-        ...
-
-    def member_state(self, name: str) -> dict[str, Tensor]:
-        """What member ``name`` learned (CPU copies): kept at its best epoch."""
-        ...
-
-    def load_member_state(self, name: str, state: dict[str, Tensor]) -> None: ...
-
-    def checkpoint_state(self) -> dict[str, Tensor]:
-        """Everything training changes (trainable weights, random generators)."""
-        ...
-
-    def load_checkpoint_state(self, state: dict[str, Tensor]) -> None: ...
-
-
-class BatchSource(Protocol):
-    """Where batches come from: ``train(epoch)`` and ``evaluate(split)`` yield (inputs, labels).
-    ``train`` yields ``len(splits.train) // batch_size`` full batches in ``epoch_order``."""
-
-    backbone_seconds: float  # time spent in the frozen backbone (0 from a cache)
-
-    def train(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]: ...
-
-    def evaluate(self, split: str) -> Iterator[tuple[Tensor, Tensor]]: ...
-
-    def serve(self, members: Members) -> None:
-        """Give only what ``members`` read from now on (after halving dropped some)."""
-        ...
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
-    """The shuffled order of epoch ``epoch``: the same for every source and method."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
 
 
 @torch.no_grad()

@@ -1,0 +1,72 @@
+"""The activation caches of a run's train, val and test splits under one root, and what building
+them cost (``build.json``: reports count the cache in the cost of the methods trained from it)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from inca.backbones.base import Backbone
+from inca.cache.build import build_cache, cache_request
+from inca.cache.format import read_header
+from inca.cache.read import ActivationCache
+from inca.data import Splits
+from inca.io import write_json
+
+
+def open_caches(
+    backbone: Backbone,
+    splits: Splits,
+    taps: list[str],
+    root: Path,
+    views: int,
+    dtype: str,
+    batch_size: int,
+    seed: int,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, ActivationCache]:
+    """The activation cache of each split under ``root``: reused when it matches, finished when
+    interrupted, built when absent, refused (with the differences) when it is another's."""
+    caches, started, built_any = {}, time.perf_counter(), False
+    for split in ("train", "val", "test"):
+        subset = getattr(splits, split)
+        v = views if split == "train" else 1
+        augment = split == "train" and v > 1
+        directory = root / split
+        built = False
+        if not (directory / "header.json").exists() or not read_header(directory)["complete"]:
+            build_cache(
+                backbone,
+                subset,
+                taps,
+                directory,
+                views=v,
+                augment=augment,
+                dtype=dtype,
+                batch_size=batch_size,
+                seed=seed,
+                workers=workers,
+                progress=progress,
+            )
+            built = built_any = True
+        # just built here: its checksums were computed from the bytes on disk a moment ago,
+        # so reading them all again would only cost time (a reused cache is verified)
+        cache = ActivationCache(directory, verify=not built)
+        cache.check(cache_request(backbone, subset, taps, dtype, v, augment, seed))
+        caches[split] = cache
+    if built_any:  # what the backbone passes cost, for reports that count the cache in
+        write_json(root / BUILD_RECORD, {"seconds": time.perf_counter() - started})
+    return caches
+
+
+BUILD_RECORD = "build.json"
+
+
+def build_seconds(root: Path) -> float | None:
+    """Seconds the cache under ``root`` took to build (None when unrecorded)."""
+    try:
+        return float(json.loads((root / BUILD_RECORD).read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,53 @@
+"""What the :class:`~inca.train.trainer.Trainer` trains (``Members``) and where its batches come
+from (``BatchSource``): the two small protocols every method satisfies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from torch import Tensor
+
+
+class Members(Protocol):
+    """What the :class:`Trainer` trains: named members, each a classifier of its own.
+
+    An ``nn.Module`` (``train``/``eval``/``to``) with disjoint parameters per member."""
+
+    @property
+    def names(self) -> list[str]: ...
+
+    def forward_batch(self, inputs: Tensor) -> dict[str, Tensor]:
+        """A batch from the source -> {member: logits (B, C)}."""
+        ...
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups, each with ``lr``, ``base_lr`` and ``weight_decay``."""
+        ...
+
+    def member_state(self, name: str) -> dict[str, Tensor]:
+        """What member ``name`` learned (CPU copies): kept at its best epoch."""
+        ...
+
+    def load_member_state(self, name: str, state: dict[str, Tensor]) -> None: ...
+
+    def checkpoint_state(self) -> dict[str, Tensor]:
+        """Everything training changes (trainable weights, random generators)."""
+        ...
+
+    def load_checkpoint_state(self, state: dict[str, Tensor]) -> None: ...
+
+
+class BatchSource(Protocol):
+    """Where batches come from: ``train(epoch)`` and ``evaluate(split)`` yield (inputs, labels).
+    ``train`` yields ``len(splits.train) // batch_size`` full batches in ``epoch_order``."""
+
+    backbone_seconds: float  # time spent in the frozen backbone (0 from a cache)
+
+    def train(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+    def evaluate(self, split: str) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+    def serve(self, members: Members) -> None:
+        """Give only what ``members`` read from now on (after halving dropped some)."""
+        ...
