@@ -14,6 +14,8 @@ from inca.train import TrainConfig, adapter_trainer, parse_plan
 from inca.train.budget import resolve_budget, survivors
 from inca.train.trainer import Trainer
 
+pytestmark = pytest.mark.integration  # trains end to end: the full tier
+
 PLAN = "inca taps=block.1,block.3 lr=3e-3,1e-3; linear taps=block.3 lr=1e-2"  # 5 members
 
 

@@ -18,6 +18,8 @@ from inca.data import ImageTransform, make_splits
 from inca.errors import IncaError
 from inca.train import TrainConfig, adapter_trainer, parse_plan
 
+pytestmark = pytest.mark.integration  # trains end to end: the full tier
+
 TAPS = ["block.1", "final"]
 
 

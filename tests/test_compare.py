@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from inca.cli import main
+
+pytestmark = pytest.mark.integration  # trains end to end: the full tier
 
 ARGS = ["--model", "tiny-dinov2", "--data", "digits", "--image-size", "32", "--train-size", "80",
         "--val-size", "40", "--test-size", "40", "--epochs", "1", "--batch-size", "20",

@@ -14,6 +14,8 @@ from inca.tasks import MultiTask, Task, load_task
 from inca.tasks.finetuned import FineTunedTask
 from tests.conftest import fine_tune_tiny
 
+pytestmark = pytest.mark.integration  # trains end to end: the full tier
+
 
 @pytest.fixture(scope="module")
 def setup(tiny_setup):

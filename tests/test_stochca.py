@@ -10,6 +10,8 @@ from inca.finetune.config import finetune_config
 from inca.finetune.model import FineTuneModel
 from tests.conftest import fine_tune_tiny, killed_after_first_epoch
 
+pytestmark = pytest.mark.integration  # trains end to end: the full tier
+
 
 @pytest.fixture(scope="module")
 def setup(tiny_setup):

@@ -12,6 +12,8 @@ from inca.data import make_splits
 from inca.errors import IncaError
 from inca.train import TrainConfig, adapter_trainer, parse_plan
 
+pytestmark = pytest.mark.integration  # trains end to end: the full tier
+
 PLAN = "inca taps=block.1,final,block.1+block.3 lr=3e-3; linear taps=block.3 lr=1e-2"
 
 

@@ -9,6 +9,8 @@ import pytest
 from inca.cli import main
 from inca.tasks import load_task
 
+pytestmark = pytest.mark.integration  # trains end to end: the full tier
+
 ARGS = ["--model", "tiny-vit", "--data", "digits", "--image-size", "32", "--train-size", "200",
         "--val-size", "80", "--test-size", "100", "--epochs", "2", "--batch-size", "40",
         "--workers", "0", "--no-progress", "--min-steps", "0", "--halving-epochs", "0",

@@ -9,6 +9,8 @@ import torch
 from inca.finetune.config import finetune_config
 from tests.conftest import killed_after_first_epoch
 
+pytestmark = pytest.mark.integration  # trains end to end: the full tier
+
 LRS = [1e-2, 3e-2]
 
 
