@@ -22,7 +22,7 @@ from typing import Any
 from inca.methods import list_methods
 
 
-def modes() -> dict[str, dict[str, Any] | None]:
+def memory_modes() -> dict[str, dict[str, Any] | None]:
     """ "inference" (the frozen forward: the floor every method pays), then every registered
     method's memory modes: a view of the method registry."""
     out: dict[str, dict[str, Any] | None] = {"inference": None}
@@ -78,14 +78,14 @@ def measure(mode: str, model: str, image_size: int, batch: int, steps: int = 2) 
     g = torch.Generator().manual_seed(0)
     pixels = torch.randn(batch, 3, image_size, image_size, generator=g).to(device)
     labels = torch.randint(0, 10, (batch,), generator=g).to(device)
-    if modes()[mode] is None:
+    if memory_modes()[mode] is None:
 
         def step() -> None:
             backbone.forward_taps(pixels, ["final"])
 
         trainable = 0
     else:
-        net = build_model(backbone, 10, finetune_config(**modes()[mode])).to(device)
+        net = build_model(backbone, 10, finetune_config(**memory_modes()[mode])).to(device)
         members = ModelMembers(net, ["model"], backbone.precision).train()
         trainable = net.trainable_params()
         config = TrainConfig(epochs=1, batch_size=batch, label_smoothing=0.0, warmup=0.0)
@@ -122,8 +122,8 @@ def run_memory_benchmark(
     from inca.errors import UnknownNameError
 
     for m in modes:
-        if m not in modes():
-            raise UnknownNameError("memory benchmark mode", m, modes())
+        if m not in memory_modes():
+            raise UnknownNameError("memory benchmark mode", m, memory_modes())
     rows = []
     for mode in modes:
         code = (

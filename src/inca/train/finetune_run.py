@@ -91,7 +91,6 @@ def predict_model(
     return probs["model"], labels
 
 
-@torch.no_grad()
 def select_vqt_features(
     model: nn.Module, splits: Splits, backbone: Backbone, config: TrainConfig
 ) -> dict[str, Any]:
@@ -102,7 +101,7 @@ def select_vqt_features(
     model.eval()
     features, labels = [], []
     for pixels, y in PixelSource(backbone, splits, config).evaluate("train"):
-        with backbone.precision.mixed():
+        with torch.no_grad(), backbone.precision.mixed():
             features.append(model.features(pixels.to(backbone.device)).float().cpu())
         labels.append(y)
     features, train_labels = torch.cat(features), torch.cat(labels)
@@ -111,8 +110,7 @@ def select_vqt_features(
     )
     model.set_selection(keep)
     head = torch.nn.Linear(len(keep), len(splits.class_names))
-    with torch.enable_grad():
-        refit_head(features[:, keep], train_labels, head)
+    refit_head(features[:, keep], train_labels, head)
     model.head.load_state_dict(head.state_dict())
     probs, val_labels = predict_model(model, backbone, splits, config, "val")
     return {"selected_features": len(keep), "val_acc": accuracy(probs, val_labels)}
