@@ -73,7 +73,9 @@ def pool_tokens(x: Tensor, num_prefix_tokens: int) -> dict[str, Tensor]:
     the logits it was fitted for."""
     out = {}
     if num_prefix_tokens:
-        out["cls"] = x[..., 0, :].float()
+        # a copy, always: x may be a buffer the next batch overwrites (the cache's reads), and
+        # .float() of float32 tokens would return a view of it
+        out["cls"] = x[..., 0, :].to(torch.float32, copy=True)
     # the mean of the patch tokens as a matmul with averaging weights: no copy of x
     T, p = x.shape[-2], num_prefix_tokens
     weights = x.new_zeros(T)
