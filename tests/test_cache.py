@@ -178,13 +178,13 @@ def test_probe_features_over_many_cached_batches_are_each_batchs_own(setup, tmp_
     held the last batch's values: linear probes fitted on fp16 caches read as fp32 lost 1.5
     points on Fashion-MNIST before this test.)"""
     from inca.adapters.linear_probe import pool_tokens
-    from inca.train.engine import BatchSource
     from inca.train.probes import pooled_features
+    from inca.train.sources import TokenSource
 
     backbone, splits = setup
     cache = ActivationCache(build(setup, tmp_path, dtype=dtype))
     cfg = TrainConfig(eval_batch_size=16, workers=0, progress=False)  # 120 images: 8 batches
-    source = BatchSource(backbone, splits, TAPS, cfg, {"train": cache})
+    source = TokenSource(backbone, splits, TAPS, cfg, {"train": cache})
     feats, labels = pooled_features(source, "train", progress=False)
     for i, tap in enumerate(TAPS):
         for start in (0, 50, 110):
