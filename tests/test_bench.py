@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 
@@ -54,6 +55,7 @@ def test_folded_adapters_do_less_work_and_memory_is_read() -> None:
     assert 50 < peak_rss_mib() < 100_000
 
 
+@pytest.mark.integration  # a fresh process per mode
 def test_memory_benchmark_measures_each_mode(tmp_path) -> None:
     from inca.bench_memory import measure, run_memory_benchmark
 
