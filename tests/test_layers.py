@@ -26,12 +26,7 @@ LAYERS = [
     ["inca.cli"],  # the command line
 ]
 
-# Known, to be removed (never added to): a task class saves itself through the storage module,
-# which builds task classes when loading. A task-kind registry in storage will break it.
-KNOWN_CYCLES = {
-    frozenset({"inca.tasks.task", "inca.tasks.storage"}),
-    frozenset({"inca.tasks.finetuned", "inca.tasks.storage"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()  # none: keep it so
 
 
 def modules() -> dict[str, Path]:

@@ -10,14 +10,17 @@ query tokens for VQT) and rebuilds its model on the frozen backbone it was train
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from inca.backbones.base import Backbone
-from inca.finetune.config import FineTuneConfig
+from inca.errors import IncaError
+from inca.finetune.config import FineTuneConfig, config_from_dict
 from inca.io import now_iso
+from inca.tasks.storage import TASK_JSON, TaskKind, register_task_kind, require, save_task
 
 
 class FineTunedTask(nn.Module):
@@ -67,8 +70,6 @@ class FineTunedTask(nn.Module):
 
     def save(self, path) -> Any:
         """Write the task directory ``path`` atomically (see ``inca.tasks.storage``)."""
-        from inca.tasks.storage import save_task
-
         return save_task(self, path)
 
     @torch.inference_mode()
@@ -78,3 +79,39 @@ class FineTunedTask(nn.Module):
         with backbone.precision.mixed():  # as it trained: fp32 weights, the precision's compute
             logits = model(pixels.to(backbone.device, torch.float32))
         return logits.float().softmax(-1)
+
+
+# ------------------------------------------------------------------ how it is stored
+def _check(record: dict[str, Any], file: Path) -> None:
+    require(record, file, "", finetune=dict)
+
+
+def _read(record: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> FineTunedTask:
+    file, bb = path / TASK_JSON, record["backbone"]
+    try:
+        config = config_from_dict(record["finetune"])
+    except TypeError as e:
+        raise IncaError(f"{file}: field finetune is not a fine-tuning config ({e})") from None
+    return FineTunedTask(
+        record["name"],
+        record["method"],
+        bb,
+        record["class_names"],
+        config,
+        tensors,
+        metrics=record.get("metrics"),
+        data=record.get("data"),
+        created=record.get("created"),
+    )
+
+
+register_task_kind(
+    FineTunedTask,
+    TaskKind(
+        "finetune",
+        lambda task: {"finetune": task.config.to_dict()},
+        lambda task: dict(task.state),
+        _check,
+        _read,
+    ),
+)

@@ -19,11 +19,12 @@ a task file can come from anyone) and turns every way the files can be wrong int
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +32,52 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from inca.adapters import Adapter, adapter_config, build_adapter
-from inca.errors import IncaError, UnknownNameError
-from inca.finetune.config import config_from_dict
+from inca.errors import IncaError
 from inca.io import write_json
-from inca.tasks.finetuned import FineTunedTask
-from inca.tasks.task import Task
 
 FORMAT, VERSION = "inca-task", 1
 TASK_JSON, WEIGHTS = "task.json", "adapters.safetensors"
 
 
-def task_record(task: Task | FineTunedTask) -> dict[str, Any]:
-    """The content of ``task.json``: a common header, then the members or the fine-tuning."""
+@dataclass(frozen=True)
+class TaskKind:
+    """How one class of task is stored: ``key`` is the task.json field only its records have
+    ("members", "finetune"); ``fields(task)`` gives that part of the record, ``tensors(task)``
+    its weights; ``check(record, file)`` refuses a damaged record with a clear error;
+    ``read(record, tensors, path)`` rebuilds the task. Task classes register themselves
+    (``register_task_kind``): storage imports none of them."""
+
+    key: str
+    fields: Callable[[Any], dict[str, Any]]
+    tensors: Callable[[Any], dict[str, Tensor]]
+    check: Callable[[dict[str, Any], Path], None]
+    read: Callable[[dict[str, Any], dict[str, Tensor], Path], Any]
+
+
+TASK_KINDS: dict[type, TaskKind] = {}
+
+
+def register_task_kind(cls: type, kind: TaskKind) -> None:
+    TASK_KINDS[cls] = kind
+
+
+def _kind_of_task(task: Any) -> TaskKind:
+    for cls in type(task).__mro__:
+        if cls in TASK_KINDS:
+            return TASK_KINDS[cls]
+    raise IncaError(f"{type(task).__name__} is not a task inca can save")
+
+
+def _kind_of_record(record: dict[str, Any], file: Path) -> TaskKind:
+    for kind in TASK_KINDS.values():
+        if kind.key in record:
+            return kind
+    keys = " or ".join(repr(k.key) for k in TASK_KINDS.values())
+    raise IncaError(f"{file}: field {keys} is missing; re-save the task")
+
+
+def task_record(task: Any) -> dict[str, Any]:
+    """The content of ``task.json``: a common header, then the task kind's own part."""
     record = {
         "format": FORMAT,
         "version": VERSION,
@@ -55,45 +89,19 @@ def task_record(task: Task | FineTunedTask) -> dict[str, Any]:
         "data": task.data,
         "created": task.created,
     }
-    if isinstance(task, FineTunedTask):
-        return record | {"finetune": task.config.to_dict()}
-    members = []
-    for name in task.member_names:
-        adapter = task.member(name)
-        member = {
-            "name": name,
-            "kind": adapter.config.kind,
-            "tap": task.member_taps[name],
-            "config": adapter.config.to_dict(),
-            "in_dim": adapter.in_dim,
-        }
-        if task.member_weights is not None:
-            member["weight"] = task.member_weights[name]
-        members.append(member)
-    return record | {"members": members}
-
-
-def task_tensors(task: Task | FineTunedTask) -> dict[str, Tensor]:
-    """Every member's state dict, keyed "{member}/{parameter}" (parameter names have no "/");
-    for a fine-tuned task, the weights fine-tuning changed."""
-    if isinstance(task, FineTunedTask):
-        return {k: v.contiguous() for k, v in task.state.items()}
-    out = {}
-    for name in task.member_names:
-        for key, t in task.member(name).state_dict().items():
-            out[f"{name}/{key}"] = t.detach().cpu().contiguous()
-    return out
+    return record | _kind_of_task(task).fields(task)
 
 
 # --------------------------------------------------------------------------- saving
-def save_task(task: Task | FineTunedTask, path: str | os.PathLike) -> Path:
+def save_task(task: Any, path: str | os.PathLike) -> Path:
     """Write ``task`` to the directory ``path``, replacing a task saved there before."""
     path = Path(path).expanduser()
     _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        save_file(task_tensors(task), str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        tensors = {k: v.contiguous() for k, v in _kind_of_task(task).tensors(task).items()}
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         write_json(tmp / TASK_JSON, task_record(task))
         for f in (tmp / WEIGHTS, tmp / TASK_JSON):
             _fsync(f)
@@ -135,7 +143,7 @@ def _fsync(file: Path) -> None:
 
 
 # --------------------------------------------------------------------------- loading
-def load_task(path: str | os.PathLike) -> Task | FineTunedTask:
+def load_task(path: str | os.PathLike) -> Any:
     """The task saved in directory ``path``: in eval mode, on the CPU (``.to(device)`` moves it)."""
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -143,60 +151,7 @@ def load_task(path: str | os.PathLike) -> Task | FineTunedTask:
     file = path / TASK_JSON
     record = _read_record(file)
     tensors = _read_tensors(path / WEIGHTS)
-    bb = record["backbone"]
-    if "finetune" in record:
-        try:
-            config = config_from_dict(record["finetune"])
-        except TypeError as e:
-            raise IncaError(f"{file}: field finetune is not a fine-tuning config ({e})") from None
-        return FineTunedTask(
-            record["name"],
-            record["method"],
-            bb,
-            record["class_names"],
-            config,
-            tensors,
-            metrics=record.get("metrics"),
-            data=record.get("data"),
-            created=record.get("created"),
-        )
-    num_classes = len(record["class_names"])
-    members, used = [], set()
-    for m in record["members"]:
-        name = m["name"]
-        prefix = f"{name}/"
-        state = {k[len(prefix) :]: t for k, t in tensors.items() if k.rpartition("/")[0] == name}
-        used.update(prefix + k for k in state)
-        adapter = _build_member(m, num_classes, bb["num_prefix_tokens"], file)
-        try:
-            adapter.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise IncaError(
-                f"{path / WEIGHTS}: the weights of member {name!r} ({m['kind']} on tap "
-                f"{m['tap']!r}) do not fit its config in {TASK_JSON}; the two files do not belong "
-                f"together: re-save the task. Details: {e}"
-            ) from None
-        members.append((name, m["tap"], adapter))
-    extra = sorted(set(tensors) - used)
-    if extra:
-        raise IncaError(
-            f"{path / WEIGHTS} holds tensors of no member listed in {TASK_JSON} "
-            f"({', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}); the two files do not "
-            "belong together: re-save the task"
-        )
-    weighted = "weight" in record["members"][0]  # _read_record: all members or none
-    task = Task(
-        record["name"],
-        record["method"],
-        bb,
-        record["class_names"],
-        members,
-        metrics=record.get("metrics"),
-        data=record.get("data"),
-        created=record.get("created"),
-        weights=[m["weight"] for m in record["members"]] if weighted else None,
-    )
-    return task.eval()
+    return _kind_of_record(record, file).read(record, tensors, path).eval()
 
 
 def _missing_dir_message(path: Path) -> str:
@@ -229,12 +184,9 @@ def _read_record(file: Path) -> dict[str, Any]:
             f"{file} has task format version {record.get('version')!r}; this inca reads version "
             f"{VERSION}: use the inca version that saved it, or re-train the task"
         )
-    _require(record, file, "", name=str, method=str, backbone=dict, class_names=list)
-    if "finetune" in record:
-        _require(record, file, "", finetune=dict)
-    else:
-        _require(record, file, "", members=list)
-    _require(
+    require(record, file, "", name=str, method=str, backbone=dict, class_names=list)
+    kind = _kind_of_record(record, file)
+    require(
         record["backbone"],
         file,
         "backbone.",
@@ -243,37 +195,12 @@ def _read_record(file: Path) -> dict[str, Any]:
         preprocess=dict,
         num_prefix_tokens=int,
     )
-    if "finetune" not in record and not record["members"]:
-        raise IncaError(f"{file} lists no members; re-save the task")
-    for i, m in enumerate(record.get("members", [])):
-        if not isinstance(m, dict):
-            raise IncaError(f"{file}: members[{i}] is not an object; re-save the task")
-        _require(m, file, f"members[{i}].", name=str, kind=str, tap=str, config=dict, in_dim=int)
-    if "finetune" not in record:
-        _check_weights(record["members"], file)
+    kind.check(record, file)
     return record
 
 
-def _check_weights(members: list[dict], file: Path) -> None:
-    """Either no member has a "weight" (uniform, as every task saved before weights) or all do,
-    each a finite number > 0; anything else is a damaged file, not something to guess at."""
-    has = [i for i, m in enumerate(members) if "weight" in m]
-    if has and len(has) != len(members):
-        missing = next(i for i in range(len(members)) if i not in has)
-        raise IncaError(
-            f"{file}: members[{missing}] has no weight but others do; every member of a weighted "
-            "ensemble needs one: re-save the task"
-        )
-    for i in has:
-        w = members[i]["weight"]
-        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w <= 0:
-            raise IncaError(
-                f"{file}: field members[{i}].weight is {w!r}, not a finite number > 0; re-save "
-                "the task"
-            )
-
-
-def _require(record: dict, file: Path, where: str, **types: type) -> None:
+def require(record: dict, file: Path, where: str, **types: type) -> None:
+    """Each ``types`` field of ``record`` is there with its type, or a clear error."""
     for key, kind in types.items():
         if not isinstance(record.get(key), kind):
             raise IncaError(
@@ -290,16 +217,3 @@ def _read_tensors(file: Path) -> dict[str, Tensor]:
         raise IncaError(
             f"{file} is not a readable safetensors file ({e}); re-save or re-train the task"
         ) from None
-
-
-def _build_member(m: dict, num_classes: int, num_prefix_tokens: int, file: Path) -> Adapter:
-    try:
-        config = adapter_config(m["kind"], m["config"])
-        return build_adapter(config, m["in_dim"], num_classes, num_prefix_tokens)
-    except UnknownNameError as e:
-        raise IncaError(
-            f"{file}: member {m['name']!r}: {e}; the task was saved by an inca with this adapter "
-            "kind: load it with that version"
-        ) from None
-    except (IncaError, TypeError) as e:
-        raise IncaError(f"{file}: member {m['name']!r}: {e}") from None

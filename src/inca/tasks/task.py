@@ -17,11 +17,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from inca.adapters import Adapter, normalize_tokens
+from inca.adapters import Adapter, adapter_config, build_adapter, normalize_tokens
 from inca.adapters.tap_groups import group_tokens, group_width, is_group, single_taps
 from inca.backbones.base import Backbone
-from inca.errors import IncaError
+from inca.errors import IncaError, UnknownNameError
 from inca.io import now_iso
+from inca.tasks.storage import (
+    TASK_JSON,
+    WEIGHTS,
+    TaskKind,
+    register_task_kind,
+    require,
+    save_task,
+)
 
 Member = tuple[str, str, Adapter]  # (member name, tap or tap group "block.5+block.8", adapter)
 
@@ -253,6 +261,119 @@ class Task(nn.Module):
     # ----------------------------------------------------------------- on disk
     def save(self, path: str | Path) -> Path:
         """Write the task directory ``path`` atomically (see ``inca.tasks.storage``)."""
-        from inca.tasks.storage import save_task
-
         return save_task(self, path)
+
+
+# ------------------------------------------------------------------ how it is stored
+def _record_fields(task: Task) -> dict[str, Any]:
+    """task.json's "members": each member's adapter kind, tap, config, width (and weight)."""
+    members = []
+    for name in task.member_names:
+        adapter = task.member(name)
+        member = {
+            "name": name,
+            "kind": adapter.config.kind,
+            "tap": task.member_taps[name],
+            "config": adapter.config.to_dict(),
+            "in_dim": adapter.in_dim,
+        }
+        if task.member_weights is not None:
+            member["weight"] = task.member_weights[name]
+        members.append(member)
+    return {"members": members}
+
+
+def _tensors(task: Task) -> dict[str, Tensor]:
+    """Every member's state dict, keyed "{member}/{parameter}" (parameter names have no "/")."""
+    out = {}
+    for name in task.member_names:
+        for key, t in task.member(name).state_dict().items():
+            out[f"{name}/{key}"] = t.detach().cpu().contiguous()
+    return out
+
+
+def _check(record: dict[str, Any], file: Path) -> None:
+    require(record, file, "", members=list)
+    if not record["members"]:
+        raise IncaError(f"{file} lists no members; re-save the task")
+    for i, m in enumerate(record["members"]):
+        if not isinstance(m, dict):
+            raise IncaError(f"{file}: members[{i}] is not an object; re-save the task")
+        require(m, file, f"members[{i}].", name=str, kind=str, tap=str, config=dict, in_dim=int)
+    _check_weights(record["members"], file)
+
+
+def _check_weights(members: list[dict], file: Path) -> None:
+    """Either no member has a "weight" (uniform, as every task saved before weights) or all do,
+    each a finite number > 0; anything else is a damaged file, not something to guess at."""
+    has = [i for i, m in enumerate(members) if "weight" in m]
+    if has and len(has) != len(members):
+        missing = next(i for i in range(len(members)) if i not in has)
+        raise IncaError(
+            f"{file}: members[{missing}] has no weight but others do; every member of a weighted "
+            "ensemble needs one: re-save the task"
+        )
+    for i in has:
+        w = members[i]["weight"]
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w <= 0:
+            raise IncaError(
+                f"{file}: field members[{i}].weight is {w!r}, not a finite number > 0; re-save "
+                "the task"
+            )
+
+
+def _read(record: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> Task:
+    file, bb = path / TASK_JSON, record["backbone"]
+    num_classes = len(record["class_names"])
+    members, used = [], set()
+    for m in record["members"]:
+        name = m["name"]
+        prefix = f"{name}/"
+        state = {k[len(prefix) :]: t for k, t in tensors.items() if k.rpartition("/")[0] == name}
+        used.update(prefix + k for k in state)
+        adapter = _build_member(m, num_classes, bb["num_prefix_tokens"], file)
+        try:
+            adapter.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise IncaError(
+                f"{path / WEIGHTS}: the weights of member {name!r} ({m['kind']} on tap "
+                f"{m['tap']!r}) do not fit its config in {TASK_JSON}; the two files do not belong "
+                f"together: re-save the task. Details: {e}"
+            ) from None
+        members.append((name, m["tap"], adapter))
+    extra = sorted(set(tensors) - used)
+    if extra:
+        raise IncaError(
+            f"{path / WEIGHTS} holds tensors of no member listed in {TASK_JSON} "
+            f"({', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}); the two files do not "
+            "belong together: re-save the task"
+        )
+    weighted = "weight" in record["members"][0]  # _read_record: all members or none
+    task = Task(
+        record["name"],
+        record["method"],
+        bb,
+        record["class_names"],
+        members,
+        metrics=record.get("metrics"),
+        data=record.get("data"),
+        created=record.get("created"),
+        weights=[m["weight"] for m in record["members"]] if weighted else None,
+    )
+    return task.eval()
+
+
+def _build_member(m: dict, num_classes: int, num_prefix_tokens: int, file: Path) -> Adapter:
+    try:
+        config = adapter_config(m["kind"], m["config"])
+        return build_adapter(config, m["in_dim"], num_classes, num_prefix_tokens)
+    except UnknownNameError as e:
+        raise IncaError(
+            f"{file}: member {m['name']!r}: {e}; the task was saved by an inca with this adapter "
+            "kind: load it with that version"
+        ) from None
+    except (IncaError, TypeError) as e:
+        raise IncaError(f"{file}: member {m['name']!r}: {e}") from None
+
+
+register_task_kind(Task, TaskKind("members", _record_fields, _tensors, _check, _read))
