@@ -27,6 +27,7 @@ def run_dir(tmp_path_factory):
 def test_run_directory_contents(run_dir) -> None:
     for name in [
         "plan.json",
+        "run.json",
         "log.jsonl",
         "checkpoint.safetensors",
         "cache/train/header.json",  # the default: train from an activation cache in OUT/cache
@@ -52,6 +53,19 @@ def test_run_directory_contents(run_dir) -> None:
     assert ens["val_acc"] == max(ens["alternatives"].values())  # top-k and greedy both tried
     linear = [a for a in adapters.values() if a["kind"] == "linear"]
     assert results["reference"]["val_acc"] == max(a["val_acc"] for a in linear)
+
+
+def test_run_json_holds_the_resolved_options(run_dir) -> None:
+    from inca.recipes.run_options import RunOptions
+
+    saved = json.loads((run_dir / "run.json").read_text())
+    options = RunOptions.from_dict(saved)
+    assert options.to_dict() == saved
+    assert (options.model, options.image_size, options.train_size) == ("tiny-vit", 32, 200)
+    assert options.train.epochs == 2 and options.train.augment is False  # as it ran: cached
+    assert options.cache == str(run_dir / "cache")
+    with pytest.raises(Exception, match="unknown field"):
+        RunOptions.from_dict(saved | {"lrs": 1})
 
 
 def test_saved_best_task_reproduces_its_test_accuracy(run_dir, capsys) -> None:

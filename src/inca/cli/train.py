@@ -84,15 +84,15 @@ def run(args: argparse.Namespace) -> None:
     if args.method is not None:
         return train_method(args)
     from inca.recipes.plan_run import train
+    from inca.recipes.run_options import RunOptions
     from inca.report import results_table, run_summary
 
     config = train_config(args, frozen=True)
     cache = None if args.no_cache else (args.cache or str(Path(args.out) / "cache"))
-    results = train(
+    options = RunOptions(
         model=args.model,
         data=args.data,
         plan=args.plan,
-        out=args.out,
         train_size=args.train_size,
         val_size=args.val_size,
         test_size=args.test_size,
@@ -102,13 +102,13 @@ def run(args: argparse.Namespace) -> None:
         lr=args.lr,
         weight_decay=args.wd,
         max_ensemble=args.max_ensemble,
-        resume=args.resume,
-        config=config,
+        train=config,
         cache=cache,
         seeds=args.seeds,
         cache_views=args.cache_views,
         cache_dtype=args.cache_dtype,
     )
+    results = train(options, args.out, resume=args.resume)
     print()
     print(results_table(results, every_adapter=False))
     print(run_summary(results))

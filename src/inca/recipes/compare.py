@@ -74,6 +74,7 @@ def run_method(
     from inca.data import make_splits
     from inca.finetune.config import shared_options
     from inca.recipes.plan_run import train
+    from inca.recipes.run_options import RunOptions
     from inca.select import accuracy
     from inca.tasks.finetuned import FineTunedTask
     from inca.train import TrainConfig
@@ -91,19 +92,21 @@ def run_method(
     epochs, curve = cfg.epochs, None
     if get_method(method).from_tokens:
         cfg = TrainConfig(**options["frozen"])
-        results = train(
-            backbone,
-            options["data"],
-            plan_of(method, options),
-            out,
-            options["train_size"],
-            options["val_size"],
-            options.get("test_size"),
-            config=cfg,
-            resume=resume,
-            cache=options.get("cache") or out.parent / "cache",
-            cache_taps=options.get("cache_taps"),
+        run_options = RunOptions(
+            model=options["model"],
+            data=options["data"],
+            plan=plan_of(method, options),
+            train_size=options["train_size"],
+            val_size=options["val_size"],
+            test_size=options.get("test_size"),
+            image_size=options["image_size"],
+            precision=options.get("precision", "auto"),
+            device=options.get("device", "auto"),
+            train=cfg,
+            cache=str(options.get("cache") or out.parent / "cache"),
+            cache_taps=tuple(options["cache_taps"]) if options.get("cache_taps") else None,
         )
+        results = train(run_options, out, resume=resume, backbone=backbone)
         run, sel = results["run"], results["selection"]
         cache = run.get("cache", {})
         build = cache.get("build_seconds") or 0.0

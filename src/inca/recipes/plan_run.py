@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,69 +33,50 @@ from inca.cache.splits import build_seconds, open_caches
 from inca.data import Splits, make_splits
 from inca.errors import IncaError
 from inca.io import write_json
+from inca.recipes.run_options import RunOptions
 from inca.select import accuracy, choose_ensemble, rank
 from inca.train.config import TrainConfig
 from inca.train.member import Member
 from inca.train.one_to_many import adapter_trainer
-from inca.train.plan import DEFAULT_PLAN, AdapterSpec, parse_plan
+from inca.train.plan import AdapterSpec, parse_plan
 from inca.train.probes import fit_linear_probes
 from inca.train.sources import TokenSource
 from inca.train.trainer import Trainer
 
 
 def train(
-    model: str | Backbone = "dinov2-small",
-    data: str = "fashion-mnist",
-    plan: str = DEFAULT_PLAN,
+    options: RunOptions | None = None,
     out: str | Path = "runs/train",
-    train_size: int | None = 10_000,
-    val_size: float | int = 2_000,
-    test_size: int | None = None,
-    image_size: int | None = 112,
-    precision: str = "auto",
-    device: str = "auto",
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    max_ensemble: int = 10,
     resume: bool = False,
-    config: TrainConfig | None = None,
-    cache: str | Path | None = None,
-    cache_views: int = 1,
-    cache_dtype: str = "auto",
-    seeds: int = 1,
-    cache_taps: list[str] | None = None,
+    backbone: Backbone | None = None,
 ) -> dict[str, Any]:
-    """Train every adapter of ``plan`` at once and write the run directory; returns results.
+    """Train every adapter of ``options.plan`` at once and write the run directory (its
+    options, resolved, in ``run.json``); returns results. ``backbone``: an already loaded one
+    (else ``options.model`` is loaded as the options say).
 
-    With ``cache``, the plan's taps of every split are read from activation caches in
+    With ``options.cache``, the plan's taps of every split are read from activation caches in
     ``cache/{train,val,test}`` (built there first if absent): the backbone runs once, not once
     per epoch. The training cache holds ``cache_views`` views per image, augmented when there
     are several (epoch e reads view e mod views); with one view there is no augmentation.
     ``cache_taps`` adds taps to the cache beyond the plan's (a cache shared by several runs).
     """
-    config = config or TrainConfig()
+    o = options or RunOptions()
+    data, plan, config, cache, seeds = o.data, o.plan, o.train, o.cache, o.seeds
+    cache_views, cache_dtype, cache_taps = o.cache_views, o.cache_dtype, o.cache_taps
     out = Path(out)
     started = time.perf_counter()
-    if seeds < 1:
-        raise IncaError(f"seeds must be at least 1, got {seeds}")
     if (out / "checkpoint.safetensors").exists() and not resume:
         raise IncaError(
             f"{out} already holds a run; pass --resume to continue it, or choose another --out"
         )
-    backbone = (
-        model
-        if isinstance(model, Backbone)
-        else load_backbone(
-            model,
-            precision=precision,
-            device=device,
-            **({"image_size": image_size} if image_size else {}),
-        )
-    )
+    if backbone is None:
+        size = {"image_size": o.image_size} if o.image_size else {}
+        backbone = load_backbone(o.model, precision=o.precision, device=o.device, **size)
     splits = make_splits(
-        data, train_size=train_size, val_size=val_size, test_size=test_size, seed=config.seed
-    )
-    specs = parse_plan(plan, list(backbone.taps), lr=lr, weight_decay=weight_decay)
+        data, train_size=o.train_size, val_size=o.val_size, test_size=o.test_size,
+        seed=config.seed,
+    )  # fmt: skip
+    specs = parse_plan(plan, list(backbone.taps), lr=o.lr, weight_decay=o.weight_decay)
     data_info = {
         "data": data,
         "sizes": splits.sizes(),
@@ -145,6 +126,7 @@ def train(
         )
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "plan.json", signature | {"plan_text": plan, "train": config.signature()})
+    write_json(out / "run.json", replace(o, train=config).to_dict())  # resolved: as it ran
 
     runs = []
     for k in range(seeds):
@@ -157,7 +139,7 @@ def train(
         )
         runs.append(
             finish(
-                backbone, splits, members, trainer, run_out, max_ensemble, started, data_info,
+                backbone, splits, members, trainer, run_out, o.max_ensemble, started, data_info,
                 cache_info,
             )
         )  # fmt: skip
