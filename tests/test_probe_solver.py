@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from inca.adapters import adapter_config, build_adapter, normalize_tokens
+from inca.adapters.linear_probe import pool_tokens, select_pool
 from inca.train import probe_solver as ps
 
 
@@ -166,7 +167,7 @@ def test_fitted_probe_loads_into_linear_probe(pool: str, prefix: int, dtype) -> 
     y = torch.randint(0, C, (B,), generator=g)
     tokens = torch.randn(B, T, D, generator=g) + torch.randn(C, 1, D, generator=g)[y]
     x = normalize_tokens(tokens).to(dtype)  # (B, T, D) as the taps' shared LayerNorm gives
-    feats = ps.select_pool(ps.pool_features(x, prefix), pool)  # (B, F) float32
+    feats = select_pool(pool_tokens(x, prefix), pool)  # (B, F) float32
     assert feats.dtype == torch.float32
     fit = ps.fit_multinomial(feats[:80], y[:80], feats[80:], y[80:], C, l2_grid=(1e-2, 1e-3))
 
@@ -181,11 +182,11 @@ def test_fitted_probe_loads_into_linear_probe(pool: str, prefix: int, dtype) -> 
 
 def test_pool_features() -> None:
     x = torch.randn(4, 6, 5)
-    pools = ps.pool_features(x, 2)
+    pools = pool_tokens(x, 2)
     torch.testing.assert_close(pools["cls"], x[:, 0])
     torch.testing.assert_close(pools["mean"], x[:, 2:].mean(1))
-    assert ps.select_pool(pools, "cls+mean").shape == (4, 10)
-    torch.testing.assert_close(ps.pool_features(x, 0)["mean"], x.mean(1))
+    assert select_pool(pools, "cls+mean").shape == (4, 10)
+    torch.testing.assert_close(pool_tokens(x, 0)["mean"], x.mean(1))
 
 
 # (e) --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ read): "cls" is the first token, "mean" the mean of the patch tokens (after any 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -82,3 +83,11 @@ def pool_tokens(x: Tensor, num_prefix_tokens: int) -> dict[str, Tensor]:
     weights[p:] = 1.0 / (T - p)
     out["mean"] = torch.matmul(weights, x).float()
     return out
+
+
+def select_pool(pools: Mapping[str, Tensor], pool: str) -> Tensor:
+    """{"cls", "mean"} features (``pool_tokens``) -> those of ``pool``; "cls+mean" concatenates
+    them (B, 2D) in the order the probe's head reads them."""
+    if pool == "cls+mean":
+        return torch.cat([pools["cls"], pools["mean"]], -1)
+    return pools[pool]

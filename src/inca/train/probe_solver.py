@@ -74,28 +74,6 @@ class Solution:
 # features
 
 
-def pool_features(x: Tensor, num_prefix_tokens: int) -> dict[str, Tensor]:
-    """Normalised tokens (B, T, D), any float dtype -> {"cls": (B, D), "mean": (B, D)} float32.
-
-    The same operations as ``LinearProbe.stacked_forward`` (a matmul with averaging weights in
-    the tokens' dtype, then float32), so a probe fitted on these features reproduces its logits.
-    "cls" is token 0 whatever ``num_prefix_tokens``; without prefix tokens (CNN maps) it is a
-    patch, and LinearProbe refuses the pools that read it.
-    """
-    T, p = x.shape[1], num_prefix_tokens
-    weights = x.new_zeros(T)
-    weights[p:] = 1.0 / (T - p)
-    return {"cls": x[:, 0].float(), "mean": torch.matmul(weights, x).float()}  # (B, D) each
-
-
-def select_pool(pools: Mapping[str, Tensor], pool: str) -> Tensor:
-    """{"cls", "mean"} features -> those of ``pool``; "cls+mean" concatenates them (B, 2D) in
-    LinearProbe's order."""
-    if pool == "cls+mean":
-        return torch.cat([pools["cls"], pools["mean"]], 1)
-    return pools[pool]
-
-
 def standardization(x: Tensor) -> tuple[Tensor, Tensor]:
     """Train features (N, F) -> mean (F,), std (F,): the penalty then weighs every feature
     alike, as sklearn's pipelines (StandardScaler, then LogisticRegression) do.

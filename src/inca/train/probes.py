@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from inca.adapters import build_adapter
-from inca.adapters.linear_probe import pool_tokens
+from inca.adapters.linear_probe import pool_tokens, select_pool
 from inca.io import write_json
 from inca.train.member import Member
 from inca.train.plan import AdapterSpec
@@ -45,9 +45,7 @@ def pooled_features(
 
 
 def _select(feats: dict[str, dict[str, Tensor]], spec: AdapterSpec) -> Tensor:
-    by_pool = feats[spec.tap]
-    pool = spec.config.pool
-    return torch.cat([by_pool["cls"], by_pool["mean"]], 1) if pool == "cls+mean" else by_pool[pool]
+    return select_pool(feats[spec.tap], spec.config.pool)
 
 
 def fit_linear_probes(
