@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from inca.bench import TARGETS, adapter_compute, format_table, plot_curve
+from inca.bench import adapter_compute
+from inca.bench_report import TARGETS, format_table, plot_curve
 from inca.process import peak_rss_mib
 
 

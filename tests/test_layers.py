@@ -20,9 +20,9 @@ LAYERS = [
     ["inca.cache"],  # activation caches
     ["inca.select", "inca.train"],  # the Trainer and what it trains with
     ["inca.tasks", "inca.predict"],  # saved tasks, serving, evaluation
-    ["inca.report", "inca.compare_report"],  # reports of runs and comparisons
+    ["inca.report", "inca.report_format", "inca.compare_report"],  # reports of runs and comparisons
     ["inca.recipes"],  # the main job and the comparison
-    ["inca.bench", "inca.bench_memory"],  # benchmarks
+    ["inca.bench", "inca.bench_report", "inca.bench_memory"],  # benchmarks
     ["inca.cli"],  # the command line
 ]
 
