@@ -78,14 +78,15 @@ def measure(mode: str, model: str, image_size: int, batch: int, steps: int = 2) 
     g = torch.Generator().manual_seed(0)
     pixels = torch.randn(batch, 3, image_size, image_size, generator=g).to(device)
     labels = torch.randint(0, 10, (batch,), generator=g).to(device)
-    if memory_modes()[mode] is None:
+    options = memory_modes()[mode]
+    if options is None:
 
         def step() -> None:
             backbone.forward_taps(pixels, ["final"])
 
         trainable = 0
     else:
-        net = build_model(backbone, 10, finetune_config(**memory_modes()[mode])).to(device)
+        net = build_model(backbone, 10, finetune_config(**options)).to(device)
         members = ModelMembers(net, ["model"], backbone.precision).train()
         trainable = net.trainable_params()
         config = TrainConfig(epochs=1, batch_size=batch, label_smoothing=0.0, warmup=0.0)
@@ -121,9 +122,10 @@ def run_memory_benchmark(
     """Every mode in its own process; the table printed, the JSON written to ``out``."""
     from inca.errors import UnknownNameError
 
+    known = memory_modes()
     for m in modes:
-        if m not in memory_modes():
-            raise UnknownNameError("memory benchmark mode", m, memory_modes())
+        if m not in known:
+            raise UnknownNameError("memory benchmark mode", m, known)
     rows = []
     for mode in modes:
         code = (

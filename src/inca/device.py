@@ -97,20 +97,14 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        """The dtype this precision computes matmuls in: bf16 for bf16 and amp-bf16, fp16 for
-        amp-fp16, fp32 for fp32."""
-        return self.output_dtype
-
     def mixed(self) -> contextlib.AbstractContextManager:
         """For modules whose weights stay fp32 (trained or fine-tuned copies, their tasks): the
         autocast that makes them compute as this precision does, none for fp32. The one place
         that decides it, so training and serving a fine-tuned model agree with ``--precision``.
         """
-        if self.compute_dtype == torch.float32:
+        if self.output_dtype == torch.float32:  # the dtype this precision computes in
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+        return torch.autocast(self.device.type, dtype=self.output_dtype)
 
 
 def cpu_model() -> str:

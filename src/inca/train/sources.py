@@ -44,14 +44,19 @@ class PixelSource:
     def serve(self, members: Any) -> None:
         """Pixels are all any member reads."""
 
+    def _order(self, epoch: int) -> Tensor:
+        """Epoch ``epoch``'s training positions, whole batches only (the last partial one is
+        dropped): the same for every source."""
+        cfg = self.config
+        order = epoch_order(len(self.splits.train), cfg.seed, epoch)
+        return order[: len(order) // cfg.batch_size * cfg.batch_size]
+
     def _train_loader(self, epoch: int):
         cfg, subset = self.config, self.splits.train
-        order = epoch_order(len(subset), cfg.seed, epoch)
-        usable = len(order) // cfg.batch_size * cfg.batch_size  # drop the last partial batch
         transform = ImageTransform(
             self.backbone.preprocess, augment=cfg.augment, allow_hflip=subset.dataset.allow_hflip
         )
-        ordered = Subset(subset.dataset, subset.indices[order[:usable].numpy()])
+        ordered = Subset(subset.dataset, subset.indices[self._order(epoch).numpy()])
         return make_loader(
             ordered, transform, cfg.batch_size, seed=cfg.seed * 1000 + epoch,
             num_workers=cfg.workers,
@@ -99,9 +104,7 @@ class TokenSource(PixelSource):
         cfg = self.config
         if "train" in self.caches:
             cache = self.caches["train"]
-            order = epoch_order(len(self.splits.train), cfg.seed, epoch)
-            usable = len(order) // cfg.batch_size * cfg.batch_size
-            for pos in order[:usable].split(cfg.batch_size):
+            for pos in self._order(epoch).split(cfg.batch_size):
                 yield cache.read(pos, self.taps, epoch, self.token_dtype), cache.labels[pos]
             return
         yield from self._online(self._train_loader(epoch))
