@@ -177,7 +177,7 @@ def test_probe_features_over_many_cached_batches_are_each_batchs_own(setup, tmp_
     copies. (The CLS feature of float32 tokens was a view of that buffer, so every batch's
     held the last batch's values: linear probes fitted on fp16 caches read as fp32 lost 1.5
     points on Fashion-MNIST before this test.)"""
-    from inca.adapters.linear_probe import pool_tokens
+    from inca.methods.linear import pool_tokens
     from inca.train.probes import pooled_features
     from inca.train.sources import TokenSource
 

@@ -16,7 +16,8 @@ LAYERS = [
     ["inca._version", "inca.errors", "inca.io", "inca.device", "inca.process"],  # utilities
     ["inca.backbones"],  # frozen models and their taps
     ["inca.data"],  # datasets, splits, loaders
-    ["inca.methods", "inca.adapters", "inca.finetune"],  # the registry and the methods
+    ["inca.adapters"],  # what adapters on frozen taps are built from
+    ["inca.methods"],  # the registry, one package per method
     ["inca.cache"],  # activation caches
     ["inca.select", "inca.train"],  # the Trainer and what it trains with
     ["inca.tasks", "inca.predict"],  # saved tasks, serving, evaluation

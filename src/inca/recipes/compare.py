@@ -72,7 +72,7 @@ def run_method(
     With ``resume``, runs interrupted before continue from their last finished epoch."""
     from inca.backbones import load_backbone
     from inca.data import make_splits
-    from inca.finetune.config import shared_options
+    from inca.methods.pixel_config import shared_options
     from inca.recipes.plan_run import train
     from inca.recipes.run_options import RunOptions
     from inca.select import accuracy

@@ -16,9 +16,8 @@ from inca.backbones.base import Backbone
 from inca.data import Splits
 from inca.device import Precision
 from inca.errors import IncaError
-from inca.finetune.config import FineTuneConfig
-from inca.finetune.model import build_model
-from inca.finetune.vqt_sweep import VQTSweep
+from inca.methods.pixel_config import FineTuneConfig, build_model
+from inca.methods.vqt.sweep import VQTSweep
 from inca.select import accuracy
 from inca.train.config import TrainConfig
 from inca.train.sources import PixelSource
@@ -95,7 +94,7 @@ def select_vqt_features(
     model: nn.Module, splits: Splits, backbone: Backbone, config: TrainConfig
 ) -> dict[str, Any]:
     """Group-lasso feature selection and head refit for a trained VQT model (in place)."""
-    from inca.finetune.group_lasso import refit_head, select_features
+    from inca.methods.vqt.group_lasso import refit_head, select_features
 
     ft = model.config
     model.eval()

@@ -23,29 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from inca.adapters import AdapterConfig, InCAConfig, LinearProbeConfig, adapter_config
+from inca.adapters import AdapterConfig, adapter_config
 from inca.adapters.tap_groups import SEP, is_group, join_taps, tap_parts
 from inca.errors import IncaError
-from inca.methods import Method, register_method
+from inca.methods.inca import DEFAULT_PLAN
 
-# The main job's grid: InCA on every other block (the cache then holds six taps, not twelve),
-# two learning rates x two weight decays x 6 or 12 heads (48 adapters, halved after two epochs),
-# and a converged linear probe on each of those blocks.
-DEFAULT_PLAN = (
-    "inca taps=block.*[1::2] lr=1e-3,3e-3 wd=1e-4,0.05 heads=6,12; "
-    "linear taps=block.*[1::2] pool=cls+mean solver=lbfgs"
-)
 _SLICE = re.compile(r"^(?P<glob>[^\[\]]+)\[(?P<slice>-?\d*(?::-?\d*){0,2})\]$")
-
-register_method(Method(
-    "linear", "linear probes on frozen taps, fitted by L-BFGS (every block and pooling)",
-    "tokens", LinearProbeConfig,
-    default_plan="linear taps=block.* pool=cls,mean,cls+mean solver=lbfgs",
-))  # fmt: skip
-register_method(Method(
-    "inca", "InCA: cross-attention adapters on frozen taps, a grid trained one-to-many",
-    "tokens", InCAConfig, default_plan=DEFAULT_PLAN,
-))  # fmt: skip
 
 
 @dataclass(frozen=True)
