@@ -77,20 +77,6 @@ def finetune_config(method: str = "full", **options: Any) -> FineTuneConfig:
     return cls(**options)
 
 
-def shared_options(method: str, options: dict[str, Any]) -> FineTuneConfig:
-    """``method``'s config from options given to several methods at once (``inca compare
-    --finetune "layer_decay=0.8 lora_r=4"``): each takes the fields it has. An option no
-    method has is an error (a typo must not be silently ignored)."""
-    everyone = {name for cls in configs().values() for name in field_names(cls)}
-    unknown = sorted(set(options) - everyone)
-    if unknown:
-        raise IncaError(
-            f"fine-tuning option(s) {unknown} belong to no method; valid: {sorted(everyone)}"
-        )
-    own = set(field_names(configs()[method]))
-    return finetune_config(method, **{k: v for k, v in options.items() if k in own})
-
-
 def config_from_dict(data: dict[str, Any]) -> FineTuneConfig:
     """A saved config (task.json, checkpoint signature). Configs written before each method
     had its own class carry every method's fields: the method's own are kept."""

@@ -25,7 +25,7 @@ INPUTS = ("tokens", "pixels")  # frozen taps' tokens (trainable from the cache),
 class Method:
     """A registered method.
 
-    name: how users call it (``inca compare --methods``, ``inca train --method``).
+    name: how users call it (``inca compare --methods``, a plan's first word).
     summary: one line for listings.
     input: "tokens" (adapters on frozen taps: one-to-many from one pass or the activation
         cache, their whole grid in one run) or "pixels" (runs the backbone itself every step).

@@ -20,7 +20,7 @@ import fnmatch
 import itertools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from inca.adapters import AdapterConfig, adapter_config
@@ -173,3 +173,65 @@ def parse_plan(
             raise IncaError(f"plan: adapter {s.name!r} appears twice; remove the duplicate")
         seen.add(s.name)
     return specs
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """The plan of a method trained from pixels, in the same grammar as adapter plans:
+    ``full lr=2e-5,5e-5 layer_decay=0.75`` or ``vqt lr=1e-3,1e-2 queries=2``. ``lr`` is swept
+    (default: the method's ``default_lrs``); every other key is a field of the method's config
+    (``wd`` stands for ``weight_decay``, as in adapter plans), one value each."""
+
+    method: str
+    lrs: tuple[float, ...]
+    options: dict[str, Any]  # the config fields the plan gives, besides lr
+
+    def config(self) -> Any:
+        """The method's config at the first rate (the sweep's base)."""
+        from inca.methods.pixel_config import finetune_config
+
+        return finetune_config(self.method, **self.options, lr=self.lrs[0])
+
+
+def plan_method(text: str) -> str:
+    """The registered method a plan's first entry names (its adapter kind, or a method trained
+    from pixels)."""
+    from inca.methods import get_method
+
+    first = next((e.split()[0] for e in text.split(";") if e.strip()), "")
+    return get_method(first).name if first else ""
+
+
+def parse_sweep_plan(text: str) -> SweepPlan:
+    """A pixel method's plan: one entry, only ``lr`` swept."""
+    from inca.methods import get_method
+    from inca.methods.pixel_config import finetune_config
+
+    entries = [e.strip() for e in text.split(";") if e.strip()]
+    if len(entries) != 1:
+        raise IncaError(
+            f"plan {text!r}: a method trained from pixels takes one entry, e.g. "
+            '"full lr=2e-5,5e-5 layer_decay=0.75"; train adapter plans in their own run'
+        )
+    name, raw = _split_entry(entries[0])
+    method = get_method(name)
+    if method.from_tokens:
+        raise IncaError(f"plan {text!r}: {name} reads frozen taps; it is an adapter plan")
+    try:
+        lrs = tuple(float(v) for v in raw.pop("lr").split(",")) if "lr" in raw else ()
+    except ValueError:
+        raise IncaError(f"plan {text!r}: lr takes numbers, e.g. lr=2e-5,5e-5") from None
+    texts = {f.name for f in fields(method.config) if f.type in ("str", str)}
+    options = {}
+    for key, value in raw.items():
+        if "," in value and key not in texts:  # a text option may hold commas ("0:0,11:4")
+            raise IncaError(
+                f"plan {text!r}: only lr is swept for {name} (its rates share a run); give "
+                f"{key} one value, and write other values as their own plans"
+            )
+        options["weight_decay" if key == "wd" else key] = (
+            value if key in texts else parse_value(value)
+        )
+    plan = SweepPlan(name, lrs or tuple(method.default_lrs), options)
+    finetune_config(name, **options)  # unknown fields and bad values fail here, by name
+    return plan
