@@ -13,7 +13,14 @@ ROOT = Path(inca.__file__).parent
 
 # bottom to top; a module belongs to the longest prefix listed
 LAYERS = [
-    ["inca._version", "inca.errors", "inca.io", "inca.device", "inca.process"],  # utilities
+    [
+        "inca._version",
+        "inca.errors",
+        "inca.io",
+        "inca.device",
+        "inca.process",
+        "inca.checked_tensors",
+    ],  # utilities
     ["inca.backbones"],  # frozen models and their taps
     ["inca.data"],  # datasets, splits, loaders
     ["inca.adapters"],  # what adapters on frozen taps are built from

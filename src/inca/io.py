@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -33,7 +34,20 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def json_safe(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by None: JSON has no NaN, and a file
+    with a bare ``NaN`` is unreadable to every strict parser (a diverged member's loss)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [json_safe(v) for v in data]
+    return data
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON atomically (sorted keys, indented: diff-able)."""
+    """Write JSON atomically (sorted keys, indented: diff-able; non-finite numbers as null)."""
+    text = json.dumps(json_safe(data), indent=2, sort_keys=True, allow_nan=False)
     with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(text + "\n")

@@ -172,6 +172,8 @@ def train_members(
         trainer.load_best()
         test_probs, _ = trainer.predict("test")
         for n, spec in trainer.members.specs.items():
+            if n in trainer.diverged:  # never selected, exported or reported as trained
+                continue
             members[n] = Member(
                 spec,
                 trainer.members.export_adapter(n),
@@ -201,6 +203,8 @@ def finish(
     """Select on validation, compute test accuracy once, save tasks, results and report."""
     val_labels = torch.as_tensor(splits.val.labels, dtype=torch.long)  # split order, as the
     test_labels = torch.as_tensor(splits.test.labels, dtype=torch.long)  # probabilities' rows
+    if not members:
+        raise IncaError("every member of the plan diverged: lower the learning rates")
     val_acc = {n: m.val_acc for n, m in members.items()}
     best = rank(val_acc)[0]
     ensemble = choose_ensemble(
@@ -259,6 +263,8 @@ def finish(
             / max(trainer.train_seconds, 1e-9),
             "curve": trainer.curve,
         }
+    if trainer is not None and trainer.diverged:
+        run["diverged"] = trainer.diverged  # member -> epoch: left out of everything above
     if cache_info:
         run["cache"] = cache_info
     ensemble_record = {
