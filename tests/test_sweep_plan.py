@@ -32,6 +32,8 @@ def test_a_pixel_plan_sweeps_lr_and_sets_config_fields() -> None:
         ("full layer_decay=0.5,0.75", "only lr is swept"),
         ("full lora_r=4", "unknown option"),
         ("full lr=fast", "lr takes numbers"),
+        ("full lr=nan", "finite number above 0"),
+        ("full lr=0", "finite number above 0"),
         ("full lr=1e-3; lora lr=1e-3", "one entry"),
         ("inca taps=block.5", "adapter plan"),
         ("stochca stochca_p=2", "probability"),

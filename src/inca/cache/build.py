@@ -34,6 +34,7 @@ from inca.cache.format import (
 from inca.data import ImageTransform, Subset, make_loader
 from inca.errors import IncaError
 from inca.io import write_json
+from inca.run_lock import exclusive
 
 SAVE_EVERY_S = 20.0  # how often progress is made durable during extraction
 DISK_MARGIN = 1.05  # keep 5% headroom beyond the estimate
@@ -106,8 +107,27 @@ def build_cache(
     progress: bool = True,
 ) -> Path:
     """Extract ``taps`` for every image of ``subset`` (``views`` augmented views each) to
-    ``directory``. A complete matching cache is reused; an interrupted one is resumed."""
+    ``directory``. A complete matching cache is reused; an interrupted one is resumed. The
+    directory is locked while this runs: a second process building it gets a clear error."""
     directory = Path(directory)
+    with exclusive(directory, "cache"):
+        return _build(backbone, subset, taps, directory, views, augment, dtype, batch_size, seed,
+                      workers, progress)  # fmt: skip
+
+
+def _build(
+    backbone: Backbone,
+    subset: Subset,
+    taps: Sequence[str],
+    directory: Path,
+    views: int,
+    augment: bool,
+    dtype: str,
+    batch_size: int,
+    seed: int,
+    workers: int | None,
+    progress: bool,
+) -> Path:
     request = cache_request(backbone, subset, taps, dtype, views, augment, seed)
     n, shapes, dtype = len(subset), request["taps"], request["dtype"]
     total_rows = views * n

@@ -12,6 +12,7 @@ from inca.cli.options import (
     add_backbone_options,
     add_split_options,
     add_training_options,
+    positive_int,
     train_config,
 )
 
@@ -36,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_split_options(p, train_size=10_000, val_size=2_000)
     p.add_argument("--lr", type=float, default=1e-3, help="for plan entries without lr=")
     p.add_argument("--wd", type=float, default=0.05, help="for plan entries without wd=")
-    p.add_argument("--max-ensemble", type=int, default=10, help="largest top-k ensemble tried")
+    p.add_argument(
+        "--max-ensemble", type=positive_int, default=10, help="largest top-k ensemble tried"
+    )
     add_training_options(p)
     p.add_argument(
         "--cache",
@@ -52,13 +55,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--seeds",
-        type=int,
+        type=positive_int,
         default=1,
         help="repeat the plan with N seeds (cheap from the cache) and report mean ± std",
     )
     p.add_argument(
         "--cache-views",
-        type=int,
+        type=positive_int,
         default=1,
         help="augmented views per training image in the cache (1: no augmentation)",
     )

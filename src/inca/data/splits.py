@@ -13,7 +13,7 @@ import numpy as np
 
 from inca.data._stratify import carve_indices, stratified_indices
 from inca.data.sources import ImageDataset, load_dataset
-from inca.errors import IncaError
+from inca.errors import IncaError, warn
 
 __all__ = ["Splits", "Subset", "make_splits", "stratified_indices"]
 
@@ -138,4 +138,37 @@ def make_splits(
             f"the {' and '.join(empty)} split of {spec!r} would be empty "
             f"(sizes: {splits.sizes()}); ask for a size of at least 1"
         )
+    check_classes(splits, spec)
     return splits
+
+
+def check_classes(splits: Splits, spec: str) -> None:
+    """Refuse data nothing can be learnt from; warn about data selection cannot judge well."""
+    names = splits.class_names
+    in_train = set(np.unique(splits.train.labels).tolist())
+    if len(names) < 2 or len(in_train) < 2:
+        raise IncaError(
+            f"{spec!r} gives training images of {len(in_train)} class: a classifier needs two "
+            "or more (with one, every accuracy is 100% and means nothing); add classes"
+        )
+    missing = [names[c] for c in range(len(names)) if c not in in_train]
+    if missing:
+        raise IncaError(
+            f"class(es) {missing[:5]} of {spec!r} have no training image at these sizes, so no "
+            "method can learn them; raise --train-size or add images of them"
+        )
+    n_val = len(splits.val)
+    if n_val == 0:
+        return
+    absent = [names[c] for c in range(len(names)) if c not in set(splits.val.labels.tolist())]
+    if n_val < 2 * len(names):
+        warn(
+            f"the validation split has {n_val} image(s) for {len(names)} classes: choosing "
+            "among adapters on it is mostly chance; raise --val-size (at least "
+            f"{2 * len(names)})"
+        )
+    elif absent:
+        warn(
+            f"class(es) {absent[:5]} have no validation image: selection cannot judge them; "
+            "raise --val-size"
+        )

@@ -21,6 +21,7 @@ from torch import nn
 
 from inca.errors import IncaError, UnknownNameError
 from inca.methods.registry import get_method, list_methods
+from inca.typed_fields import typed_values
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def finetune_config(method: str = "full", **options: Any) -> FineTuneConfig:
         raise IncaError(
             f"{method}: unknown option(s) {unknown}; {method} takes {', '.join(field_names(cls))}"
         )
-    return cls(**options)
+    return cls(**typed_values(cls, options, method))
 
 
 def config_from_dict(data: dict[str, Any]) -> FineTuneConfig:

@@ -30,6 +30,7 @@ from inca.io import write_json
 from inca.methods import get_method
 from inca.recipes.compare_options import CompareOptions
 from inca.recipes.method_run import COMMON, method_options, plan_of, run_method
+from inca.run_lock import exclusive
 
 
 def cache_taps(methods: list[str], options: CompareOptions, taps: list[str]) -> list[str]:
@@ -53,7 +54,13 @@ def compare(
 ) -> dict[str, Any]:
     """Run each method (skipping finished ones), then write compare.json and the report."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(out, "comparison"):
+        return _compare(methods, options, out, in_process)
+
+
+def _compare(
+    methods: list[str], options: CompareOptions, out: Path, in_process: bool
+) -> dict[str, Any]:
     saved = out / "options.json"
     if saved.exists():  # results made on other data or backbone must not be mixed in
         before = json.loads(saved.read_text())

@@ -14,6 +14,7 @@ from typing import Any
 
 from inca.methods import get_method
 from inca.recipes.compare_options import CompareOptions
+from inca.run_lock import exclusive
 
 COMMON = ("model", "data", "image_size", "train_size", "val_size", "test_size", "precision",
           "device")  # fmt: skip
@@ -64,7 +65,8 @@ def run_method(
     )
     start = time.perf_counter()
     run = frozen_rows if get_method(method).from_tokens else finetune_rows
-    rows, shared = run(method, options, out, backbone, resume, start)
+    with exclusive(out, "method"):
+        rows, shared = run(method, options, out, backbone, resume, start)
     for row in rows:
         task_dir = Path(row["task"])
         row |= {

@@ -34,6 +34,7 @@ from inca.data import Splits, make_splits
 from inca.errors import IncaError
 from inca.io import write_json
 from inca.recipes.run_options import RunOptions
+from inca.run_lock import exclusive
 from inca.select import accuracy, choose_ensemble, rank
 from inca.train.config import TrainConfig
 from inca.train.member import Member
@@ -41,7 +42,7 @@ from inca.train.one_to_many import adapter_trainer
 from inca.train.plan import AdapterSpec, parse_plan
 from inca.train.probes import fit_linear_probes
 from inca.train.sources import TokenSource
-from inca.train.trainer import Trainer
+from inca.train.trainer import Trainer, check_resumable
 
 
 def train(
@@ -61,9 +62,13 @@ def train(
     ``cache_taps`` adds taps to the cache beyond the plan's (a cache shared by several runs).
     """
     o = options or RunOptions()
+    with exclusive(out, "run"):  # one writer per run directory, for the whole run
+        return _train(o, Path(out), resume, backbone)
+
+
+def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) -> dict[str, Any]:
     data, plan, config, cache, seeds = o.data, o.plan, o.train, o.cache, o.seeds
     cache_views, cache_dtype, cache_taps = o.cache_views, o.cache_dtype, o.cache_taps
-    out = Path(out)
     started = time.perf_counter()
     if (out / "checkpoint.safetensors").exists() and not resume:
         raise IncaError(
@@ -125,6 +130,8 @@ def train(
             f"{cache_info['bytes'] / 2**30:.2f} GiB on disk ({cache_info['seconds']:.0f} s)"
         )
     out.mkdir(parents=True, exist_ok=True)
+    if resume:  # a refused resume must change nothing: check before writing anything
+        check_resumable(out, signature, config)
     write_json(out / "plan.json", signature | {"plan_text": plan, "train": config.signature()})
     write_json(out / "run.json", replace(o, train=config).to_dict())  # resolved: as it ran
 

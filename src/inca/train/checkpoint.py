@@ -73,3 +73,16 @@ def load(out_dir: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise IncaError(f"checkpoint {path} is unreadable or corrupt ({e}); {FIX}") from e
     verify(tensors, metadata, f"checkpoint {path}", FIX)
     return tensors, meta
+
+
+def read_meta(out_dir: Path) -> dict[str, Any]:
+    """The checkpoint's JSON metadata alone (its tensors unread): to check a resume is allowed
+    before anything is written."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(out_dir) / FILE
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})["inca"])
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise IncaError(f"checkpoint {path} is unreadable or corrupt ({e}); {FIX}") from e

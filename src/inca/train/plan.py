@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -111,6 +112,8 @@ def _match(item: str, taps: Sequence[str]) -> list[str]:
     found = [t for t in taps if fnmatch.fnmatchcase(t, glob)]
     if sl is not None:
         parts = [int(p) if p else None for p in sl.split(":")]
+        if len(parts) == 3 and parts[2] == 0:
+            raise IncaError(f"plan: the slice of {item!r} has step 0; use a step of 1 or more")
         if ":" in sl:
             found = found[slice(*parts)]
         else:
@@ -118,6 +121,23 @@ def _match(item: str, taps: Sequence[str]) -> list[str]:
     if not found:
         raise IncaError(f"plan: taps {item!r} match no tap; taps: {', '.join(taps)}")
     return found
+
+
+def numbers(text: str, key: str, entry: str, positive: bool) -> list[float]:
+    """A swept optimiser value: finite numbers, > 0 (``positive``: a learning rate) or >= 0."""
+    out = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            raise IncaError(f"plan: {key} takes numbers, got {item!r} in {entry!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            bound = "above 0" if positive else "0 or more"
+            raise IncaError(
+                f"plan: {key} must be a finite number {bound}, got {item!r} in {entry!r}"
+            )
+        out.append(value)
+    return out
 
 
 def _split_entry(entry: str) -> tuple[str, dict[str, list[str]]]:
@@ -142,8 +162,8 @@ def parse_plan(
         kind, options = _split_entry(entry)
         wd_given = "wd" in options
         tap_list = select_taps(options.pop("taps", "*"), taps)
-        lrs = [float(v) for v in options.pop("lr", str(lr)).split(",")]
-        wds = [float(v) for v in options.pop("wd", str(weight_decay)).split(",")]
+        lrs = numbers(options.pop("lr", str(lr)), "lr", entry, positive=True)
+        wds = numbers(options.pop("wd", str(weight_decay)), "wd", entry, positive=False)
         swept = {k: [parse_value(v) for v in vs.split(",")] for k, vs in options.items()}
         for tap, lr_, wd, combo in itertools.product(
             tap_list, lrs, wds, itertools.product(*swept.values())
@@ -217,10 +237,7 @@ def parse_sweep_plan(text: str) -> SweepPlan:
     method = get_method(name)
     if method.from_tokens:
         raise IncaError(f"plan {text!r}: {name} reads frozen taps; it is an adapter plan")
-    try:
-        lrs = tuple(float(v) for v in raw.pop("lr").split(",")) if "lr" in raw else ()
-    except ValueError:
-        raise IncaError(f"plan {text!r}: lr takes numbers, e.g. lr=2e-5,5e-5") from None
+    lrs = tuple(numbers(raw.pop("lr"), "lr", text, positive=True)) if "lr" in raw else ()
     texts = {f.name for f in fields(method.config) if f.type in ("str", str)}
     options = {}
     for key, value in raw.items():

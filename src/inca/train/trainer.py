@@ -68,6 +68,30 @@ def _truncate_log(log: Path, epochs: int) -> None:
             log.write_text("".join(line + "\n" for line in kept))
 
 
+def signed(signature: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint is signed with, as JSON gives it back (tuples become lists)."""
+    return json.loads(json.dumps(signature | {"train": config.signature()}))
+
+
+def _refuse_other_signature(out_dir: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    if saved != now:
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise IncaError(
+            f"cannot resume {out_dir}: the run was started with other options "
+            f"({', '.join(diff)} differ); use the same options or another --out"
+        )
+
+
+def check_resumable(out_dir: Path, signature: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse, before anything is written, to resume a checkpoint made with other options (a
+    run without a checkpoint yet simply starts)."""
+    if (Path(out_dir) / checkpoint.FILE).exists():
+        meta = checkpoint.read_meta(Path(out_dir))
+        _refuse_other_signature(
+            Path(out_dir), meta.get("signature") or {}, signed(signature, config)
+        )
+
+
 class Trainer:
     """Trains ``members`` on batches of ``source`` until ``config``'s budget ends.
 
@@ -96,8 +120,7 @@ class Trainer:
         self.members, self.source, self.config = members, source, config
         self.all_members, self.device = members, device  # load_best returns to every member
         self.out_dir = Path(out_dir)
-        # as JSON gives it back (tuples become lists), to compare with a saved checkpoint's
-        self.signature = json.loads(json.dumps(signature | {"train": config.signature()}))
+        self.signature = signed(signature, config)  # to compare with a saved checkpoint's
         self.all_names = list(members.names)
         self.steps_per_epoch = num_train // config.batch_size
         if self.steps_per_epoch == 0:
@@ -186,16 +209,7 @@ class Trainer:
                 f"{self.out_dir / checkpoint.FILE} was written by the fine-tuning loop of an "
                 "older inca, which this one cannot continue; delete it to train this run again"
             )
-        if meta["signature"] != self.signature:
-            diff = sorted(
-                k
-                for k in set(meta["signature"]) | set(self.signature)
-                if meta["signature"].get(k) != self.signature.get(k)
-            )
-            raise IncaError(
-                f"cannot resume {self.out_dir}: the run was started with other options "
-                f"({', '.join(diff)} differ); use the same options or another --out"
-            )
+        _refuse_other_signature(self.out_dir, meta["signature"], self.signature)
         if meta.get("active", self.all_names) != self.all_names:
             self._shrink(meta["active"], carry=False)  # the state below fills it
         self.members.load_checkpoint_state(checkpoint.unflatten(tensors, MEMBERS_KEY))
