@@ -20,6 +20,8 @@ LAYERS = [
         "inca.device",
         "inca.process",
         "inca.checked_tensors",
+        "inca.run_lock",
+        "inca.typed_fields",
     ],  # utilities
     ["inca.backbones"],  # frozen models and their taps
     ["inca.data"],  # datasets, splits, loaders
