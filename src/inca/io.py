@@ -19,6 +19,19 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_private_dir_public(path: str | os.PathLike) -> None:
+    """Give a directory made by ``tempfile.mkdtemp`` (0700) the mode the umask asks for, so a
+    saved task is readable by whoever the user's files are (a server, a colleague)."""
+    os.chmod(path, 0o777 & ~current_umask())
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step."""
@@ -28,6 +41,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide it from others
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -54,9 +54,22 @@ def exclusive(directory: str | os.PathLike, what: str = "run") -> Iterator[None]
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {now_iso()}".encode(), 0)
     _HELD[directory] = 1
+    _remove_leftovers(directory)
     try:
         yield
     finally:
         del _HELD[directory]
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _remove_leftovers(directory: Path) -> None:
+    """Temporary files of writes that were killed (``.NAME.*.tmp``, see ``inca.io``): nothing
+    else writes in a directory this process holds, so none of them is in flight."""
+    import shutil
+
+    for tmp in directory.rglob(".*.tmp"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)

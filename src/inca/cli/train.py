@@ -15,6 +15,7 @@ from inca.cli.options import (
     positive_int,
     train_config,
 )
+from inca.errors import IncaError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -84,6 +85,11 @@ def run(args: argparse.Namespace) -> None:
     from inca.recipes.run_options import RunOptions
     from inca.report import results_table, run_summary
 
+    if args.no_augment and args.cache_views > 1:
+        raise IncaError(
+            f"--cache-views {args.cache_views} caches augmented views; with --no-augment they "
+            "would be identical copies: drop one of the two options"
+        )
     config = train_config(args, frozen=True)
     cache = None if args.no_cache else (args.cache or str(Path(args.out) / "cache"))
     options = RunOptions(

@@ -138,6 +138,7 @@ def finetune_rows(
     """A method trained from pixels: its learning-rate sweep, the best rate on validation,
     tested once."""
     from inca.data import make_splits
+    from inca.data.splits import data_record, scan_images
     from inca.select import accuracy
     from inca.tasks.finetuned import FineTunedTask
     from inca.train.finetune_run import fine_tune_sweep, predict_model
@@ -149,6 +150,7 @@ def finetune_rows(
     splits = make_splits(options.data, train_size=options.train_size,
                          val_size=options.val_size, test_size=options.test_size,
                          seed=cfg.seed)  # fmt: skip
+    scan_images(splits)
     base = plan.config()
     trained = fine_tune_sweep(backbone, splits, base, lrs, cfg, out, resume)
     best_model, best = max(trained, key=lambda t: t[1]["val_acc"])  # first of ties
@@ -162,7 +164,7 @@ def finetune_rows(
         best_model.config,
         best_model.changed_state(),
         metrics={"val_acc": best["val_acc"], "test_acc": test_acc},
-        data={"data": options.data, "sizes": splits.sizes(), "seed": cfg.seed},
+        data=data_record(options.data, splits, cfg.seed),
     )
     task.save(out / "task")
     shared = base.shares_backbone_pass(lrs)

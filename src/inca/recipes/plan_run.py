@@ -31,6 +31,7 @@ from inca.backbones import Backbone, load_backbone
 from inca.cache import ActivationCache
 from inca.cache.splits import build_seconds, open_caches
 from inca.data import Splits, make_splits
+from inca.data.splits import data_record, scan_images
 from inca.errors import IncaError
 from inca.io import write_json
 from inca.recipes.run_options import RunOptions
@@ -82,6 +83,7 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
         seed=config.seed,
     )  # fmt: skip
     specs = parse_plan(plan, list(backbone.taps), lr=o.lr, weight_decay=o.weight_decay)
+    scan_images(splits)  # a corrupt val/test image stops the run now, not after an epoch
     data_info = {
         "data": data,
         "sizes": splits.sizes(),
@@ -294,12 +296,13 @@ def finish(
     }
     if reference:
         results["reference"] = reference
+    task_data = data_record(data_info["data"], splits, data_info["seed"])
     _task(backbone, splits, members, f"{data_info['data']}-{best}", members[best].spec.kind,
           [best], None, {"val_acc": val_acc[best], "test_acc": test_acc[best]},
-          data_info).save(out / "tasks" / "best")  # fmt: skip
+          task_data).save(out / "tasks" / "best")  # fmt: skip
     _task(backbone, splits, members, f"{data_info['data']}-ensemble{ensemble.k}", "ensemble",
           ensemble.members, ensemble.weights,
-          {"val_acc": ensemble.val_acc, "test_acc": ens_test}, data_info,
+          {"val_acc": ensemble.val_acc, "test_acc": ens_test}, task_data,
           ).save(out / "tasks" / "ensemble")  # fmt: skip
     write_results(results, out)
     return results

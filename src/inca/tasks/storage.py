@@ -33,7 +33,7 @@ from torch import Tensor
 
 from inca.checked_tensors import require_finite, save_checked, verify
 from inca.errors import IncaError
-from inca.io import write_json
+from inca.io import make_private_dir_public, write_json
 
 FORMAT, VERSION = "inca-task", 1
 TASK_JSON, WEIGHTS = "task.json", "adapters.safetensors"
@@ -99,6 +99,7 @@ def save_task(task: Any, path: str | os.PathLike) -> Path:
     _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    make_private_dir_public(tmp)
     try:
         tensors = {k: v.contiguous() for k, v in _kind_of_task(task).tensors(task).items()}
         save_checked(tensors, tmp / WEIGHTS, {"format": FORMAT})
