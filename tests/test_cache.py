@@ -89,7 +89,8 @@ def test_truncated_and_corrupted_files_are_detected(setup, tmp_path) -> None:
         ActivationCache(directory)
 
 
-def test_interrupted_extraction_resumes(setup, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("views", [1, 2])  # 2: augmented (before: resumed rows differed)
+def test_interrupted_extraction_resumes(setup, tmp_path, monkeypatch, views) -> None:
     backbone, _ = setup
     calls = {"n": 0}
     real = backbone.forward_taps
@@ -101,17 +102,20 @@ def test_interrupted_extraction_resumes(setup, tmp_path, monkeypatch) -> None:
         return real(pixels, taps)
 
     monkeypatch.setattr(backbone, "forward_taps", flaky)
+    aug = {"views": views, "augment": views > 1}
     with pytest.raises(KeyboardInterrupt):
-        build(setup, tmp_path / "a", dtype="float32")
+        build(setup, tmp_path / "a", dtype="float32", **aug)
     header = json.loads((tmp_path / "a" / "header.json").read_text())
     assert header["rows_done"] == 64 and not header["complete"]
     with pytest.raises(IncaError, match="incomplete"):
         ActivationCache(tmp_path / "a")
     monkeypatch.setattr(backbone, "forward_taps", real)
-    resumed = ActivationCache(build(setup, tmp_path / "a", dtype="float32"))
-    fresh = ActivationCache(build(setup, tmp_path / "b", dtype="float32"))
+    resumed = ActivationCache(build(setup, tmp_path / "a", dtype="float32", **aug))
+    fresh = ActivationCache(build(setup, tmp_path / "b", dtype="float32", **aug))
     everything = torch.arange(fresh.n)
-    torch.testing.assert_close(resumed.read(everything, TAPS), fresh.read(everything, TAPS))
+    for view in range(views):
+        torch.testing.assert_close(resumed.read(everything, TAPS, view=view).clone(),
+                                   fresh.read(everything, TAPS, view=view).clone())  # fmt: skip
 
 
 def test_disk_space_is_checked_first(setup, tmp_path, monkeypatch) -> None:
