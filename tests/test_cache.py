@@ -126,6 +126,28 @@ def test_disk_space_is_checked_first(setup, tmp_path, monkeypatch) -> None:
     assert not (tmp_path / "header.json").exists()
 
 
+def test_a_disk_that_fills_is_an_error_not_a_sigbus(setup, tmp_path, monkeypatch) -> None:
+    """The tap files are allocated before any row is written (before: sparse memmaps, and a
+    disk that filled mid-build killed the process with SIGBUS)."""
+    import errno
+    import os
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(IncaError, match="cannot reserve .*No space left"):
+        build(setup, tmp_path)
+
+
+def test_tap_files_are_allocated_not_sparse(setup, tmp_path) -> None:
+    cache = ActivationCache(build(setup, tmp_path))
+    for tap in TAPS:
+        file = next(tmp_path.glob(f"*{tap}*"))
+        assert file.stat().st_blocks * 512 >= file.stat().st_size
+    assert cache.n == 120
+
+
 def test_augmented_views_differ(setup, tmp_path) -> None:
     cache = ActivationCache(build(setup, tmp_path, views=2, augment=True))
     assert cache.header["rows"] == 2 * cache.n

@@ -8,6 +8,8 @@ and checked against the free disk space.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import time
 import zlib
@@ -81,6 +83,27 @@ def file_crc32(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 24), b""):
             crc = zlib.crc32(chunk, crc)
     return f"{crc:08x}"
+
+
+def reserve(file: Path, size: int) -> None:
+    """Create ``file`` with ``size`` bytes of disk really allocated. A sparse file (what a
+    memmap makes) takes its blocks only when written, so a disk that fills during the build
+    kills the process with a bare SIGBUS; allocating first fails here, with a message."""
+    fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if size:
+            os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        os.close(fd)
+        file.unlink(missing_ok=True)
+        if e.errno == errno.EOPNOTSUPP:  # a file system without fallocate: sparse, as before
+            np.memmap(file, np.uint8, "w+", shape=(max(size, 1),)).flush()
+            return
+        raise IncaError(
+            f"cannot reserve {size / 2**30:.2f} GiB for {file} ({e.strerror}); free disk space "
+            "or cache fewer taps (--taps), then run again"
+        ) from None
+    os.close(fd)
 
 
 def check_disk(directory: Path, needed: int) -> None:
@@ -161,7 +184,7 @@ def _build(
         np.asarray(subset.indices, dtype="<i8").tofile(directory / "indices.bin")
         np_dtype = DTYPES[dtype][0]
         for tap, (t, d) in shapes.items():  # pre-sized (sparse) files
-            np.memmap(directory / tap_file(tap), np_dtype, "w+", shape=(total_rows, t, d)).flush()
+            reserve(directory / tap_file(tap), total_rows * t * d * np.dtype(np_dtype).itemsize)
         write_json(directory / HEADER, header)
 
     arrays = {
