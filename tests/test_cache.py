@@ -126,6 +126,28 @@ def test_disk_space_is_checked_first(setup, tmp_path, monkeypatch) -> None:
     assert not (tmp_path / "header.json").exists()
 
 
+def test_a_header_that_lies_or_lacks_a_key_is_refused(setup, tmp_path) -> None:
+    """Before: a header whose dtype was edited read the tap files as another dtype, and a
+    missing key or inconsistent rows gave a traceback."""
+    build(setup, tmp_path)
+    path = tmp_path / "header.json"
+    good = json.loads(path.read_text())
+    path.write_text(
+        json.dumps(good | {"dtype": "float32" if good["dtype"] != "float32" else "float16"})
+    )
+    with pytest.raises(IncaError, match="changed or damaged"):
+        ActivationCache(tmp_path)
+    old = {k: v for k, v in good.items() if k != "header_crc32"}  # as older inca wrote it
+    path.write_text(json.dumps(old))
+    ActivationCache(tmp_path)  # still reads
+    path.write_text(json.dumps({k: v for k, v in old.items() if k != "rows"}))
+    with pytest.raises(IncaError, match="lacks rows"):
+        ActivationCache(tmp_path)
+    path.write_text(json.dumps(old | {"views": 7}))
+    with pytest.raises(IncaError, match="inconsistent"):
+        ActivationCache(tmp_path)
+
+
 def test_a_disk_that_fills_is_an_error_not_a_sigbus(setup, tmp_path, monkeypatch) -> None:
     """The tap files are allocated before any row is written (before: sparse memmaps, and a
     disk that filled mid-build killed the process with SIGBUS)."""

@@ -32,10 +32,10 @@ from inca.cache.format import (
     read_header,
     row_bytes,
     tap_file,
+    write_header,
 )
 from inca.data import ImageTransform, Subset, make_loader
 from inca.errors import IncaError
-from inca.io import write_json
 from inca.run_lock import exclusive
 
 SAVE_EVERY_S = 20.0  # how often progress is made durable during extraction
@@ -185,7 +185,7 @@ def _build(
         np_dtype = DTYPES[dtype][0]
         for tap, (t, d) in shapes.items():  # pre-sized (sparse) files
             reserve(directory / tap_file(tap), total_rows * t * d * np.dtype(np_dtype).itemsize)
-        write_json(directory / HEADER, header)
+        write_header(directory, header)
 
     arrays = {
         tap: np.memmap(directory / tap_file(tap), DTYPES[dtype][0], "r+", shape=(total_rows, t, d))
@@ -232,7 +232,7 @@ def _build(
         for f in [tap_file(t) for t in shapes] + ["labels.bin", "indices.bin"]
     }
     header["complete"] = True
-    write_json(directory / HEADER, header)
+    write_header(directory, header)
     return directory
 
 
@@ -240,4 +240,4 @@ def _save_progress(directory: Path, header: dict, arrays: dict, done: int) -> No
     for a in arrays.values():
         a.flush()  # the rows must be on disk before the header says they are
     header["rows_done"] = done
-    write_json(directory / HEADER, header)
+    write_header(directory, header)
