@@ -44,3 +44,19 @@ def test_every_member_diverged_is_an_error(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     code = main(["train", *ARGS, "--plan", "inca taps=block.1 lr=1e38", "--out", str(out)])
     assert code == 2 and "diverged" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["partial", "vqt"])  # separate runs; one shared pass
+def test_a_diverged_rate_leaves_a_fine_tuning_sweep(tiny_setup, tmp_path, method) -> None:
+    from inca.errors import DivergedError
+    from inca.methods.pixel_config import finetune_config
+    from inca.train import TrainConfig
+    from inca.train.finetune_run import fine_tune_sweep
+
+    backbone, splits = tiny_setup
+    cfg = TrainConfig(epochs=1, batch_size=20, workers=0, progress=False, warmup=0.0)
+    ft = finetune_config(method)
+    trained = fine_tune_sweep(backbone, splits, ft, [1e-3, 1e38], cfg, tmp_path / "one")
+    assert [r["config"]["lr"] for _, r in trained] == [1e-3]  # the diverged rate is left out
+    with pytest.raises(DivergedError, match="diverged"):
+        fine_tune_sweep(backbone, splits, ft, [1e37, 1e38], cfg, tmp_path / "all")

@@ -15,6 +15,10 @@ class IncaError(Exception):
     """An error caused by input, configuration or environment, with a message that says the fix."""
 
 
+class DivergedError(IncaError):
+    """Every member of a training run went non-finite (its learning rate is too high)."""
+
+
 class UnknownNameError(IncaError, KeyError):
     """A name (backbone, tap, dataset, adapter kind...) that is not one of the valid choices."""
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from inca.errors import IncaError
+from inca.errors import DivergedError, IncaError
 from inca.io import json_safe
 from inca.select import accuracy, rank
 from inca.train import checkpoint
@@ -374,7 +374,7 @@ class Trainer:
             self.val_seconds += t_val
             best = self.best_name()
             if best is None:
-                raise IncaError(
+                raise DivergedError(
                     f"every member of {self.out_dir} diverged (non-finite loss or output): "
                     "lower the learning rates"
                 )
