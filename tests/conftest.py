@@ -28,7 +28,7 @@ def tiny_setup():
 
 def fine_tune_tiny(setup, out, **options):
     """One epoch of a method (FineTuneConfig options, lr 1e-2 unless given) on ``setup``."""
-    from inca.finetune.config import finetune_config
+    from inca.methods.pixel_config import finetune_config
     from inca.train import TrainConfig
     from inca.train.finetune_run import fine_tune
 

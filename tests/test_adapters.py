@@ -6,15 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from inca.adapters import (
-    InCAAdapter,
-    InCAConfig,
-    LinearProbeConfig,
-    adapter_config,
-    build_adapter,
-    normalize_tokens,
-)
+from inca.adapters import adapter_config, build_adapter, normalize_tokens
 from inca.errors import IncaError, UnknownNameError
+from inca.methods.inca import InCAAdapter, InCAConfig
+from inca.methods.linear import LinearProbeConfig
 
 
 def reference_logits(adapter: InCAAdapter, x: torch.Tensor) -> torch.Tensor:

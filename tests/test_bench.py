@@ -40,7 +40,8 @@ def test_folded_adapters_do_less_work_and_memory_is_read() -> None:
     DINOv2-S's shapes (counted, not timed), and both are timed."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from inca.adapters import InCAConfig, build_adapter
+    from inca.adapters import build_adapter
+    from inca.methods.inca import InCAConfig
 
     x = torch.randn(1, 4, 65, 384)
     flops = {}

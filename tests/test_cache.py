@@ -89,7 +89,8 @@ def test_truncated_and_corrupted_files_are_detected(setup, tmp_path) -> None:
         ActivationCache(directory)
 
 
-def test_interrupted_extraction_resumes(setup, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("views", [1, 2])  # 2: augmented (before: resumed rows differed)
+def test_interrupted_extraction_resumes(setup, tmp_path, monkeypatch, views) -> None:
     backbone, _ = setup
     calls = {"n": 0}
     real = backbone.forward_taps
@@ -101,17 +102,20 @@ def test_interrupted_extraction_resumes(setup, tmp_path, monkeypatch) -> None:
         return real(pixels, taps)
 
     monkeypatch.setattr(backbone, "forward_taps", flaky)
+    aug = {"views": views, "augment": views > 1}
     with pytest.raises(KeyboardInterrupt):
-        build(setup, tmp_path / "a", dtype="float32")
+        build(setup, tmp_path / "a", dtype="float32", **aug)
     header = json.loads((tmp_path / "a" / "header.json").read_text())
     assert header["rows_done"] == 64 and not header["complete"]
     with pytest.raises(IncaError, match="incomplete"):
         ActivationCache(tmp_path / "a")
     monkeypatch.setattr(backbone, "forward_taps", real)
-    resumed = ActivationCache(build(setup, tmp_path / "a", dtype="float32"))
-    fresh = ActivationCache(build(setup, tmp_path / "b", dtype="float32"))
+    resumed = ActivationCache(build(setup, tmp_path / "a", dtype="float32", **aug))
+    fresh = ActivationCache(build(setup, tmp_path / "b", dtype="float32", **aug))
     everything = torch.arange(fresh.n)
-    torch.testing.assert_close(resumed.read(everything, TAPS), fresh.read(everything, TAPS))
+    for view in range(views):
+        torch.testing.assert_close(resumed.read(everything, TAPS, view=view).clone(),
+                                   fresh.read(everything, TAPS, view=view).clone())  # fmt: skip
 
 
 def test_disk_space_is_checked_first(setup, tmp_path, monkeypatch) -> None:
@@ -120,6 +124,50 @@ def test_disk_space_is_checked_first(setup, tmp_path, monkeypatch) -> None:
     with pytest.raises(IncaError, match="GiB free"):
         build(setup, tmp_path)
     assert not (tmp_path / "header.json").exists()
+
+
+def test_a_header_that_lies_or_lacks_a_key_is_refused(setup, tmp_path) -> None:
+    """Before: a header whose dtype was edited read the tap files as another dtype, and a
+    missing key or inconsistent rows gave a traceback."""
+    build(setup, tmp_path)
+    path = tmp_path / "header.json"
+    good = json.loads(path.read_text())
+    path.write_text(
+        json.dumps(good | {"dtype": "float32" if good["dtype"] != "float32" else "float16"})
+    )
+    with pytest.raises(IncaError, match="changed or damaged"):
+        ActivationCache(tmp_path)
+    old = {k: v for k, v in good.items() if k != "header_crc32"}  # as older inca wrote it
+    path.write_text(json.dumps(old))
+    ActivationCache(tmp_path)  # still reads
+    path.write_text(json.dumps({k: v for k, v in old.items() if k != "rows"}))
+    with pytest.raises(IncaError, match="lacks rows"):
+        ActivationCache(tmp_path)
+    path.write_text(json.dumps(old | {"views": 7}))
+    with pytest.raises(IncaError, match="inconsistent"):
+        ActivationCache(tmp_path)
+
+
+def test_a_disk_that_fills_is_an_error_not_a_sigbus(setup, tmp_path, monkeypatch) -> None:
+    """The tap files are allocated before any row is written (before: sparse memmaps, and a
+    disk that filled mid-build killed the process with SIGBUS)."""
+    import errno
+    import os
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(IncaError, match="cannot reserve .*No space left"):
+        build(setup, tmp_path)
+
+
+def test_tap_files_are_allocated_not_sparse(setup, tmp_path) -> None:
+    cache = ActivationCache(build(setup, tmp_path))
+    for tap in TAPS:
+        file = next(tmp_path.glob(f"*{tap}*"))
+        assert file.stat().st_blocks * 512 >= file.stat().st_size
+    assert cache.n == 120
 
 
 def test_augmented_views_differ(setup, tmp_path) -> None:
@@ -177,7 +225,7 @@ def test_probe_features_over_many_cached_batches_are_each_batchs_own(setup, tmp_
     copies. (The CLS feature of float32 tokens was a view of that buffer, so every batch's
     held the last batch's values: linear probes fitted on fp16 caches read as fp32 lost 1.5
     points on Fashion-MNIST before this test.)"""
-    from inca.adapters.linear_probe import pool_tokens
+    from inca.methods.linear import pool_tokens
     from inca.train.probes import pooled_features
     from inca.train.sources import TokenSource
 

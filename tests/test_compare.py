@@ -14,17 +14,19 @@ ARGS = ["--model", "tiny-dinov2", "--data", "digits", "--image-size", "32", "--t
         "--val-size", "40", "--test-size", "40", "--epochs", "1", "--batch-size", "20",
         "--workers", "0", "--no-progress", "--precision", "fp32", "--min-steps", "0",
         "--halving-epochs", "0",
-        "--lrs", "partial=1e-3 lora=1e-3,3e-3 full=1e-4 stochca=1e-4 vqt=1e-2",
-        "--finetune", "layer_decay=0.8 lora_r=4",
         "--plans", "inca:inca taps=block.1,block.2 lr=3e-3 heads=2,4 | "
-                   "linear:linear taps=block.* pool=cls,cls+mean solver=lbfgs"]  # fmt: skip
+                   "linear taps=block.* pool=cls,cls+mean solver=lbfgs | partial lr=1e-3 "
+                   "layer_decay=0.8 | lora lr=1e-3,3e-3 lora_r=4 | full lr=1e-4 layer_decay=0.8 "
+                   "| stochca lr=1e-4 | vqt lr=1e-2"]  # fmt: skip
 
 
 def test_compare_runs_every_method_and_resumes(tmp_path, capsys) -> None:
     out = tmp_path / "cmp"
     assert main(["compare", *ARGS, "--out", str(out)]) == 0
     summary = json.loads((out / "compare.json").read_text())
-    assert summary["options"]["finetune"] == {"layer_decay": 0.8, "lora_r": 4}
+    assert summary["options"]["plans"]["lora"] == "lora lr=1e-3,3e-3 lora_r=4"
+    task = json.loads((out / "lora" / "task" / "task.json").read_text())
+    assert task["finetune"]["lora_r"] == 4
     methods = [r["method"] for r in summary["rows"]]
     assert methods == [
         "linear", "inca", "inca-ensemble", "vqt", "partial", "lora", "full", "stochca"
@@ -67,6 +69,7 @@ def test_compare_runs_every_method_and_resumes(tmp_path, capsys) -> None:
 
 def test_other_options_are_refused(tmp_path, capsys) -> None:
     from inca.recipes.compare import compare
+    from inca.recipes.compare_options import CompareOptions
 
     (tmp_path / "options.json").write_text('{"model": "other"}')
     import pytest
@@ -74,13 +77,13 @@ def test_other_options_are_refused(tmp_path, capsys) -> None:
     from inca.errors import IncaError
 
     with pytest.raises(IncaError, match="other options"):
-        compare(["linear"], {"model": "tiny-vit"}, tmp_path)
+        compare(["linear"], CompareOptions(model="tiny-vit"), tmp_path)
 
 
 def test_train_runs_one_method(tmp_path, capsys) -> None:
     out = tmp_path / "vqt"
-    args = ["train", *ARGS[: ARGS.index("--plans")], "--method", "vqt", "--lrs", "1e-2,3e-2",
-            "--out", str(out), "--finetune", "queries=2 layer_queries=0:0"]  # fmt: skip
+    args = ["train", *ARGS[: ARGS.index("--plans")], "--out", str(out),
+            "--plan", "vqt lr=1e-2,3e-2 queries=2 layer_queries=0:0"]  # fmt: skip
     assert main(args) == 0
     row = json.loads((out / "result.json").read_text())["rows"][0]
     assert [s["lr"] for s in row["sweep"]] == [1e-2, 3e-2]
@@ -98,12 +101,14 @@ def test_results_made_before_options_were_recorded_are_kept_or_rerun() -> None:
     """A comparison directory from before this change (one shared "train" budget, results with
     no options): fine-tuning results stay valid while their budget is unchanged; frozen-feature
     results were made with that epoch budget, so they are rerun."""
-    from inca.recipes.compare import default_options, legacy_options, method_options
+    from inca.recipes.compare import legacy_options
+    from inca.recipes.compare_options import CompareOptions
+    from inca.recipes.method_run import method_options
     from inca.train import FROZEN_DEFAULTS, TrainConfig
 
     ft = TrainConfig(progress=False)
-    now = default_options("m", "d", 112, 10_000, 2_000, None, ft, TrainConfig(**FROZEN_DEFAULTS))
-    now |= {"precision": "auto", "device": "auto"}
+    now = CompareOptions("m", "d", 112, 10_000, 2_000, None, train=ft,
+                         frozen=TrainConfig(**FROZEN_DEFAULTS)).to_dict()  # fmt: skip
     saved = {k: v for k, v in now.items() if k != "frozen"}  # the old options.json
     assert legacy_options("full", saved) == method_options("full", now)
     assert legacy_options("inca", saved) != method_options("inca", now)

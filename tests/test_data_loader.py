@@ -72,8 +72,12 @@ def test_two_workers_match_in_process_loading(subset):
     for got, want in zip(collect(loader), plain, strict=True):
         assert torch.equal(got, want)
     aug = ImageTransform(Preprocess(SIZE), augment=True)
-    runs = [collect(make_loader(subset, aug, 2, seed=0, num_workers=2))[0] for _ in range(2)]
-    assert torch.equal(runs[0], runs[1])  # per-worker seeds come from `seed`
+    runs = [collect(make_loader(subset, aug, 2, seed=0, num_workers=w))[0] for w in (2, 2, 0, 1)]
+    for other in runs[1:]:  # before: the worker count changed every augmented crop
+        assert torch.equal(runs[0], other)
+    # an image's crop depends on the seed and the image, not on which others load with it
+    tail = Subset(subset.dataset, subset.indices[3:])
+    assert torch.equal(collect(make_loader(tail, aug, 2, seed=0, num_workers=0))[0], runs[0][3:])
 
 
 def test_loader_errors(subset):

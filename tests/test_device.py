@@ -58,8 +58,7 @@ def test_fine_tuning_trains_and_serves_at_the_users_precision(monkeypatch, preci
     serves in the dtype it trained in."""
     import inca
     import inca.device as d
-    from inca.finetune.config import finetune_config
-    from inca.finetune.model import build_model
+    from inca.methods.pixel_config import build_model, finetune_config
     from inca.tasks.finetuned import FineTunedTask
     from inca.train.finetune_run import ModelMembers
 

@@ -9,7 +9,7 @@ import torch
 import inca
 from inca.adapters import adapter_config, build_adapter
 from inca.errors import IncaError
-from inca.finetune.config import finetune_config
+from inca.methods.pixel_config import finetune_config
 from inca.tasks import MultiTask, Task, load_task
 from inca.tasks.finetuned import FineTunedTask
 from tests.conftest import fine_tune_tiny
@@ -128,11 +128,11 @@ def test_bad_configs() -> None:
     generic = inca.load_backbone(
         torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), taps=["0"], image_size=8, precision="fp32"
     )
-    from inca.finetune.model import FineTuneModel
+    from inca.methods.full.model import FineTuneModel
 
     with pytest.raises(IncaError, match="needs a Hugging Face transformer"):
         FineTuneModel(generic, 3, finetune_config())
-    from inca.finetune.vqt import VQTModel
+    from inca.methods.vqt.model import VQTModel
 
     with pytest.raises(IncaError, match="VQT needs a Hugging Face transformer"):
         VQTModel(generic, 3, finetune_config(method="vqt"))
@@ -144,7 +144,7 @@ def test_bad_configs() -> None:
 
 def test_configs_of_older_inca_load_with_their_methods_fields() -> None:
     """task.json of inca before per-method configs stored every method's 17 fields."""
-    from inca.finetune.config import config_from_dict, shared_options
+    from inca.methods.pixel_config import config_from_dict
 
     old = {"method": "lora", "lr": 1e-3, "head_lr": 1e-3, "weight_decay": 0.05,
            "layer_decay": 1.0, "blocks": 2, "lora_r": 4, "lora_alpha": 16.0, "lora_dropout": 0.0,
@@ -155,8 +155,3 @@ def test_configs_of_older_inca_load_with_their_methods_fields() -> None:
     assert config == finetune_config("lora", lr=1e-3, lora_r=4)
     assert "queries" not in config.to_dict() and config.to_dict()["method"] == "lora"
     assert config_from_dict(config.to_dict()) == config
-    shared = {"layer_decay": 0.8, "lora_r": 4}  # `inca compare --finetune`: each takes its own
-    assert shared_options("full", shared) == finetune_config("full", layer_decay=0.8)
-    assert shared_options("vqt", shared) == finetune_config("vqt")
-    with pytest.raises(IncaError, match="belong to no method"):
-        shared_options("full", {"lora_rank": 4})

@@ -13,10 +13,20 @@ ROOT = Path(inca.__file__).parent
 
 # bottom to top; a module belongs to the longest prefix listed
 LAYERS = [
-    ["inca._version", "inca.errors", "inca.io", "inca.device", "inca.process"],  # utilities
+    [
+        "inca._version",
+        "inca.errors",
+        "inca.io",
+        "inca.device",
+        "inca.process",
+        "inca.checked_tensors",
+        "inca.run_lock",
+        "inca.typed_fields",
+    ],  # utilities
     ["inca.backbones"],  # frozen models and their taps
     ["inca.data"],  # datasets, splits, loaders
-    ["inca.methods", "inca.adapters", "inca.finetune"],  # the registry and the methods
+    ["inca.adapters"],  # what adapters on frozen taps are built from
+    ["inca.methods"],  # the registry, one package per method
     ["inca.cache"],  # activation caches
     ["inca.select", "inca.train"],  # the Trainer and what it trains with
     ["inca.tasks", "inca.predict"],  # saved tasks, serving, evaluation

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import inca
-from inca.finetune.config import finetune_config
 from inca.methods import get_method
+from inca.methods.pixel_config import finetune_config
 from inca.tasks import MultiTask, Task, load_task
 from inca.tasks.finetuned import FineTunedTask
 from inca.train import TrainConfig, adapter_trainer, parse_plan

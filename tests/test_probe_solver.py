@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from inca.adapters import adapter_config, build_adapter, normalize_tokens
-from inca.adapters.linear_probe import pool_tokens, select_pool
+from inca.methods.linear import pool_tokens, select_pool
 from inca.train import probe_solver as ps
 
 

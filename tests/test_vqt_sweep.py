@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inca.finetune.config import finetune_config
+from inca.methods.pixel_config import finetune_config
 from tests.conftest import killed_after_first_epoch
 
 pytestmark = pytest.mark.integration  # trains end to end: the full tier
@@ -60,7 +60,7 @@ def test_other_methods_and_the_naive_path_run_one_rate_at_a_time(setup, tmp_path
 
 def test_members_must_differ_only_in_lr(setup) -> None:
     from inca.errors import IncaError
-    from inca.finetune.vqt_sweep import VQTSweep
+    from inca.methods.vqt.sweep import VQTSweep
 
     backbone, _ = setup
     configs = [finetune_config(method="vqt", lr=1e-2), finetune_config(method="vqt", queries=2)]

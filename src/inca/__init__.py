@@ -5,7 +5,6 @@ from inca.backbones import Backbone, Preprocess, TapInfo, list_backbones, load_b
 from inca.errors import IncaError
 from inca.methods import get_method, list_methods
 from inca.tasks import MultiTask, Task, load_task
-from inca.train import plan as _plan  # noqa: F401  (registers the methods on frozen tokens)
 
 __all__ = [
     "Backbone",

@@ -25,13 +25,14 @@ from typing import Any
 
 import torch
 
-from inca.adapters import InCAConfig, build_adapter
+from inca.adapters import build_adapter
 from inca.adapters.stack import AdapterStack
 from inca.backbones import Backbone, load_backbone
 from inca.bench_report import TARGETS, format_table, plot_curve
 from inca.cache import ActivationCache, build_cache
 from inca.data import ImageTransform, Splits, make_loader, make_splits
 from inca.io import write_json
+from inca.methods.inca import InCAConfig
 from inca.process import peak_rss_mib
 from inca.train import TrainConfig, adapter_trainer, parse_plan
 from inca.train.trainer import Trainer

@@ -67,8 +67,7 @@ def measure(mode: str, model: str, image_size: int, batch: int, steps: int = 2) 
     import torch
 
     from inca.backbones import load_backbone
-    from inca.finetune.config import finetune_config
-    from inca.finetune.model import build_model
+    from inca.methods.pixel_config import build_model, finetune_config
     from inca.train.config import TrainConfig
     from inca.train.finetune_run import ModelMembers
     from inca.train.trainer import Trainer

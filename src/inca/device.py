@@ -30,7 +30,12 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None``/"auto" picks CUDA when present, else the CPU."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise IncaError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise IncaError(f"device {device!r}: inca runs on cpu or cuda; use auto, cpu or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise IncaError(f"device {device!r} asked for, but CUDA is not available; use 'cpu'")
     return dev

@@ -7,11 +7,16 @@ messages without a stack trace; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 
 class IncaError(Exception):
     """An error caused by input, configuration or environment, with a message that says the fix."""
+
+
+class DivergedError(IncaError):
+    """Every member of a training run went non-finite (its learning rate is too high)."""
 
 
 class UnknownNameError(IncaError, KeyError):
@@ -24,3 +29,9 @@ class UnknownNameError(IncaError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
         return self.args[0]
+
+
+def warn(message: str) -> None:
+    """Tell the user of a merely poor input (a tiny validation split, a class missing from it):
+    one line on stderr, ``inca: warning: ...``; the work goes on."""
+    print(f"inca: warning: {message}", file=sys.stderr)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from inca.errors import IncaError
+from inca.typed_fields import typed_values
 
 
 def normalize_tokens(tokens: Tensor) -> Tensor:
@@ -68,7 +69,7 @@ class AdapterConfig:
                 f"{cls.kind} adapter: unknown option(s) {sorted(unknown)}; "
                 f"valid: {', '.join(sorted(known))}"
             )
-        return cls(**data)
+        return cls(**typed_values(cls, data, f"{cls.kind} adapter"))
 
     @property
     def solved(self) -> bool:

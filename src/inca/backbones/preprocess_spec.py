@@ -11,6 +11,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("shorter-crop", "stretch")
 
 
+MAX_IMAGE_SIZE = 1024
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Image size, normalisation and resize policy of a backbone.
@@ -30,6 +33,11 @@ class Preprocess:
     def __post_init__(self) -> None:
         if self.image_size < 1:
             raise IncaError(f"image_size must be positive, got {self.image_size}")
+        if self.image_size > MAX_IMAGE_SIZE:  # a (S/14)^2-token attention would need many GB
+            raise IncaError(
+                f"image size {self.image_size} is beyond what inca supports ({MAX_IMAGE_SIZE} px: "
+                "attention over so many tokens would need tens of GB); use a smaller --image-size"
+            )
         if self.patch_size and self.image_size % self.patch_size:
             lo = max(self.patch_size, self.image_size // self.patch_size * self.patch_size)
             raise IncaError(

@@ -8,6 +8,8 @@ and checked against the free disk space.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import time
 import zlib
@@ -30,10 +32,11 @@ from inca.cache.format import (
     read_header,
     row_bytes,
     tap_file,
+    write_header,
 )
 from inca.data import ImageTransform, Subset, make_loader
 from inca.errors import IncaError
-from inca.io import write_json
+from inca.run_lock import exclusive
 
 SAVE_EVERY_S = 20.0  # how often progress is made durable during extraction
 DISK_MARGIN = 1.05  # keep 5% headroom beyond the estimate
@@ -82,6 +85,27 @@ def file_crc32(path: Path) -> str:
     return f"{crc:08x}"
 
 
+def reserve(file: Path, size: int) -> None:
+    """Create ``file`` with ``size`` bytes of disk really allocated. A sparse file (what a
+    memmap makes) takes its blocks only when written, so a disk that fills during the build
+    kills the process with a bare SIGBUS; allocating first fails here, with a message."""
+    fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if size:
+            os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        os.close(fd)
+        file.unlink(missing_ok=True)
+        if e.errno == errno.EOPNOTSUPP:  # a file system without fallocate: sparse, as before
+            np.memmap(file, np.uint8, "w+", shape=(max(size, 1),)).flush()
+            return
+        raise IncaError(
+            f"cannot reserve {size / 2**30:.2f} GiB for {file} ({e.strerror}); free disk space "
+            "or cache fewer taps (--taps), then run again"
+        ) from None
+    os.close(fd)
+
+
 def check_disk(directory: Path, needed: int) -> None:
     free = shutil.disk_usage(directory).free
     if needed * DISK_MARGIN > free:
@@ -106,8 +130,27 @@ def build_cache(
     progress: bool = True,
 ) -> Path:
     """Extract ``taps`` for every image of ``subset`` (``views`` augmented views each) to
-    ``directory``. A complete matching cache is reused; an interrupted one is resumed."""
+    ``directory``. A complete matching cache is reused; an interrupted one is resumed. The
+    directory is locked while this runs: a second process building it gets a clear error."""
     directory = Path(directory)
+    with exclusive(directory, "cache"):
+        return _build(backbone, subset, taps, directory, views, augment, dtype, batch_size, seed,
+                      workers, progress)  # fmt: skip
+
+
+def _build(
+    backbone: Backbone,
+    subset: Subset,
+    taps: Sequence[str],
+    directory: Path,
+    views: int,
+    augment: bool,
+    dtype: str,
+    batch_size: int,
+    seed: int,
+    workers: int | None,
+    progress: bool,
+) -> Path:
     request = cache_request(backbone, subset, taps, dtype, views, augment, seed)
     n, shapes, dtype = len(subset), request["taps"], request["dtype"]
     total_rows = views * n
@@ -141,8 +184,8 @@ def build_cache(
         np.asarray(subset.indices, dtype="<i8").tofile(directory / "indices.bin")
         np_dtype = DTYPES[dtype][0]
         for tap, (t, d) in shapes.items():  # pre-sized (sparse) files
-            np.memmap(directory / tap_file(tap), np_dtype, "w+", shape=(total_rows, t, d)).flush()
-        write_json(directory / HEADER, header)
+            reserve(directory / tap_file(tap), total_rows * t * d * np.dtype(np_dtype).itemsize)
+        write_header(directory, header)
 
     arrays = {
         tap: np.memmap(directory / tap_file(tap), DTYPES[dtype][0], "r+", shape=(total_rows, t, d))
@@ -189,7 +232,7 @@ def build_cache(
         for f in [tap_file(t) for t in shapes] + ["labels.bin", "indices.bin"]
     }
     header["complete"] = True
-    write_json(directory / HEADER, header)
+    write_header(directory, header)
     return directory
 
 
@@ -197,4 +240,4 @@ def _save_progress(directory: Path, header: dict, arrays: dict, done: int) -> No
     for a in arrays.values():
         a.flush()  # the rows must be on disk before the header says they are
     header["rows_done"] = done
-    write_json(directory / HEADER, header)
+    write_header(directory, header)

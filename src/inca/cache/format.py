@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,38 @@ def read_header(directory: Path) -> dict[str, Any]:
         raise IncaError(
             f"{path} is unreadable or corrupt ({e}); delete {directory} and build the cache again"
         ) from e
-    if header.get("format") != "inca-activation-cache":
+    if not isinstance(header, dict) or header.get("format") != "inca-activation-cache":
         raise IncaError(f"{path} is not an inca activation cache header")
+    fix = f"delete {directory} and build the cache again"
+    saved = header.pop(HEADER_CRC, None)
+    if saved is not None and saved != header_crc(header):
+        raise IncaError(f"{path} was changed or damaged (its checksum differs); {fix}")
+    missing = [k for k in HEADER_KEYS if k not in header]
+    if missing:
+        raise IncaError(f"{path} lacks {', '.join(missing)}; {fix}")
+    if header["dtype"] not in DTYPES or not isinstance(header["taps"], dict):
+        raise IncaError(f"{path} names an unknown dtype or malformed taps; {fix}")
+    if not 0 <= header["rows_done"] <= header["rows"] or header["rows"] % header["views"]:
+        raise IncaError(
+            f"{path} is inconsistent ({header['rows']} rows, {header['rows_done']} done, "
+            f"{header['views']} views); {fix}"
+        )
     return header
+
+
+HEADER_CRC = "header_crc32"
+HEADER_KEYS = ("version", "taps", "dtype", "views", "rows", "rows_done", "complete", "crc32")
+
+
+def header_crc(header: dict[str, Any]) -> int:
+    """CRC32 of a header's content (its own checksum left out): a header whose dtype, shapes
+    or row counts were edited or damaged is refused, as damaged tap files are."""
+    body = {k: v for k, v in header.items() if k != HEADER_CRC}
+    return zlib.crc32(json.dumps(body, sort_keys=True).encode())
+
+
+def write_header(directory: Path, header: dict[str, Any]) -> None:
+    """``header.json``, atomically, with its checksum."""
+    from inca.io import write_json
+
+    write_json(Path(directory) / HEADER, header | {HEADER_CRC: header_crc(header)})

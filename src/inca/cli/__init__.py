@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adapt frozen pretrained models through their intermediate representations.",
     )
     parser.add_argument("--version", action="version", version=f"inca {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of errors too"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.add_parser(sub)
@@ -51,10 +54,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_cpu_allocator()
     try:
         args.func(args)
-    except IncaError as e:
-        print(f"inca: error: {e}", file=sys.stderr)
+    except (IncaError, OSError) as e:  # what a user can fix: one line, no traceback
+        if args.debug:
+            raise
+        print(f"inca: error: {explain(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("inca: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def explain(error: Exception) -> str:
+    """The one line an anticipated error prints: an ``IncaError`` says its own fix; an
+    ``OSError`` (a full disk, a read-only or file-valued --out) names the file and the cause."""
+    if isinstance(error, IncaError):
+        return str(error)
+    import errno
+
+    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+    fix = {
+        errno.ENOSPC: "free some disk space (or choose a directory on another disk), then run "
+        "again with --resume where it applies",
+        errno.EACCES: "choose a directory you may write to",
+        errno.EROFS: "choose a directory on a writable file system",
+        errno.ENOTDIR: "a path that should be a directory is a file: choose another path",
+        errno.EEXIST: "a file is in the way: choose another path",
+    }.get(error.errno, "check the path and the disk")
+    return f"{error.strerror or error}{where}: {fix}"

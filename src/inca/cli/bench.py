@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import argparse
 
+from inca.cli.options import positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench-memory", help="training-step peak memory: VQT, naive VQT, full fine-tuning, ..."
     )
     p.add_argument("--model", default="dinov2-small")
-    p.add_argument("--image-size", type=int, default=112)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=positive_int, default=112)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--modes", default="inference,vqt,vqt-naive,full,stochca,lora")
     p.add_argument("--out", default="benchmarks/results/memory.json")
     p.set_defaults(func=run_memory)
@@ -20,8 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure the one-to-many claims (R1-R4, the curve)")
     p.add_argument("--model", default="dinov2-small")
     p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--train-size", type=int, default=1024)
-    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--train-size", type=positive_int, default=1024)
+    p.add_argument("--image-size", type=positive_int, default=112)
     p.add_argument("--out", default="benchmarks/results")
     p.set_defaults(func=run)
 

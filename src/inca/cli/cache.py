@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from inca.cli.options import add_backbone_options, add_split_options, backbone_of, splits_of
+from inca.cli.options import (
+    add_backbone_options,
+    add_split_options,
+    backbone_of,
+    non_negative_int,
+    positive_int,
+    splits_of,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,15 +24,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--taps", default="block.*", help="tap names/globs (default: %(default)s)")
     p.add_argument("--splits", default="train,val,test")
     add_split_options(p, train_size=10_000, val_size=2_000)
-    p.add_argument("--views", type=int, default=1, help="augmented views per training image")
+    p.add_argument(
+        "--views", type=positive_int, default=1, help="augmented views per training image"
+    )
     p.add_argument(
         "--dtype",
         default="auto",
         choices=["auto", "float16", "bfloat16", "float32"],
         help="auto: bfloat16 when the backbone runs in bf16, else float16",
     )
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--workers", type=non_negative_int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 

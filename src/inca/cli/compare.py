@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from inca.cli.method_options import add_method_options, method_options
+from inca.cli.compare_options import add_replaced_options, compare_options, parse_plans
 from inca.cli.options import add_backbone_options, add_split_options, add_training_options
 
 
@@ -25,14 +25,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/compare")
     add_split_options(p, train_size=10_000, val_size=2_000)
     add_training_options(p)  # the same budget and schedule for every method
-    add_method_options(p)
     p.add_argument(
         "--plans",
         default=None,
-        help="the frozen-feature methods' plans, e.g. \"inca:inca taps=block.5 lr=1e-3 | "
-        "linear:linear taps=block.* solver=lbfgs\" (default: the main job's grid; every block "
-        "and pooling for the linear probe)",
+        help="plans replacing methods' defaults, separated by |: \"inca:inca taps=block.5 "
+        'lr=1e-3 | linear taps=block.* solver=lbfgs | full lr=1e-5,3e-5 layer_decay=0.8" '
+        "(defaults: the main job's grid for inca, every block and pooling for linear, each "
+        "fine-tuning method's default rates; see `inca methods`)",
     )
+    add_replaced_options(p, "--lrs", "--finetune")
     p.set_defaults(func=run)
 
 
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> None:
     from inca.compare_report import compare_table
     from inca.recipes.compare import compare, parse_methods
 
-    summary = compare(parse_methods(args.methods), method_options(args), args.out)
+    options = compare_options(args, parse_plans(args.plans or ""))
+    summary = compare(parse_methods(args.methods), options, args.out)
     print()
     print(compare_table(summary))
     print(f"report: {args.out}/compare.md, plot: {args.out}/accuracy_vs_cost.png")

@@ -11,6 +11,42 @@ if TYPE_CHECKING:
     from inca.train import TrainConfig
 
 
+def int_at_least(low: int):  # noqa: ANN201  (an argparse type)
+    """argparse type: a whole number >= ``low`` (``--image-size 0`` used to mean the default,
+    a negative seed used to crash later)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"a whole number is needed, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def count_or_fraction(text: str) -> float:
+    """argparse type of --val-size: a whole count ("2000") or a fraction below 1 ("0.2").
+    "1.0" is refused: it read as one image, never as "everything"."""
+    if text.strip().lstrip("+").isdigit():
+        return int(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a count or a fraction is needed, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(
+            f"a fraction must be below 1 (a count is a whole number such as 2000), got {text}"
+        )
+    return value
+
+
 def add_backbone_options(p: argparse.ArgumentParser, model: str = "dinov2-small") -> None:
     p.add_argument(
         "--model",
@@ -19,7 +55,7 @@ def add_backbone_options(p: argparse.ArgumentParser, model: str = "dinov2-small"
     )
     p.add_argument(
         "--image-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="square input size in pixels (default: the backbone's own)",
     )
@@ -35,23 +71,23 @@ def add_backbone_options(p: argparse.ArgumentParser, model: str = "dinov2-small"
 def add_split_options(p: argparse.ArgumentParser, train_size: int | None, val_size: float) -> None:
     p.add_argument(
         "--train-size",
-        type=int,
+        type=positive_int,
         default=train_size,
         help="stratified training subset (default: %(default)s)",
     )
     p.add_argument(
         "--val-size",
-        type=float,
+        type=count_or_fraction,
         default=val_size,
         help="count, or fraction, carved from train for validation (default: %(default)s)",
     )
     p.add_argument(
         "--test-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="stratified test subset (default: the whole test split)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
@@ -60,40 +96,44 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     ``inca.train.FROZEN_DEFAULTS``; fine-tuning keeps an epoch budget (``TrainConfig()``)."""
     p.add_argument(
         "--epochs",
-        type=int,
+        type=positive_int,
         default=None,
         help="fine-tuning: the epoch budget (default 4); adapter plans: the epoch cap (default "
         "20), usually ended earlier by --patience",
     )
-    p.add_argument("--batch-size", type=int, default=None, help="default: 64; plans: 128")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: 64; plans: 128")
     p.add_argument("--warmup", type=float, default=None, help="fraction of steps (default 0.1)")
     p.add_argument("--label-smoothing", type=float, default=None, help="default: 0; plans: 0.1")
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
-    p.add_argument("--workers", type=int, default=None, help="loader processes (default: 2)")
+    p.add_argument(
+        "--workers", type=non_negative_int, default=None, help="loader processes (default: 2)"
+    )
     p.add_argument("--no-progress", action="store_true")
     g = p.add_argument_group("the budget of frozen-feature methods (adapter plans)")
     g.add_argument(
         "--min-steps",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="at least this many optimizer steps: small sets get more epochs (default 1000)",
     )
     g.add_argument(
         "--patience",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="stop after this many optimizer steps (at least two epochs) without a better "
         "validation accuracy; 0: run to the cap (default 800)",
     )
     g.add_argument(
         "--halving-epochs",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="successive halving: every member trains this many epochs, then only the best "
         "--halving-keep fraction continues, again at doubling epochs; 0: off (default 2)",
     )
     g.add_argument("--halving-keep", type=float, default=None, help="default 0.25")
-    g.add_argument("--halving-min", type=int, default=None, help="members always kept (default 12)")
+    g.add_argument(
+        "--halving-min", type=positive_int, default=None, help="members always kept (default 12)"
+    )
 
 
 TRAIN_FLAGS = ("epochs", "batch_size", "warmup", "label_smoothing", "min_steps", "patience",

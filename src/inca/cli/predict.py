@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from inca.cli.options import positive_int
 from inca.errors import IncaError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict images with one or more tasks, one pass")
     p.add_argument("paths", nargs="+", help="task directories, then image files or folders")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--precision", default="auto")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=run)

@@ -1,5 +1,5 @@
-"""`inca train`: one-to-many training of an adapter plan (the main job), or with --method one
-method of the comparison harness."""
+"""`inca train`: one-to-many training of an adapter plan (the main job), or the plan of a
+method trained from pixels (``--plan "vqt lr=1e-3,1e-2"``), as the comparison runs it."""
 
 from __future__ import annotations
 
@@ -7,19 +7,18 @@ import argparse
 import json
 from pathlib import Path
 
-from inca.cli.method_options import add_method_options, method_options
+from inca.cli.compare_options import add_replaced_options, compare_options
 from inca.cli.options import (
     add_backbone_options,
     add_split_options,
     add_training_options,
+    positive_int,
     train_config,
 )
+from inca.errors import IncaError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from inca.methods import list_methods
-
-    names = [m.name for m in list_methods()]
     from inca.train.plan import DEFAULT_PLAN
 
     p = sub.add_parser("train", help="one-to-many training of many adapters (the main job)")
@@ -30,22 +29,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--plan",
         default=DEFAULT_PLAN,
         help='adapters to train, e.g. "inca taps=block.* lr=1e-3,3e-4; linear '
-        'taps=block.*[-3:]" (default: %(default)s)',
+        'taps=block.*[-3:]", or a method trained from pixels with its rates and options, e.g. '
+        '"full lr=2e-5,5e-5 layer_decay=0.75" (see `inca methods`; default: %(default)s)',
     )
     p.add_argument("--out", default="runs/train", help="run directory (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument(
-        "--method",
-        default=None,
-        choices=names,
-        help="train one method of `inca compare` instead of the adapter plan (vqt, stochca, "
-        "full, partial, lora, ...), with its own learning-rate sweep",
-    )
-    add_method_options(p)
+    add_replaced_options(p, "--method", "--lrs", "--finetune")
     add_split_options(p, train_size=10_000, val_size=2_000)
     p.add_argument("--lr", type=float, default=1e-3, help="for plan entries without lr=")
     p.add_argument("--wd", type=float, default=0.05, help="for plan entries without wd=")
-    p.add_argument("--max-ensemble", type=int, default=10, help="largest top-k ensemble tried")
+    p.add_argument(
+        "--max-ensemble", type=positive_int, default=10, help="largest top-k ensemble tried"
+    )
     add_training_options(p)
     p.add_argument(
         "--cache",
@@ -61,13 +56,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--seeds",
-        type=int,
+        type=positive_int,
         default=1,
         help="repeat the plan with N seeds (cheap from the cache) and report mean ± std",
     )
     p.add_argument(
         "--cache-views",
-        type=int,
+        type=positive_int,
         default=1,
         help="augmented views per training image in the cache (1: no augmentation)",
     )
@@ -81,12 +76,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.method is not None:
+    from inca.methods import get_method
+    from inca.train.plan import plan_method
+
+    if not get_method(plan_method(args.plan)).from_tokens:
         return train_method(args)
     from inca.recipes.plan_run import train
     from inca.recipes.run_options import RunOptions
     from inca.report import results_table, run_summary
 
+    if args.no_augment and args.cache_views > 1:
+        raise IncaError(
+            f"--cache-views {args.cache_views} caches augmented views; with --no-augment they "
+            "would be identical copies: drop one of the two options"
+        )
     config = train_config(args, frozen=True)
     cache = None if args.no_cache else (args.cache or str(Path(args.out) / "cache"))
     options = RunOptions(
@@ -120,19 +123,22 @@ def run(args: argparse.Namespace) -> None:
 
 
 def train_method(args: argparse.Namespace) -> None:
-    """`inca train --method M`: one method of the comparison harness, in this process."""
+    """A plan of a method trained from pixels: its sweep as the comparison runs it, in this
+    process."""
     from inca.compare_report import compare_table
     from inca.io import write_json
-    from inca.recipes.compare import run_method
+    from inca.recipes.method_run import run_method
+    from inca.train.plan import parse_sweep_plan
 
+    method = parse_sweep_plan(args.plan).method
     out = Path(args.out)
     done = out / "result.json"
     if args.resume and done.exists():
-        print(f"{args.method}: finished before in {out}, not rerun")
+        print(f"{method}: finished before in {out}, not rerun")
         result = json.loads(done.read_text())
     else:
-        options = method_options(args)
-        result = run_method(args.method, options, out, resume=args.resume)
+        options = compare_options(args, {method: args.plan})
+        result = run_method(method, options, out, resume=args.resume)
         write_json(done, result)
     print()
     print(

@@ -3,8 +3,8 @@
 Every batch is a ``Batch(pixels (B, 3, S, S) float32, labels (B,) int64, indices (B,) int64)``;
 ``indices`` are positions into ``subset.dataset``, so a prediction or a cached activation can
 always be matched with its image. Everything random is seeded: the shuffle order by ``seed``,
-augmentation by ``seed`` in the main process (num_workers=0) or by DataLoader's per-worker seed
-(itself drawn from ``seed``), so the same call gives the same batches, epoch after epoch.
+each image's augmentation by ``seed`` and the image's position in its dataset (whatever the worker
+count), so the same call gives the same batches, epoch after epoch.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 from typing import NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from inca.data.preprocess import ImageTransform
 from inca.data.splits import Subset
@@ -37,28 +37,21 @@ class _SubsetImages(Dataset):
         self.dataset, self.transform, self.seed = subset.dataset, transform, seed
         self.indices = subset.indices.tolist()  # python ints: cheap to index, pickle, fork
         self.labels = subset.labels.tolist()
-        self._generator: torch.Generator | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def _rng(self) -> torch.Generator | None:
-        """Augmentation RNG of this process, created on first use (so once per worker)."""
+    def _rng(self, i: int) -> torch.Generator | None:
+        """The augmentation RNG of dataset image ``i`` in this loader: seeded by the loader's
+        seed and the image alone, so an image gets the same crop whatever the worker count,
+        the batch it lands in, or where an interrupted cache build resumed."""
         if not self.transform.augment:
             return None
-        if self._generator is None:
-            info = get_worker_info()  # in a worker, info.seed = DataLoader base seed + worker id
-            self._generator = torch.Generator().manual_seed(
-                self.seed if info is None else info.seed
-            )
-        return self._generator
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + i) % 2**63)
 
     def __getitem__(self, j: int) -> tuple[torch.Tensor, int, int]:
         i = self.indices[j]
-        return self.transform(self.dataset.load(i), self._rng()), self.labels[j], i
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_generator": None}  # each worker seeds its own
+        return self.transform(self.dataset.load(i), self._rng(i)), self.labels[j], i
 
 
 def _collate(items: list[tuple[torch.Tensor, int, int]]) -> Batch:
@@ -86,8 +79,8 @@ def make_loader(
     """A DataLoader of :class:`Batch` es over ``subset``.
 
     num_workers: None uses ``min(2, cpu count)`` worker processes (kept alive between epochs);
-    0 loads in the calling process. Augmentation streams differ between 0 and >0 workers, but
-    each is reproducible. A dataset that forbids mirroring is never flipped, whatever
+    0 loads in the calling process. Augmentation depends on ``seed`` and each image only, not on
+    the worker count. A dataset that forbids mirroring is never flipped, whatever
     ``transform.allow_hflip`` says.
     """
     if len(subset) == 0:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from inca.backbones.preprocess_spec import Preprocess
+from inca.errors import IncaError
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -91,10 +92,7 @@ class ImageTransform:
         return box, flip
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        if img.mode not in ("L", "RGB"):
-            if img.mode == "P" and "transparency" in img.info:
-                img = img.convert("RGBA")  # PIL warns when P+transparency goes straight to RGB
-            img = img.convert("RGB")
+        img = to_8bit(img)
         box, flip = self.draw(img.width, img.height, generator)
         s = self.size
         if img.size != (s, s) or box != (0, 0, s, s):
@@ -107,3 +105,32 @@ class ImageTransform:
         np.multiply(pixels, self._scale, out=out)  # grey broadcasts to 3 channels here
         out += self._shift
         return torch.from_numpy(out)
+
+
+def to_8bit(img: Image.Image, source: object = "image") -> Image.Image:
+    """``img`` as 8-bit grey ("L") or RGB, its values scaled, not clipped.
+
+    PIL's ``convert("RGB")`` clips 16-bit grey ("I;16", "I") at 255, so most pixels of a 16-bit
+    PNG turn white, and maps float images ("F") in [0, 1] to black. Here 16-bit values are
+    divided by 257 (65535 -> 255); 32-bit integers by what their maximum needs; floats in
+    [0, 1] are multiplied by 255 and floats in [0, 255] kept. Anything else is refused."""
+    if img.mode in ("L", "RGB"):
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        if values.size and not np.isfinite(values).all():
+            raise IncaError(f"{source} holds NaN or infinite pixel values; re-export it")
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if img.mode == "F" and low >= 0 and high <= 1:
+            values = values * 255
+        elif img.mode.startswith("I;16") or (img.mode == "I" and 255 < high <= 65535):
+            values = values / 257
+        elif low < 0 or high > 255:
+            raise IncaError(
+                f"{source} is a {img.mode!r} image with values in [{low:g}, {high:g}]; inca "
+                "reads 8- and 16-bit images and floats in [0, 1] or [0, 255]: rescale it"
+            )
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # PIL warns when P+transparency goes straight to RGB
+    return img.convert("RGB")

@@ -25,6 +25,7 @@ from inca.data._fashion_mnist import CLASS_NAMES as FASHION_CLASSES
 from inca.data._fashion_mnist import read_fashion_mnist
 from inca.data._files import FileTable, read_csv_table, scan_imagefolder
 from inca.data._stratify import carve_fraction
+from inca.data.preprocess import to_8bit
 from inca.errors import IncaError, UnknownNameError
 
 SPLITS = ("train", "test")
@@ -62,6 +63,10 @@ class ImageDataset(ABC):
     @abstractmethod
     def fingerprint(self) -> str:
         """A short sha256 hex of exactly which images and labels these are (for cache keys)."""
+
+    def unreadable(self, indices: Sequence[int]) -> list[str]:
+        """Messages for images among ``indices`` that cannot be decoded (none: in memory)."""
+        return []
 
     def __repr__(self) -> str:
         return (
@@ -162,14 +167,23 @@ class FileDataset(ImageDataset):
         try:
             with Image.open(path) as img:
                 img.load()
-                if img.mode == "P" and "transparency" in img.info:
-                    img = img.convert("RGBA")  # PIL warns when P+transparency goes straight to RGB
-                return img.convert("RGB")
+                return to_8bit(img, f"image file {path}").convert("RGB")
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise IncaError(
                 f"image file {path} is unreadable or corrupt ({type(exc).__name__}: {exc}); "
                 "replace or remove it"
             ) from exc
+
+    def unreadable(self, indices: Sequence[int]) -> list[str]:
+        """Messages for the images among ``indices`` that cannot be decoded (each fully loaded:
+        a truncated file passes a header check). In-memory datasets have none."""
+        bad = []
+        for i in indices:
+            try:
+                self.load(int(i))
+            except IncaError as e:
+                bad.append(str(e))
+        return bad
 
     def fingerprint(self) -> str:
         """Hash of relative paths, sizes, mtimes and labels: cheap, reads no image content."""

@@ -8,12 +8,14 @@ Same arguments, same indices: on every call, machine and run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from inca.data._stratify import carve_indices, stratified_indices
 from inca.data.sources import ImageDataset, load_dataset
-from inca.errors import IncaError
+from inca.errors import IncaError, warn
 
 __all__ = ["Splits", "Subset", "make_splits", "stratified_indices"]
 
@@ -138,4 +140,77 @@ def make_splits(
             f"the {' and '.join(empty)} split of {spec!r} would be empty "
             f"(sizes: {splits.sizes()}); ask for a size of at least 1"
         )
+    check_classes(splits, spec)
     return splits
+
+
+def check_classes(splits: Splits, spec: str) -> None:
+    """Refuse data nothing can be learnt from; warn about data selection cannot judge well."""
+    names = splits.class_names
+    in_train = set(np.unique(splits.train.labels).tolist())
+    if len(names) < 2 or len(in_train) < 2:
+        raise IncaError(
+            f"{spec!r} gives training images of {len(in_train)} class: a classifier needs two "
+            "or more (with one, every accuracy is 100% and means nothing); add classes"
+        )
+    missing = [names[c] for c in range(len(names)) if c not in in_train]
+    if missing:
+        raise IncaError(
+            f"class(es) {missing[:5]} of {spec!r} have no training image at these sizes, so no "
+            "method can learn them; raise --train-size or add images of them"
+        )
+    n_val = len(splits.val)
+    if n_val == 0:
+        return
+    absent = [names[c] for c in range(len(names)) if c not in set(splits.val.labels.tolist())]
+    if n_val < 2 * len(names):
+        warn(
+            f"the validation split has {n_val} image(s) for {len(names)} classes: choosing "
+            "among adapters on it is mostly chance; raise --val-size (at least "
+            f"{2 * len(names)})"
+        )
+    elif absent:
+        warn(
+            f"class(es) {absent[:5]} have no validation image: selection cannot judge them; "
+            "raise --val-size"
+        )
+
+
+SCAN_LIMIT = 50_000  # images: above this the scan would cost more than it saves
+
+
+def scan_images(splits: Splits, which: tuple[str, ...] = ("val", "test")) -> None:
+    """Decode every image of the ``which`` splits now, so that a corrupt validation or test
+    image stops the run before training, not after its first epoch. Skipped (with a note) when
+    they hold more than ``SCAN_LIMIT`` images."""
+    subsets = [getattr(splits, s) for s in which]
+    total = sum(len(s) for s in subsets)
+    if total > SCAN_LIMIT:
+        print(f"not scanning {total} {'/'.join(which)} images up front (more than {SCAN_LIMIT})")
+        return
+    bad = [m for s in subsets for m in s.dataset.unreadable(s.indices)]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise IncaError(f"{bad[0]}{more}; nothing was trained")
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` with a relative path argument made absolute ("imagefolder:photos" ->
+    "imagefolder:/home/me/photos"), so a saved task finds its data from any directory."""
+    kind, colon, arg = spec.partition(":")
+    if not colon or not arg or Path(arg).is_absolute() or not Path(arg).exists():
+        return spec
+    return f"{kind}:{Path(arg).resolve()}"
+
+
+def data_record(spec: str, splits: Splits, seed: int) -> dict[str, Any]:
+    """What a saved task records of its data: enough to rebuild its splits exactly
+    (``inca eval``), and fingerprints to refuse other data under the same name."""
+    return {
+        "data": spec,
+        "data_resolved": absolute_spec(spec),
+        "sizes": splits.sizes(),
+        "seed": seed,
+        "fingerprint": splits.train.dataset.fingerprint(),
+        "test_fingerprint": splits.test.dataset.fingerprint(),
+    }

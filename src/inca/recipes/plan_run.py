@@ -31,9 +31,11 @@ from inca.backbones import Backbone, load_backbone
 from inca.cache import ActivationCache
 from inca.cache.splits import build_seconds, open_caches
 from inca.data import Splits, make_splits
+from inca.data.splits import data_record, scan_images
 from inca.errors import IncaError
 from inca.io import write_json
 from inca.recipes.run_options import RunOptions
+from inca.run_lock import exclusive
 from inca.select import accuracy, choose_ensemble, rank
 from inca.train.config import TrainConfig
 from inca.train.member import Member
@@ -41,7 +43,7 @@ from inca.train.one_to_many import adapter_trainer
 from inca.train.plan import AdapterSpec, parse_plan
 from inca.train.probes import fit_linear_probes
 from inca.train.sources import TokenSource
-from inca.train.trainer import Trainer
+from inca.train.trainer import Trainer, check_resumable
 
 
 def train(
@@ -61,9 +63,13 @@ def train(
     ``cache_taps`` adds taps to the cache beyond the plan's (a cache shared by several runs).
     """
     o = options or RunOptions()
+    with exclusive(out, "run"):  # one writer per run directory, for the whole run
+        return _train(o, Path(out), resume, backbone)
+
+
+def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) -> dict[str, Any]:
     data, plan, config, cache, seeds = o.data, o.plan, o.train, o.cache, o.seeds
     cache_views, cache_dtype, cache_taps = o.cache_views, o.cache_dtype, o.cache_taps
-    out = Path(out)
     started = time.perf_counter()
     if (out / "checkpoint.safetensors").exists() and not resume:
         raise IncaError(
@@ -77,6 +83,7 @@ def train(
         seed=config.seed,
     )  # fmt: skip
     specs = parse_plan(plan, list(backbone.taps), lr=o.lr, weight_decay=o.weight_decay)
+    scan_images(splits)  # a corrupt val/test image stops the run now, not after an epoch
     data_info = {
         "data": data,
         "sizes": splits.sizes(),
@@ -125,6 +132,8 @@ def train(
             f"{cache_info['bytes'] / 2**30:.2f} GiB on disk ({cache_info['seconds']:.0f} s)"
         )
     out.mkdir(parents=True, exist_ok=True)
+    if resume:  # a refused resume must change nothing: check before writing anything
+        check_resumable(out, signature, config)
     write_json(out / "plan.json", signature | {"plan_text": plan, "train": config.signature()})
     write_json(out / "run.json", replace(o, train=config).to_dict())  # resolved: as it ran
 
@@ -172,6 +181,8 @@ def train_members(
         trainer.load_best()
         test_probs, _ = trainer.predict("test")
         for n, spec in trainer.members.specs.items():
+            if n in trainer.diverged:  # never selected, exported or reported as trained
+                continue
             members[n] = Member(
                 spec,
                 trainer.members.export_adapter(n),
@@ -201,6 +212,8 @@ def finish(
     """Select on validation, compute test accuracy once, save tasks, results and report."""
     val_labels = torch.as_tensor(splits.val.labels, dtype=torch.long)  # split order, as the
     test_labels = torch.as_tensor(splits.test.labels, dtype=torch.long)  # probabilities' rows
+    if not members:
+        raise IncaError("every member of the plan diverged: lower the learning rates")
     val_acc = {n: m.val_acc for n, m in members.items()}
     best = rank(val_acc)[0]
     ensemble = choose_ensemble(
@@ -259,6 +272,8 @@ def finish(
             / max(trainer.train_seconds, 1e-9),
             "curve": trainer.curve,
         }
+    if trainer is not None and trainer.diverged:
+        run["diverged"] = trainer.diverged  # member -> epoch: left out of everything above
     if cache_info:
         run["cache"] = cache_info
     ensemble_record = {
@@ -281,12 +296,13 @@ def finish(
     }
     if reference:
         results["reference"] = reference
+    task_data = data_record(data_info["data"], splits, data_info["seed"])
     _task(backbone, splits, members, f"{data_info['data']}-{best}", members[best].spec.kind,
           [best], None, {"val_acc": val_acc[best], "test_acc": test_acc[best]},
-          data_info).save(out / "tasks" / "best")  # fmt: skip
+          task_data).save(out / "tasks" / "best")  # fmt: skip
     _task(backbone, splits, members, f"{data_info['data']}-ensemble{ensemble.k}", "ensemble",
           ensemble.members, ensemble.weights,
-          {"val_acc": ensemble.val_acc, "test_acc": ens_test}, data_info,
+          {"val_acc": ensemble.val_acc, "test_acc": ens_test}, task_data,
           ).save(out / "tasks" / "ensemble")  # fmt: skip
     write_results(results, out)
     return results

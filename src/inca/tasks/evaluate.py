@@ -32,13 +32,22 @@ def run_split(task: Task | FineTunedTask, split: str) -> Subset:
             "seed); evaluate it on a dataset given by name instead"
         )
     sizes = info["sizes"]
+    spec = info.get("data_resolved") or info["data"]  # as the run found it, from anywhere
     splits = make_splits(
-        info["data"],
+        spec,
         train_size=sizes["train"],
         val_size=sizes["val"],
         test_size=sizes["test"],
         seed=info["seed"],
     )
+    dataset = splits.test.dataset if split == "test" else splits.train.dataset
+    recorded = info.get("test_fingerprint" if split == "test" else "fingerprint")
+    if recorded is not None and dataset.fingerprint() != recorded:
+        raise IncaError(
+            f"the data at {spec!r} is not the data task {task.name} was trained on (its "
+            f"{dataset.split} images differ: files added, removed or changed since); restore "
+            "that data, or evaluate on other data by name with --data"
+        )
     return getattr(splits, split)
 
 

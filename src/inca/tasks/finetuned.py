@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from inca.backbones.base import Backbone
 from inca.errors import IncaError
-from inca.finetune.config import FineTuneConfig, config_from_dict
 from inca.io import now_iso
+from inca.methods.pixel_config import FineTuneConfig, config_from_dict
 from inca.tasks.storage import TASK_JSON, TaskKind, register_task_kind, require, save_task
 
 
@@ -61,7 +61,7 @@ class FineTunedTask(nn.Module):
     def build(self, backbone: Backbone) -> nn.Module:
         """Its model on ``backbone`` (the frozen one it was trained from), built once."""
         if self._model is None:
-            from inca.finetune.model import build_model
+            from inca.methods.pixel_config import build_model
 
             model = build_model(backbone, self.num_classes, self.config)
             model.load_changed_state(self.state)

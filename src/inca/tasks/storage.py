@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from inca.checked_tensors import require_finite, save_checked, verify
 from inca.errors import IncaError
-from inca.io import write_json
+from inca.io import make_private_dir_public, write_json
 
 FORMAT, VERSION = "inca-task", 1
 TASK_JSON, WEIGHTS = "task.json", "adapters.safetensors"
@@ -99,9 +99,10 @@ def save_task(task: Any, path: str | os.PathLike) -> Path:
     _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    make_private_dir_public(tmp)
     try:
         tensors = {k: v.contiguous() for k, v in _kind_of_task(task).tensors(task).items()}
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        save_checked(tensors, tmp / WEIGHTS, {"format": FORMAT})
         write_json(tmp / TASK_JSON, task_record(task))
         for f in (tmp / WEIGHTS, tmp / TASK_JSON):
             _fsync(f)
@@ -211,9 +212,13 @@ def require(record: dict, file: Path, where: str, **types: type) -> None:
 def _read_tensors(file: Path) -> dict[str, Tensor]:
     if not file.is_file():
         raise IncaError(f"{file} is missing; the task's weights are gone: re-save or re-train it")
+    fix = "re-save or re-train the task"
     try:
-        return load_file(str(file), device="cpu")
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            metadata = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise IncaError(
-            f"{file} is not a readable safetensors file ({e}); re-save or re-train the task"
-        ) from None
+        raise IncaError(f"{file} is not a readable safetensors file ({e}); {fix}") from None
+    verify(tensors, metadata, file, fix)
+    require_finite(tensors, file, fix)
+    return tensors

@@ -14,10 +14,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from inca.checked_tensors import save_checked, verify
 from inca.errors import IncaError
-from inca.io import atomic_write
+from inca.io import atomic_write, json_safe
 
 FILE = "checkpoint.safetensors"
+FIX = "delete it to start the run again, or use another --out"
 
 
 def flatten(prefix: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -51,11 +53,10 @@ def optimizer_from_tensors(
 
 
 def save(out_dir: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
-    from safetensors.torch import save_file
-
     path = Path(out_dir) / FILE
     with atomic_write(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"inca": json.dumps(meta, sort_keys=True)})
+        text = json.dumps(json_safe(meta), sort_keys=True, allow_nan=False)
+        save_checked(tensors, tmp, {"inca": text})
     return path
 
 
@@ -65,11 +66,23 @@ def load(out_dir: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     path = Path(out_dir) / FILE
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["inca"])
+            metadata = f.metadata() or {}
+            meta = json.loads(metadata["inca"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, KeyError, ValueError) as e:
-        raise IncaError(
-            f"checkpoint {path} is unreadable or corrupt ({e}); delete it to start the run "
-            "again, or use another --out"
-        ) from e
+        raise IncaError(f"checkpoint {path} is unreadable or corrupt ({e}); {FIX}") from e
+    verify(tensors, metadata, f"checkpoint {path}", FIX)
     return tensors, meta
+
+
+def read_meta(out_dir: Path) -> dict[str, Any]:
+    """The checkpoint's JSON metadata alone (its tensors unread): to check a resume is allowed
+    before anything is written."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(out_dir) / FILE
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})["inca"])
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise IncaError(f"checkpoint {path} is unreadable or corrupt ({e}); {FIX}") from e

@@ -15,10 +15,9 @@ from torch import Tensor, nn
 from inca.backbones.base import Backbone
 from inca.data import Splits
 from inca.device import Precision
-from inca.errors import IncaError
-from inca.finetune.config import FineTuneConfig
-from inca.finetune.model import build_model
-from inca.finetune.vqt_sweep import VQTSweep
+from inca.errors import DivergedError, IncaError, warn
+from inca.methods.pixel_config import FineTuneConfig, build_model
+from inca.methods.vqt.sweep import VQTSweep
 from inca.select import accuracy
 from inca.train.config import TrainConfig
 from inca.train.sources import PixelSource
@@ -95,7 +94,7 @@ def select_vqt_features(
     model: nn.Module, splits: Splits, backbone: Backbone, config: TrainConfig
 ) -> dict[str, Any]:
     """Group-lasso feature selection and head refit for a trained VQT model (in place)."""
-    from inca.finetune.group_lasso import refit_head, select_features
+    from inca.methods.vqt.group_lasso import refit_head, select_features
 
     ft = model.config
     model.eval()
@@ -142,14 +141,24 @@ def fine_tune_sweep(
 ) -> list[tuple[nn.Module, dict[str, Any]]]:
     """``ft`` at each of ``lrs``: (model, record) per rate, in order. Runs that can share the
     frozen backbone's pass (VQT) train together in ``out_dir/lr<a>+<b>...``; the others run
-    one after another in ``out_dir/lr<rate>``."""
+    one after another in ``out_dir/lr<rate>``.
+    A rate whose run diverged is left out (with a warning); all of them diverging is an error.
+    """
     out_dir, configs = Path(out_dir), [dataclasses.replace(ft, lr=lr) for lr in lrs]
     if ft.shares_backbone_pass(lrs):
         name = "lr" + "+".join(f"{lr:g}" for lr in lrs)
-        return _train(backbone, splits, configs, config, out_dir / name, resume)
-    return [
-        _train(backbone, splits, [c], config, out_dir / f"lr{c.lr:g}", resume)[0] for c in configs
-    ]
+        trained = _train(backbone, splits, configs, config, out_dir / name, resume)
+    else:
+        trained = []
+        for c in configs:
+            try:
+                trained += _train(backbone, splits, [c], config, out_dir / f"lr{c.lr:g}", resume)
+            except DivergedError as e:
+                warn(f"lr {c.lr:g} left out of the sweep: {e}")
+    trained = [(m, r) for m, r in trained if not r.get("diverged_at")]
+    if not trained:
+        raise DivergedError(f"every learning rate of {lrs} diverged; try lower ones")
+    return trained
 
 
 def _train(
@@ -202,11 +211,13 @@ def _record(
     """A trained model's record; VQT's optional feature selection happens here."""
     ft, selection = model.config, {}
     best_acc = trainer.best_acc[name]
-    if ft.selects_features():
+    if ft.selects_features() and name not in trainer.diverged:
         selection = select_vqt_features(model, splits, backbone, config)
         selection["val_acc_before_selection"] = best_acc
         best_acc = selection.pop("val_acc")
         print(f"vqt: kept {selection['selected_features']} features: val {100 * best_acc:.2f}%")
+    if name in trainer.diverged:
+        selection["diverged_at"] = trainer.diverged[name]
     return {
         **selection,
         "val_acc": best_acc,

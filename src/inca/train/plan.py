@@ -18,34 +18,18 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from inca.adapters import AdapterConfig, InCAConfig, LinearProbeConfig, adapter_config
+from inca.adapters import AdapterConfig, adapter_config
 from inca.adapters.tap_groups import SEP, is_group, join_taps, tap_parts
 from inca.errors import IncaError
-from inca.methods import Method, register_method
+from inca.methods.inca import DEFAULT_PLAN
 
-# The main job's grid: InCA on every other block (the cache then holds six taps, not twelve),
-# two learning rates x two weight decays x 6 or 12 heads (48 adapters, halved after two epochs),
-# and a converged linear probe on each of those blocks.
-DEFAULT_PLAN = (
-    "inca taps=block.*[1::2] lr=1e-3,3e-3 wd=1e-4,0.05 heads=6,12; "
-    "linear taps=block.*[1::2] pool=cls+mean solver=lbfgs"
-)
 _SLICE = re.compile(r"^(?P<glob>[^\[\]]+)\[(?P<slice>-?\d*(?::-?\d*){0,2})\]$")
-
-register_method(Method(
-    "linear", "linear probes on frozen taps, fitted by L-BFGS (every block and pooling)",
-    "tokens", LinearProbeConfig,
-    default_plan="linear taps=block.* pool=cls,mean,cls+mean solver=lbfgs",
-))  # fmt: skip
-register_method(Method(
-    "inca", "InCA: cross-attention adapters on frozen taps, a grid trained one-to-many",
-    "tokens", InCAConfig, default_plan=DEFAULT_PLAN,
-))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -128,6 +112,8 @@ def _match(item: str, taps: Sequence[str]) -> list[str]:
     found = [t for t in taps if fnmatch.fnmatchcase(t, glob)]
     if sl is not None:
         parts = [int(p) if p else None for p in sl.split(":")]
+        if len(parts) == 3 and parts[2] == 0:
+            raise IncaError(f"plan: the slice of {item!r} has step 0; use a step of 1 or more")
         if ":" in sl:
             found = found[slice(*parts)]
         else:
@@ -135,6 +121,23 @@ def _match(item: str, taps: Sequence[str]) -> list[str]:
     if not found:
         raise IncaError(f"plan: taps {item!r} match no tap; taps: {', '.join(taps)}")
     return found
+
+
+def numbers(text: str, key: str, entry: str, positive: bool) -> list[float]:
+    """A swept optimiser value: finite numbers, > 0 (``positive``: a learning rate) or >= 0."""
+    out = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            raise IncaError(f"plan: {key} takes numbers, got {item!r} in {entry!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            bound = "above 0" if positive else "0 or more"
+            raise IncaError(
+                f"plan: {key} must be a finite number {bound}, got {item!r} in {entry!r}"
+            )
+        out.append(value)
+    return out
 
 
 def _split_entry(entry: str) -> tuple[str, dict[str, list[str]]]:
@@ -159,8 +162,8 @@ def parse_plan(
         kind, options = _split_entry(entry)
         wd_given = "wd" in options
         tap_list = select_taps(options.pop("taps", "*"), taps)
-        lrs = [float(v) for v in options.pop("lr", str(lr)).split(",")]
-        wds = [float(v) for v in options.pop("wd", str(weight_decay)).split(",")]
+        lrs = numbers(options.pop("lr", str(lr)), "lr", entry, positive=True)
+        wds = numbers(options.pop("wd", str(weight_decay)), "wd", entry, positive=False)
         swept = {k: [parse_value(v) for v in vs.split(",")] for k, vs in options.items()}
         for tap, lr_, wd, combo in itertools.product(
             tap_list, lrs, wds, itertools.product(*swept.values())
@@ -190,3 +193,62 @@ def parse_plan(
             raise IncaError(f"plan: adapter {s.name!r} appears twice; remove the duplicate")
         seen.add(s.name)
     return specs
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """The plan of a method trained from pixels, in the same grammar as adapter plans:
+    ``full lr=2e-5,5e-5 layer_decay=0.75`` or ``vqt lr=1e-3,1e-2 queries=2``. ``lr`` is swept
+    (default: the method's ``default_lrs``); every other key is a field of the method's config
+    (``wd`` stands for ``weight_decay``, as in adapter plans), one value each."""
+
+    method: str
+    lrs: tuple[float, ...]
+    options: dict[str, Any]  # the config fields the plan gives, besides lr
+
+    def config(self) -> Any:
+        """The method's config at the first rate (the sweep's base)."""
+        from inca.methods.pixel_config import finetune_config
+
+        return finetune_config(self.method, **self.options, lr=self.lrs[0])
+
+
+def plan_method(text: str) -> str:
+    """The registered method a plan's first entry names (its adapter kind, or a method trained
+    from pixels)."""
+    from inca.methods import get_method
+
+    first = next((e.split()[0] for e in text.split(";") if e.strip()), "")
+    return get_method(first).name if first else ""
+
+
+def parse_sweep_plan(text: str) -> SweepPlan:
+    """A pixel method's plan: one entry, only ``lr`` swept."""
+    from inca.methods import get_method
+    from inca.methods.pixel_config import finetune_config
+
+    entries = [e.strip() for e in text.split(";") if e.strip()]
+    if len(entries) != 1:
+        raise IncaError(
+            f"plan {text!r}: a method trained from pixels takes one entry, e.g. "
+            '"full lr=2e-5,5e-5 layer_decay=0.75"; train adapter plans in their own run'
+        )
+    name, raw = _split_entry(entries[0])
+    method = get_method(name)
+    if method.from_tokens:
+        raise IncaError(f"plan {text!r}: {name} reads frozen taps; it is an adapter plan")
+    lrs = tuple(numbers(raw.pop("lr"), "lr", text, positive=True)) if "lr" in raw else ()
+    texts = {f.name for f in fields(method.config) if f.type in ("str", str)}
+    options = {}
+    for key, value in raw.items():
+        if "," in value and key not in texts:  # a text option may hold commas ("0:0,11:4")
+            raise IncaError(
+                f"plan {text!r}: only lr is swept for {name} (its rates share a run); give "
+                f"{key} one value, and write other values as their own plans"
+            )
+        options["weight_decay" if key == "wd" else key] = (
+            value if key in texts else parse_value(value)
+        )
+    plan = SweepPlan(name, lrs or tuple(method.default_lrs), options)
+    finetune_config(name, **options)  # unknown fields and bad values fail here, by name
+    return plan

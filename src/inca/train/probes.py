@@ -18,8 +18,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from inca.adapters import build_adapter
-from inca.adapters.linear_probe import pool_tokens, select_pool
 from inca.io import write_json
+from inca.methods.linear import pool_tokens, select_pool
 from inca.train.member import Member
 from inca.train.plan import AdapterSpec
 from inca.train.probe_solver import fit_probes

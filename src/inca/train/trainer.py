@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from inca.errors import IncaError
+from inca.errors import DivergedError, IncaError
+from inca.io import json_safe
 from inca.select import accuracy, rank
 from inca.train import checkpoint
 from inca.train.budget import survivors
@@ -67,6 +68,30 @@ def _truncate_log(log: Path, epochs: int) -> None:
             log.write_text("".join(line + "\n" for line in kept))
 
 
+def signed(signature: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint is signed with, as JSON gives it back (tuples become lists)."""
+    return json.loads(json.dumps(signature | {"train": config.signature()}))
+
+
+def _refuse_other_signature(out_dir: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    if saved != now:
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise IncaError(
+            f"cannot resume {out_dir}: the run was started with other options "
+            f"({', '.join(diff)} differ); use the same options or another --out"
+        )
+
+
+def check_resumable(out_dir: Path, signature: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse, before anything is written, to resume a checkpoint made with other options (a
+    run without a checkpoint yet simply starts)."""
+    if (Path(out_dir) / checkpoint.FILE).exists():
+        meta = checkpoint.read_meta(Path(out_dir))
+        _refuse_other_signature(
+            Path(out_dir), meta.get("signature") or {}, signed(signature, config)
+        )
+
+
 class Trainer:
     """Trains ``members`` on batches of ``source`` until ``config``'s budget ends.
 
@@ -95,8 +120,7 @@ class Trainer:
         self.members, self.source, self.config = members, source, config
         self.all_members, self.device = members, device  # load_best returns to every member
         self.out_dir = Path(out_dir)
-        # as JSON gives it back (tuples become lists), to compare with a saved checkpoint's
-        self.signature = json.loads(json.dumps(signature | {"train": config.signature()}))
+        self.signature = signed(signature, config)  # to compare with a saved checkpoint's
         self.all_names = list(members.names)
         self.steps_per_epoch = num_train // config.batch_size
         if self.steps_per_epoch == 0:
@@ -125,6 +149,7 @@ class Trainer:
         self.backbone_seconds = 0.0
         self.images_seen = 0
         self.curve: list[dict[str, float]] = []  # per epoch: cumulative seconds, best val acc
+        self.diverged: dict[str, int] = {}  # member -> the epoch its loss or output went NaN/inf
 
     def _optimizer(self) -> torch.optim.Optimizer:
         # fused: one kernel per parameter instead of ~10 element-wise passes (6x on this CPU)
@@ -173,6 +198,7 @@ class Trainer:
             "last_improved_step": self.last_improved_step,
             "stopped": self.stopped,
             "curve": self.curve,
+            "diverged": self.diverged,
         }
         checkpoint.save(self.out_dir, tensors | optim_tensors, meta)
 
@@ -183,16 +209,7 @@ class Trainer:
                 f"{self.out_dir / checkpoint.FILE} was written by the fine-tuning loop of an "
                 "older inca, which this one cannot continue; delete it to train this run again"
             )
-        if meta["signature"] != self.signature:
-            diff = sorted(
-                k
-                for k in set(meta["signature"]) | set(self.signature)
-                if meta["signature"].get(k) != self.signature.get(k)
-            )
-            raise IncaError(
-                f"cannot resume {self.out_dir}: the run was started with other options "
-                f"({', '.join(diff)} differ); use the same options or another --out"
-            )
+        _refuse_other_signature(self.out_dir, meta["signature"], self.signature)
         if meta.get("active", self.all_names) != self.all_names:
             self._shrink(meta["active"], carry=False)  # the state below fills it
         self.members.load_checkpoint_state(checkpoint.unflatten(tensors, MEMBERS_KEY))
@@ -212,12 +229,26 @@ class Trainer:
         self.last_improved_step = meta.get("last_improved_step", self.step)
         self.stopped = meta.get("stopped", "")
         self.curve = meta.get("curve", [])
+        self.diverged = meta.get("diverged", {})
 
     # ------------------------------------------------------------------ training
     def best_name(self) -> str | None:
-        if self.epoch == 0:
+        """The member with the best validation accuracy so far (diverged members never)."""
+        healthy = {n: a for n, a in self.best_acc.items() if n not in self.diverged}
+        if self.epoch == 0 or not healthy:
             return None
-        return rank(self.best_acc)[0]
+        return rank(healthy)[0]
+
+    def _diverge(self, names: list[str], what: str) -> None:
+        """Mark members whose training went non-finite: they train no further (their loss
+        leaves the sum), are never selected or exported, and the user is told."""
+        for n in names:
+            if n not in self.diverged:
+                self.diverged[n] = self.epoch + 1
+                print(
+                    f"warning: {n} diverged in epoch {self.epoch + 1} ({what}); it is left out "
+                    "of selection and export: lower its learning rate"
+                )
 
     def train_step(self, inputs: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """One optimizer step on one batch: every member's loss, summed, ONE backward."""
@@ -231,8 +262,16 @@ class Trainer:
         factor = lr_factor(self.step, self.total_steps, self.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        torch.stack(list(losses.values())).sum().backward()  # ONE backward for all
-        self.optimizer.step()
+        names = list(losses)
+        stacked = torch.stack([losses[n] for n in names])
+        finite = torch.isfinite(stacked).tolist()  # one sync for every member
+        if not all(finite):
+            self._diverge([n for n, ok in zip(names, finite, strict=True) if not ok],
+                          "non-finite training loss")  # fmt: skip
+        keep = [i for i, n in enumerate(names) if finite[i] and n not in self.diverged]
+        if keep:  # a diverged member's loss leaves the sum: its NaN reaches no gradient
+            stacked[keep].sum().backward()  # ONE backward for all
+            self.optimizer.step()
         # free gradients before the next backbone pass: they would otherwise sit in memory
         # beside its activations (peak memory)
         self.optimizer.zero_grad(set_to_none=True)
@@ -257,8 +296,8 @@ class Trainer:
             losses = self.train_step(x, labels)
             del x  # this batch's inputs go before the next backbone pass
             steps, seen = steps + 1, seen + len(labels)
-            for n, loss in losses.items():
-                loss_sum[n] += loss.item()
+            for n, loss in zip(losses, torch.stack(list(losses.values())).tolist(), strict=True):
+                loss_sum[n] += loss
             best = self.best_name()
             bar.set_postfix_str(
                 f"{seen / (time.perf_counter() - start):.0f} img/s"
@@ -279,6 +318,10 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         probs, labels = self.predict("val")
         self.val_labels = labels
+        broken = [n for n, p in probs.items() if n not in self.diverged and not p.isfinite().all()]
+        if broken:
+            self._diverge(broken, "non-finite validation output")
+        probs = {n: p for n, p in probs.items() if n not in self.diverged}
         accs = {n: accuracy(p, labels) for n, p in probs.items()}
         for n, p in probs.items():  # the tie-breaker of halving: plateaus share an accuracy
             picked = p.gather(1, labels.view(-1, 1)).clamp_min(1e-12)
@@ -296,7 +339,8 @@ class Trainer:
         if self.epoch not in self.budget.rungs:
             return []
         b = self.budget
-        keep = survivors(self.active, self.best_acc, self.last_val_loss, b.keep, b.min_members)
+        acc = {n: -1.0 if n in self.diverged else a for n, a in self.best_acc.items()}
+        keep = survivors(self.active, acc, self.last_val_loss, b.keep, b.min_members)
         dropped = [n for n in self.active if n not in keep]
         if dropped:
             for n in dropped:
@@ -329,6 +373,11 @@ class Trainer:
             t_val = time.perf_counter() - t0 - t_train
             self.val_seconds += t_val
             best = self.best_name()
+            if best is None:
+                raise DivergedError(
+                    f"every member of {self.out_dir} diverged (non-finite loss or output): "
+                    "lower the learning rates"
+                )
             seconds = self.train_seconds + self.val_seconds  # validation is a cost too
             self.curve.append(
                 {"epoch": self.epoch, "seconds": seconds, "val_acc": self.best_acc[best]}
@@ -351,8 +400,10 @@ class Trainer:
                 entry["dropped"] = dropped
             if self.stopped:
                 entry["stopped"] = self.stopped
+            if self.diverged:
+                entry["diverged"] = self.diverged
             with open(log, "a") as f:
-                f.write(json.dumps(entry, sort_keys=True) + "\n")
+                f.write(json.dumps(json_safe(entry), sort_keys=True, allow_nan=False) + "\n")
             self.save_checkpoint()  # after the log line: a resume drops lines past it
             note = f"; halving kept {len(self.active)} of {len(self.active) + len(dropped)}"
             print(

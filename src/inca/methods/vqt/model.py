@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from inca.backbones.attention_routing import attention_module, capture_route, route_attention
 from inca.backbones.base import Backbone
 from inca.errors import IncaError
-from inca.finetune.config import VQTConfig
+from inca.methods.vqt.config import VQTConfig
 
 
 def _tokens(out: Any) -> Tensor:

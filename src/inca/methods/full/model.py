@@ -3,7 +3,7 @@
 Full fine-tuning trains every weight of the copy; partial, only its last k blocks (and the
 final norm); LoRA wraps its attention projections with ``peft`` low-rank adapters and trains
 those; StochCA trains every weight while blocks at random attend to the frozen model's keys and
-values (``inca.finetune.stochca``). ``changed_state()`` is what differs from the frozen
+values (``inca.methods.stochca``). ``changed_state()`` is what differs from the frozen
 backbone, so a saved task stores only that: everything for full fine-tuning and StochCA, k
 blocks for partial, the LoRA matrices for LoRA.
 """
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from inca.backbones.attention_routing import route_attention
 from inca.backbones.base import Backbone
-from inca.finetune.config import FineTuneConfig, FullConfig
+from inca.methods.full.config import FullConfig
 
 
 class FineTuneModel(nn.Module):
@@ -110,13 +110,3 @@ class FineTuneModel(nn.Module):
     def load_changed_state(self, state: dict[str, Tensor]) -> None:
         self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
         self.config.load_body_state(self.model, state)
-
-
-def build_model(backbone: Backbone, num_classes: int, config: FineTuneConfig) -> nn.Module:
-    """The trainable model of ``config``'s method on ``backbone``: a fine-tuned copy, or VQT's
-    queries and head on the shared frozen backbone."""
-    if isinstance(config, FullConfig):
-        return FineTuneModel(backbone, num_classes, config)
-    from inca.finetune.vqt import VQTModel
-
-    return VQTModel(backbone, num_classes, config)

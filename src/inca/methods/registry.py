@@ -1,19 +1,18 @@
 """The method registry: every method inca trains, and what the rest of inca needs to know of it.
 
-Each method registers itself where its config lives (``inca.adapters`` for the adapters read
-from frozen tokens, ``inca.finetune.config`` for the methods trained from pixels): its name, a
+Each method registers itself in its own package (``inca.methods.<name>``): its name, a
 one-line summary, its frozen config dataclass (its own fields only, with the help text the CLI
 prints), its input, the learning rates a comparison sweeps, its default plan, its task kind and
 its memory-benchmark modes. Every table of methods elsewhere (``inca compare``'s methods and
 plans, the report's one-pass methods, ``inca bench-memory``'s modes) is a view of this one.
 
     >>> [m.name for m in inca.list_methods()]
-    ['linear', 'inca', 'vqt', 'partial', 'lora', 'full', 'stochca']
+    ['linear', 'inca', 'vqt', 'full', 'partial', 'lora', 'stochca']
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -26,7 +25,7 @@ INPUTS = ("tokens", "pixels")  # frozen taps' tokens (trainable from the cache),
 class Method:
     """A registered method.
 
-    name: how users call it (``inca compare --methods``, ``inca train --method``).
+    name: how users call it (``inca compare --methods``, a plan's first word).
     summary: one line for listings.
     input: "tokens" (adapters on frozen taps: one-to-many from one pass or the activation
         cache, their whole grid in one run) or "pixels" (runs the backbone itself every step).
@@ -36,6 +35,8 @@ class Method:
     task_kind: "adapters" (a ``Task`` of adapters on taps) or "finetuned" (its own pass).
     memory_modes: ``inca bench-memory`` modes it adds, each {mode: config options}.
     shares_sweep: "pixels" methods whose learning-rate sweep trains from one backbone pass.
+    builder: "pixels" methods: ``builder(backbone, num_classes, config)`` makes the trainable
+        model (``forward(pixels) -> logits``, ``param_groups()``, ``changed_state()``).
     """
 
     name: str
@@ -47,12 +48,15 @@ class Method:
     task_kind: str = "adapters"
     memory_modes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     shares_sweep: bool = False
+    builder: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         if self.input not in INPUTS:
             raise IncaError(f"method {self.name!r}: input must be one of {INPUTS}")
         if self.input == "tokens" and not self.default_plan:
             raise IncaError(f"method {self.name!r} reads tokens: give it a default plan")
+        if self.input == "pixels" and self.builder is None:
+            raise IncaError(f"method {self.name!r} trains from pixels: give it a builder")
 
     @property
     def from_tokens(self) -> bool:

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 
 from inca.backbones.base import Backbone
 from inca.errors import IncaError
-from inca.finetune.config import VQTConfig
-from inca.finetune.vqt import VQTModel
+from inca.methods.vqt.config import VQTConfig
+from inca.methods.vqt.model import VQTModel
 
 
 class VQTSweep(nn.Module):

@@ -1,0 +1,21 @@
+"""InCA: cross-attention adapters with learned queries read a frozen tap's tokens; a grid of
+them trains one-to-many from one backbone pass or the activation cache. Registers the adapter
+kind and the method ``inca``."""
+
+from inca.methods.inca.adapter import InCAAdapter, InCAConfig
+from inca.methods.registry import Method, register_method
+
+# The main job's grid: InCA on every other block (the cache then holds six taps, not twelve),
+# two learning rates x two weight decays x 6 or 12 heads (48 adapters, halved after two epochs),
+# and a converged linear probe on each of those blocks.
+DEFAULT_PLAN = (
+    "inca taps=block.*[1::2] lr=1e-3,3e-3 wd=1e-4,0.05 heads=6,12; "
+    "linear taps=block.*[1::2] pool=cls+mean solver=lbfgs"
+)
+
+register_method(Method(
+    "inca", "InCA: cross-attention adapters on frozen taps, a grid trained one-to-many",
+    "tokens", InCAConfig, default_plan=DEFAULT_PLAN,
+))  # fmt: skip
+
+__all__ = ["DEFAULT_PLAN", "InCAAdapter", "InCAConfig"]

@@ -1,0 +1,207 @@
+"""One method of the comparison, trained in this process: its whole search (a frozen-feature
+plan from the shared activation cache, or a fine-tuning method's learning-rate sweep), its
+saved task, and the record the comparison's table is made of.
+
+``inca train --plan "full lr=2e-5,5e-5"`` runs a method trained from pixels through here too,
+so the comparison and the command line train a method the same way."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from inca.methods import get_method
+from inca.recipes.compare_options import CompareOptions
+from inca.run_lock import exclusive
+
+COMMON = ("model", "data", "image_size", "train_size", "val_size", "test_size", "precision",
+          "device")  # fmt: skip
+
+
+def plan_of(method: str, options: CompareOptions) -> str:
+    """The plan ``method`` trains: the one given for it, else its default (pixel methods: their
+    name alone, i.e. their default rates and config)."""
+    return options.plans.get(method) or get_method(method).default_plan or method
+
+
+def method_options(method: str, options: CompareOptions | dict[str, Any]) -> dict[str, Any]:
+    """The options a method's result depends on: the common ones and its own budget and plan.
+    A result is reused only while these are unchanged (so retuning the frozen-feature budget
+    does not invalidate hours of fine-tuning, and the reverse). Pixel methods keep the keys
+    their results have always recorded ("lrs", "finetune": None when not given)."""
+    if isinstance(options, dict):
+        options = CompareOptions.from_dict(options)
+    saved = options.to_dict()
+    own = {k: saved.get(k) for k in COMMON}
+    if get_method(method).from_tokens:
+        own |= {"frozen": saved.get("frozen"), "plan": plan_of(method, options)}
+    else:
+        from inca.train.plan import parse_sweep_plan
+
+        given = method in options.plans
+        plan = parse_sweep_plan(options.plans[method]) if given else None
+        own |= {"train": saved["train"], "finetune": (plan.options or None) if plan else None}
+        own["lrs"] = list(plan.lrs) if plan and "lr=" in options.plans[method] else None
+    return json.loads(json.dumps(own))
+
+
+def run_method(
+    method: str, options: CompareOptions, out: Path, resume: bool = True
+) -> dict[str, Any]:
+    """Train ``method`` (its whole search), save its task, return its record: rows for the
+    table, and the options they depend on. With ``resume``, runs interrupted before continue
+    from their last finished epoch."""
+    from inca.backbones import load_backbone
+    from inca.device import machine_info
+    from inca.process import peak_rss_mib
+
+    backbone = load_backbone(
+        options.model,
+        image_size=options.image_size,
+        precision=options.precision,
+        device=options.device,
+    )
+    start = time.perf_counter()
+    run = frozen_rows if get_method(method).from_tokens else finetune_rows
+    with exclusive(out, "method"):
+        rows, shared = run(method, options, out, backbone, resume, start)
+    for row in rows:
+        task_dir = Path(row["task"])
+        row |= {
+            "machine": machine_info(backbone.device),
+            "precision": backbone.precision.name,
+            "peak_rss_mib": peak_rss_mib(),
+            "task_bytes": sum(f.stat().st_size for f in task_dir.glob("*") if f.is_file()),
+            "runs": shared,
+        }
+    return {"method": method, "rows": rows, "options": method_options(method, options)}
+
+
+def frozen_rows(
+    method: str, options: CompareOptions, out: Path, backbone: Any, resume: bool, start: float
+) -> tuple[list[dict[str, Any]], int]:
+    """A frozen-feature method: its plan, one-to-many from the comparison's shared cache."""
+    from inca.recipes.plan_run import train
+    from inca.recipes.run_options import RunOptions
+
+    run_options = RunOptions(
+        model=options.model,
+        data=options.data,
+        plan=plan_of(method, options),
+        train_size=options.train_size,
+        val_size=options.val_size,
+        test_size=options.test_size,
+        image_size=options.image_size,
+        precision=options.precision,
+        device=options.device,
+        train=options.frozen,
+        cache=options.cache or str(out.parent / "cache"),
+        cache_taps=options.cache_taps,
+    )
+    results = train(run_options, out, resume=resume, backbone=backbone)
+    run, sel = results["run"], results["selection"]
+    cache = run.get("cache", {})
+    build = cache.get("build_seconds") or 0.0
+    curve = [{"seconds": build + p["seconds"], "val_acc": p["val_acc"]}
+             for p in run.get("curve", [])]  # fmt: skip
+    best = next(a for a in results["adapters"] if a["name"] == sel["best"]["name"])
+    rows = [{"method": method, "val_acc": sel["best"]["val_acc"],
+             "test_acc": sel["best"]["test_acc"], "trainable_params": best["params"],
+             "selected": best["name"], "task": str(out / "tasks" / "best")}]  # fmt: skip
+    if method == "inca":
+        ens = sel["ensemble"]
+        params = sum(a["params"] for a in results["adapters"] if a["name"] in ens["members"])
+        rows.append({"method": "inca-ensemble", "val_acc": ens["val_acc"],
+                     "test_acc": ens["test_acc"], "trainable_params": params,
+                     "selected": f"{ens.get('method', 'top-k')} {ens['k']}",
+                     "task": str(out / "tasks" / "ensemble")})  # fmt: skip
+    common = {
+        "sweep": [{"name": a["name"], "val_acc": a["val_acc"]} for a in results["adapters"]],
+        "note": f"{len(results['adapters'])} members "
+        f"({run.get('budget', 'linear probes by L-BFGS')}), from an activation cache built in "
+        f"{build:.0f} s",
+        # the cost of this method alone: its run, less the time it spent opening (or building)
+        # the cache, plus what building the cache cost, whichever method built it
+        "train_time_s": run["wall_time_s"] - cache.get("seconds", 0.0) + build,
+        "epochs": run.get("epochs", 0),
+    }
+    for row in rows:
+        row |= common | ({"curve": curve} if curve else {})
+    return rows, 1
+
+
+def finetune_rows(
+    method: str, options: CompareOptions, out: Path, backbone: Any, resume: bool, start: float
+) -> tuple[list[dict[str, Any]], int]:
+    """A method trained from pixels: its learning-rate sweep, the best rate on validation,
+    tested once."""
+    from inca.data import make_splits
+    from inca.data.splits import data_record, scan_images
+    from inca.select import accuracy
+    from inca.tasks.finetuned import FineTunedTask
+    from inca.train.finetune_run import fine_tune_sweep, predict_model
+    from inca.train.plan import parse_sweep_plan
+
+    cfg = options.train
+    plan = parse_sweep_plan(plan_of(method, options))
+    lrs = list(plan.lrs)
+    splits = make_splits(options.data, train_size=options.train_size,
+                         val_size=options.val_size, test_size=options.test_size,
+                         seed=cfg.seed)  # fmt: skip
+    scan_images(splits)
+    base = plan.config()
+    trained = fine_tune_sweep(backbone, splits, base, lrs, cfg, out, resume)
+    best_model, best = max(trained, key=lambda t: t[1]["val_acc"])  # first of ties
+    probs, labels = predict_model(best_model, backbone, splits, cfg, "test")  # test once
+    test_acc = accuracy(probs, labels)
+    task = FineTunedTask(
+        f"{options.data}-{method}",
+        method,
+        backbone.identity(),
+        splits.class_names,
+        best_model.config,
+        best_model.changed_state(),
+        metrics={"val_acc": best["val_acc"], "test_acc": test_acc},
+        data=data_record(options.data, splits, cfg.seed),
+    )
+    task.save(out / "task")
+    shared = base.shares_backbone_pass(lrs)
+    row = {
+        "method": method,
+        "val_acc": best["val_acc"],
+        "test_acc": test_acc,
+        "trainable_params": best["trainable_params"],
+        "selected": f"lr {best['config']['lr']:g}",
+        "task": str(out / "task"),
+        "sweep": [{"lr": r["config"]["lr"], "val_acc": r["val_acc"]} for _, r in trained],
+        "note": f"{len(lrs)} learning rates trained at once from one backbone pass"
+        if shared
+        else f"{len(lrs)} learning rate(s), one run each",
+        "train_time_s": time.perf_counter() - start,
+        "epochs": cfg.epochs,
+    }
+    curve = sweep_curve(out)
+    if curve:
+        row["curve"] = curve
+    return [row], 1 if shared else len(lrs)
+
+
+def sweep_curve(out: Path) -> list[dict[str, float]] | None:
+    """Validation accuracy (best so far over the sweep) against cumulative training seconds,
+    from the runs' logs in the order they ran; None for logs written before they kept time."""
+    curve, offset, best = [], 0.0, 0.0
+    for log in sorted(out.glob("lr*/log.jsonl"), key=lambda p: p.stat().st_mtime):
+        last = 0.0
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            if "seconds" not in entry:
+                return None
+            accs = entry.get("val_acc", entry.get("val_acc_by_lr"))  # older logs: one number
+            accs = list(accs.values()) if isinstance(accs, dict) else [accs]
+            best = max(best, *accs)
+            last = entry["seconds"]
+            curve.append({"seconds": offset + last, "val_acc": best})
+        offset += last
+    return curve or None
