@@ -70,7 +70,9 @@ def assert_states_equal(a: dict, b: dict, exact: bool = True) -> None:
     for member in a:
         assert a[member].keys() == b[member].keys()
         for key in a[member]:
-            tol = {"rtol": 0, "atol": 0} if exact else {"rtol": 1e-5, "atol": 1e-6}
+            # not exact: a sweep batches its members' queries (float sums differ in the last
+            # bits), and AdamW's m/sqrt(v) lifts that to ~1e-5 relative in a few steps
+            tol = {"rtol": 0, "atol": 0} if exact else {"rtol": 1e-4, "atol": 1e-5}
             torch.testing.assert_close(a[member][key], b[member][key], **tol, msg=key)
 
 

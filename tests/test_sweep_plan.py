@@ -80,7 +80,7 @@ def test_options_round_trip_and_keep_the_saved_shape() -> None:
     assert legacy_plans({}, {}) == {}
 
 
-@pytest.mark.parametrize("flag", ["--method", "--lrs", "--finetune"])
+@pytest.mark.parametrize("flag", ["--method", "--lrs", "--finetune", "--lr", "--wd"])
 def test_replaced_flags_say_what_replaced_them(flag: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["train", flag, "vqt"])

@@ -77,6 +77,9 @@ def plot_cost(summary: dict[str, Any], path: Path) -> Path:
     fig = Figure(figsize=(8, 5), dpi=150)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    labels = [machine_label(r.get("machine")) for r in summary["rows"]]
+    machines = list(dict.fromkeys(labels))  # in order of first appearance
+    tag = {m: f" [{chr(65 + k)}]" for k, m in enumerate(machines)} if len(machines) > 1 else {}
     for i, r in enumerate(summary["rows"]):
         color = f"C{i % 10}"
         curve = r.get("curve") or []
@@ -88,7 +91,7 @@ def plot_cost(summary: dict[str, Any], path: Path) -> Path:
         ax.plot([end], [100 * r["val_acc"]], "o", color=color, ms=5)
         ax.plot([end], [100 * r["test_acc"]], "*", color=color, ms=13, markeredgecolor="black")
         ax.annotate(
-            f"{r['method']} {100 * r['test_acc']:.2f}%",
+            f"{r['method']} {100 * r['test_acc']:.2f}%{tag.get(labels[i], '')}",
             (end, 100 * r["test_acc"]),
             textcoords="offset points",
             xytext=(6, -10 if i % 2 else 4),
@@ -106,7 +109,13 @@ def plot_cost(summary: dict[str, Any], path: Path) -> Path:
     if highs:  # the interesting band: early epochs of slow methods would squash it
         top = max(highs + lows)
         ax.set_ylim(max(min(highs) - 6, min(lows + highs) - 1), top + 1)
-    fig.tight_layout()
+    if tag:  # times from two machines share the axis only for lack of room: say so
+        note = "; ".join(f"[{chr(65 + k)}] {m}" for k, m in enumerate(machines))
+        fig.text(0.01, 0.005, f"ran on: {note}. Times from different machines do not compare.",
+                 fontsize=7, va="bottom")  # fmt: skip
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+    else:
+        fig.tight_layout()
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png")
     return path

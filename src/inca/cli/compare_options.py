@@ -20,6 +20,10 @@ REPLACED = {
     "--finetune": "--finetune was replaced by plans: a method's options follow its name, e.g. "
     '--plans "full layer_decay=0.8 | lora lora_r=4" (inca compare) or --plan "vqt queries=2" '
     "(inca train)",
+    "--lr": "--lr was replaced by the plan's lr=, the one spelling of a learning rate, e.g. "
+    '--plan "inca taps=block.5 lr=1e-3,3e-3" (entries without lr= use 1e-3)',
+    "--wd": '--wd was replaced by the plan\'s wd=, e.g. --plan "inca taps=block.5 wd=0.05" '
+    "(entries without wd= use 0.05)",
     "--method": '--method was replaced by --plan: name the method and its rates, e.g. --plan "vqt '
     'lr=1e-3,1e-2 queries=2" (see `inca methods`)',
 }

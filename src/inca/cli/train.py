@@ -34,10 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="runs/train", help="run directory (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    add_replaced_options(p, "--method", "--lrs", "--finetune")
+    add_replaced_options(p, "--method", "--lrs", "--finetune", "--lr", "--wd")
     add_split_options(p, train_size=10_000, val_size=2_000)
-    p.add_argument("--lr", type=float, default=1e-3, help="for plan entries without lr=")
-    p.add_argument("--wd", type=float, default=0.05, help="for plan entries without wd=")
     p.add_argument(
         "--max-ensemble", type=positive_int, default=10, help="largest top-k ensemble tried"
     )
@@ -102,8 +100,6 @@ def run(args: argparse.Namespace) -> None:
         image_size=args.image_size,
         precision=args.precision,
         device=args.device,
-        lr=args.lr,
-        weight_decay=args.wd,
         max_ensemble=args.max_ensemble,
         train=config,
         cache=cache,
