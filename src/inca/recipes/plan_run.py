@@ -42,8 +42,9 @@ from inca.train.member import Member
 from inca.train.one_to_many import adapter_trainer
 from inca.train.plan import AdapterSpec, parse_plan
 from inca.train.probes import fit_linear_probes
+from inca.train.resume import check_resumable
 from inca.train.sources import TokenSource
-from inca.train.trainer import Trainer, check_resumable
+from inca.train.trainer import Trainer
 
 
 def train(

@@ -32,6 +32,7 @@ from inca.train import checkpoint
 from inca.train.budget import survivors
 from inca.train.config import TrainConfig
 from inca.train.protocols import BatchSource, Members
+from inca.train.resume import refuse_other_signature, signed, truncate_log
 from inca.train.schedule import lr_factor
 
 MEMBERS_KEY = "bank"  # the checkpoint prefix of the members' state (its name since version 1)
@@ -57,39 +58,6 @@ def predict_all(
             probs[n].append(lg.float().softmax(-1).cpu())
         labels.append(y)
     return {n: torch.cat(p) for n, p in probs.items()}, torch.cat(labels)
-
-
-def _truncate_log(log: Path, epochs: int) -> None:
-    """Keep the log's lines of the first ``epochs`` epochs (those the checkpoint holds)."""
-    if log.exists():
-        lines = log.read_text().splitlines()
-        kept = [line for line in lines if json.loads(line)["epoch"] <= epochs]
-        if len(kept) != len(lines):
-            log.write_text("".join(line + "\n" for line in kept))
-
-
-def signed(signature: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
-    """What a checkpoint is signed with, as JSON gives it back (tuples become lists)."""
-    return json.loads(json.dumps(signature | {"train": config.signature()}))
-
-
-def _refuse_other_signature(out_dir: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
-    if saved != now:
-        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        raise IncaError(
-            f"cannot resume {out_dir}: the run was started with other options "
-            f"({', '.join(diff)} differ); use the same options or another --out"
-        )
-
-
-def check_resumable(out_dir: Path, signature: dict[str, Any], config: TrainConfig) -> None:
-    """Refuse, before anything is written, to resume a checkpoint made with other options (a
-    run without a checkpoint yet simply starts)."""
-    if (Path(out_dir) / checkpoint.FILE).exists():
-        meta = checkpoint.read_meta(Path(out_dir))
-        _refuse_other_signature(
-            Path(out_dir), meta.get("signature") or {}, signed(signature, config)
-        )
 
 
 class Trainer:
@@ -209,7 +177,7 @@ class Trainer:
                 f"{self.out_dir / checkpoint.FILE} was written by the fine-tuning loop of an "
                 "older inca, which this one cannot continue; delete it to train this run again"
             )
-        _refuse_other_signature(self.out_dir, meta["signature"], self.signature)
+        refuse_other_signature(self.out_dir, meta["signature"], self.signature)
         if meta.get("active", self.all_names) != self.all_names:
             self._shrink(meta["active"], carry=False)  # the state below fills it
         self.members.load_checkpoint_state(checkpoint.unflatten(tensors, MEMBERS_KEY))
@@ -360,7 +328,7 @@ class Trainer:
         cap = self.budget.max_epochs
         if resume and (self.out_dir / checkpoint.FILE).exists():
             self.load_checkpoint()
-            _truncate_log(log, self.epoch)  # a kill between log line and checkpoint
+            truncate_log(log, self.epoch)  # a kill between log line and checkpoint
             print(f"resuming {self.out_dir} after epoch {self.epoch}/{cap}")
         elif self.epoch == 0:
             log.unlink(missing_ok=True)
