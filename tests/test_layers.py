@@ -22,6 +22,7 @@ LAYERS = [
         "inca.checked_tensors",
         "inca.run_lock",
         "inca.typed_fields",
+        "inca.distributed",
     ],  # utilities
     ["inca.backbones"],  # frozen models and their taps
     ["inca.data"],  # datasets, splits, loaders

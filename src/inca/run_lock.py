@@ -15,7 +15,9 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from inca.distributed import on_main, world
 from inca.errors import IncaError
 from inca.io import now_iso
 
@@ -28,6 +30,36 @@ def exclusive(directory: str | os.PathLike, what: str = "run") -> Iterator[None]
     """Hold ``directory`` (created if needed) for this process; another process holding it
     gets an error naming it (pid, host, since when) and how to go on."""
     directory = Path(directory).resolve()
+    w = world()
+    if w.distributed:  # rank 0 holds it for the whole job; the others learn whether it could
+        with on_main_context(lambda: exclusive_local(directory, what)):
+            yield
+        return
+    with exclusive_local(directory, what):
+        yield
+
+
+@contextlib.contextmanager
+def on_main_context(make: Any) -> Iterator[None]:
+    """Enter the context ``make()`` on rank 0 only; its refusal stops every rank."""
+    holder: list[Any] = []
+
+    def enter() -> None:
+        cm = make()
+        cm.__enter__()
+        holder.append(cm)
+
+    on_main(enter)
+    try:
+        yield
+    finally:
+        if holder:
+            holder[0].__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def exclusive_local(directory: Path, what: str) -> Iterator[None]:
+    """The lock itself, for this process."""
     if directory in _HELD:  # the same process, one level down (a method of a comparison)
         _HELD[directory] += 1
         try:

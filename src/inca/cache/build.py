@@ -35,6 +35,7 @@ from inca.cache.format import (
     write_header,
 )
 from inca.data import ImageTransform, Subset, make_loader
+from inca.distributed import agree, barrier, my_share, on_main, world
 from inca.errors import IncaError
 from inca.run_lock import exclusive
 
@@ -154,7 +155,40 @@ def _build(
     request = cache_request(backbone, subset, taps, dtype, views, augment, seed)
     n, shapes, dtype = len(subset), request["taps"], request["dtype"]
     total_rows = views * n
-    header: dict[str, Any]
+    agree({"request": request, "batch_size": batch_size, "directory": str(directory.resolve())},
+          "the activation cache they build")  # fmt: skip
+    header = on_main(lambda: _open_or_create(directory, subset, request, total_rows))
+    if header is None:  # complete: nothing to do
+        return directory
+    arrays = {
+        tap: np.memmap(directory / tap_file(tap), DTYPES[dtype][0], "r+", shape=(total_rows, t, d))
+        for tap, (t, d) in shapes.items()
+    }
+    if world().distributed:
+        _extract_sharded(backbone, subset, shapes, directory, header, arrays, views, augment,
+                         dtype, batch_size, seed, workers, progress)  # fmt: skip
+        if not world().is_main:
+            barrier()  # rank 0 checksums the files and marks the cache complete
+            return directory
+    else:
+        _extract(backbone, subset, shapes, directory, header, arrays, views, augment, dtype,
+                 batch_size, seed, workers, progress)  # fmt: skip
+    header["crc32"] = {
+        f: file_crc32(directory / f)
+        for f in [tap_file(t) for t in shapes] + ["labels.bin", "indices.bin"]
+    }
+    header["complete"] = True
+    write_header(directory, header)
+    barrier()
+    return directory
+
+
+def _open_or_create(
+    directory: Path, subset: Subset, request: dict[str, Any], total_rows: int
+) -> dict[str, Any] | None:
+    """The header of the cache being built at ``directory``: resumed (same request), or new
+    (files allocated, header written); None when it is complete already. Rank 0's job."""
+    n, shapes, dtype = len(subset), request["taps"], request["dtype"]
     if (directory / HEADER).exists():
         header = read_header(directory)
         diff = differences(header, request) + ([] if header["taps"] == shapes else ["taps"])
@@ -164,7 +198,7 @@ def _build(
                 "); delete it or choose another directory"
             )
         if header["complete"]:
-            return directory
+            return None
         print(
             f"resuming the activation cache at {directory}: {header['rows_done']}/"
             f"{total_rows} rows done"
@@ -186,11 +220,26 @@ def _build(
         for tap, (t, d) in shapes.items():  # pre-sized (sparse) files
             reserve(directory / tap_file(tap), total_rows * t * d * np.dtype(np_dtype).itemsize)
         write_header(directory, header)
+    return header
 
-    arrays = {
-        tap: np.memmap(directory / tap_file(tap), DTYPES[dtype][0], "r+", shape=(total_rows, t, d))
-        for tap, (t, d) in shapes.items()
-    }
+
+def _extract(
+    backbone: Backbone,
+    subset: Subset,
+    shapes: dict[str, list[int]],
+    directory: Path,
+    header: dict[str, Any],
+    arrays: dict[str, np.memmap],
+    views: int,
+    augment: bool,
+    dtype: str,
+    batch_size: int,
+    seed: int,
+    workers: int | None,
+    progress: bool,
+) -> None:
+    """One process: every remaining row, in order, progress saved every ``SAVE_EVERY_S``."""
+    n, total_rows = len(subset), views * len(subset)
     torch_dtype = DTYPES[dtype][1]
     done = header["rows_done"]
     bar = tqdm(
@@ -227,13 +276,6 @@ def _build(
     finally:
         bar.close()
         _save_progress(directory, header, arrays, done)
-    header["crc32"] = {
-        f: file_crc32(directory / f)
-        for f in [tap_file(t) for t in shapes] + ["labels.bin", "indices.bin"]
-    }
-    header["complete"] = True
-    write_header(directory, header)
-    return directory
 
 
 def _save_progress(directory: Path, header: dict, arrays: dict, done: int) -> None:
@@ -241,3 +283,66 @@ def _save_progress(directory: Path, header: dict, arrays: dict, done: int) -> No
         a.flush()  # the rows must be on disk before the header says they are
     header["rows_done"] = done
     write_header(directory, header)
+
+
+def _extract_sharded(
+    backbone: Backbone,
+    subset: Subset,
+    shapes: dict[str, list[int]],
+    directory: Path,
+    header: dict[str, Any],
+    arrays: dict[str, np.memmap],
+    views: int,
+    augment: bool,
+    dtype: str,
+    batch_size: int,
+    seed: int,
+    workers: int | None,
+    progress: bool,
+) -> None:
+    """Under torchrun: the remaining batches, exactly the batches one process would make, dealt
+    round-robin to the ranks; each writes its rows into the shared files. After every round
+    all ranks flush and wait, so rank 0 may record the finished prefix in the header: the
+    cache is byte-identical to one process's, and an interrupted build resumes."""
+    n, w = len(subset), world()
+    batches = [(v, s) for v in range(views) for s in range(0, n, batch_size)]  # as _extract
+    todo = [b for b in batches if b[0] * n + b[1] >= header["rows_done"]]
+    rounds = -(-len(todo) // w.size)
+    mine = [todo[i] for i in my_share(len(todo))]
+    transform = ImageTransform(
+        backbone.preprocess, augment=augment, allow_hflip=subset.dataset.allow_hflip
+    )
+    loaders = {}  # view -> this rank's batches of that view, in order
+    for v in sorted({b[0] for b in mine}):
+        positions = np.concatenate(
+            [np.arange(s, min(s + batch_size, n)) for u, s in mine if u == v]
+        )
+        part = Subset(subset.dataset, subset.indices[positions])
+        loaders[v] = iter(make_loader(part, transform, batch_size, seed=seed * 1000 + v,
+                                      num_workers=workers))  # fmt: skip
+    torch_dtype = DTYPES[dtype][1]
+    bar = tqdm(total=len(todo), desc=f"cache {directory.name} ({w.size} ranks)", unit="batch",
+               disable=not (progress and w.is_main), dynamic_ncols=True)  # fmt: skip
+    last_save = time.perf_counter()
+    for r in range(rounds):
+        k = r * w.size + w.rank
+        if k < len(todo):
+            view, start = todo[k]
+            pixels, _, _ = next(loaders[view])
+            tokens = backbone.forward_taps(pixels, list(shapes))
+            x = stack_taps(tokens, list(shapes), normalize=True).to(torch_dtype).cpu()
+            rows = slice(view * n + start, view * n + start + len(pixels))
+            for i, tap in enumerate(shapes):
+                bits = x[i].view(torch.uint16) if dtype == "bfloat16" else x[i]
+                arrays[tap][rows] = bits.numpy()
+            for a in arrays.values():
+                a.flush()  # on disk before rank 0 may say so
+        barrier()
+        bar.update(min(w.size, len(todo) - r * w.size))
+        end = todo[min(len(todo), (r + 1) * w.size) - 1]
+        if w.is_main and (r == rounds - 1 or time.perf_counter() - last_save > SAVE_EVERY_S):
+            _save_progress(
+                directory, header, arrays, min(end[0] * n + end[1] + batch_size, (end[0] + 1) * n)
+            )
+            last_save = time.perf_counter()
+    bar.close()

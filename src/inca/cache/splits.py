@@ -12,6 +12,7 @@ from inca.cache.build import build_cache, cache_request
 from inca.cache.format import read_header
 from inca.cache.read import ActivationCache
 from inca.data import Splits
+from inca.distributed import world
 from inca.io import write_json
 
 
@@ -56,7 +57,7 @@ def open_caches(
         cache = ActivationCache(directory, verify=not built)
         cache.check(cache_request(backbone, subset, taps, dtype, v, augment, seed))
         caches[split] = cache
-    if built_any:  # what the backbone passes cost, for reports that count the cache in
+    if built_any and world().is_main:  # what the passes cost, for reports that count it in
         write_json(root / BUILD_RECORD, {"seconds": time.perf_counter() - started})
     return caches
 

@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command ``argv`` (default: sys.argv); errors the user can fix print one line
     (exit 2), without a traceback."""
     args = build_parser().parse_args(argv)
+    quiet_other_ranks()
     from inca.device import tune_cpu_allocator
 
     tune_cpu_allocator()
@@ -82,3 +83,13 @@ def explain(error: Exception) -> str:
         errno.EEXIST: "a file is in the way: choose another path",
     }.get(error.errno, "check the path and the disk")
     return f"{error.strerror or error}{where}: {fix}"
+
+
+def quiet_other_ranks() -> None:
+    """Under torchrun, progress bars and printed logs come from rank 0 only (errors still
+    reach stderr from any rank)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0:
+        os.environ["TQDM_DISABLE"] = "1"
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)

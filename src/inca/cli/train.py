@@ -108,6 +108,8 @@ def run(args: argparse.Namespace) -> None:
         cache_dtype=args.cache_dtype,
     )
     results = train(options, args.out, resume=args.resume)
+    if not results:
+        return  # a torchrun rank other than 0: rank 0 reports
     print()
     print(results_table(results, every_adapter=False))
     print(run_summary(results))
@@ -122,6 +124,7 @@ def train_method(args: argparse.Namespace) -> None:
     """A plan of a method trained from pixels: its sweep as the comparison runs it, in this
     process."""
     from inca.compare_report import compare_table
+    from inca.distributed import world
     from inca.io import write_json
     from inca.recipes.method_run import run_method
     from inca.train.plan import parse_sweep_plan
@@ -135,7 +138,8 @@ def train_method(args: argparse.Namespace) -> None:
     else:
         options = compare_options(args, {method: args.plan})
         result = run_method(method, options, out, resume=args.resume)
-        write_json(done, result)
+        if world().is_main:
+            write_json(done, result)
     print()
     print(
         compare_table({"rows": result["rows"], "budget": f"{result['rows'][0]['epochs']} epochs"})

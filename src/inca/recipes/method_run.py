@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from inca.distributed import barrier, world
 from inca.methods import get_method
 from inca.recipes.compare_options import CompareOptions
 from inca.run_lock import exclusive
@@ -166,7 +167,9 @@ def finetune_rows(
         metrics={"val_acc": best["val_acc"], "test_acc": test_acc},
         data=data_record(options.data, splits, cfg.seed),
     )
-    task.save(out / "task")
+    if world().is_main:  # under torchrun every rank holds the same model; rank 0 saves it
+        task.save(out / "task")
+    barrier()
     shared = base.shares_backbone_pass(lrs)
     row = {
         "method": method,

@@ -32,6 +32,7 @@ from inca.cache import ActivationCache
 from inca.cache.splits import build_seconds, open_caches
 from inca.data import Splits, make_splits
 from inca.data.splits import data_record, scan_images
+from inca.distributed import agree, world
 from inca.errors import IncaError
 from inca.io import write_json
 from inca.recipes.run_options import RunOptions
@@ -133,10 +134,12 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
             f"{cache_info['bytes'] / 2**30:.2f} GiB on disk ({cache_info['seconds']:.0f} s)"
         )
     out.mkdir(parents=True, exist_ok=True)
+    agree(signature | {"plan_text": plan, "train": config.signature()}, "the run's options")
     if resume:  # a refused resume must change nothing: check before writing anything
         check_resumable(out, signature, config)
-    write_json(out / "plan.json", signature | {"plan_text": plan, "train": config.signature()})
-    write_json(out / "run.json", replace(o, train=config).to_dict())  # resolved: as it ran
+    if world().is_main:  # under torchrun rank 0 alone writes the run directory
+        write_json(out / "plan.json", signature | {"plan_text": plan, "train": config.signature()})
+        write_json(out / "run.json", replace(o, train=config).to_dict())  # resolved: as it ran
 
     runs = []
     for k in range(seeds):
@@ -147,12 +150,16 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
         members, trainer = train_members(
             backbone, splits, specs, run_config, run_out, signature, caches, resume
         )
+        if not world().is_main:
+            continue  # trained in step with rank 0, which selects, saves and reports
         runs.append(
             finish(
                 backbone, splits, members, trainer, run_out, o.max_ensemble, started, data_info,
                 cache_info,
             )
         )  # fmt: skip
+    if not runs:
+        return {}  # a rank other than 0
     results = runs[0]
     if seeds > 1:
         results["seeds"] = seed_summary(runs, config.seed)
@@ -192,9 +199,9 @@ def train_members(
                 test_probs[n],
                 {"best_epoch": trainer.best_epoch[n], "dropped_after": trainer.dropped_at.get(n)},
             )
-    if solved:
+    if solved and world().is_main:  # full-batch solvers: on rank 0, over whole splits
         taps = [t for t in backbone.taps if any(s.tap == t for s in solved)]
-        source = TokenSource(backbone, splits, taps, config, caches)
+        source = TokenSource(backbone, splits, taps, config, caches, sharded=False)
         members |= fit_linear_probes(source, solved, len(splits.class_names), out, config.progress)
     return members, trainer
 

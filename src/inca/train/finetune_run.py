@@ -85,7 +85,11 @@ def predict_model(
     """Class probabilities (N, C) and labels (N,) of ``split`` by a fine-tuned ``model``."""
     members = ModelMembers(model, ["model"], backbone.precision)
     probs, labels = predict_all(
-        PixelSource(backbone, splits, config), members, split, backbone.device, config.progress
+        PixelSource(backbone, splits, config, sharded=False),
+        members,
+        split,
+        backbone.device,
+        config.progress,
     )
     return probs["model"], labels
 
@@ -99,7 +103,7 @@ def select_vqt_features(
     ft = model.config
     model.eval()
     features, labels = [], []
-    for pixels, y in PixelSource(backbone, splits, config).evaluate("train"):
+    for pixels, y in PixelSource(backbone, splits, config, sharded=False).evaluate("train"):
         with torch.no_grad(), backbone.precision.mixed():
             features.append(model.features(pixels.to(backbone.device)).float().cpu())
         labels.append(y)

@@ -24,6 +24,7 @@ from inca.adapters.base import stack_taps
 from inca.backbones.base import Backbone
 from inca.cache import ActivationCache
 from inca.data import ImageTransform, Splits, Subset, make_loader
+from inca.distributed import World, my_block, world
 from inca.train.config import TrainConfig
 from inca.train.schedule import epoch_order
 
@@ -37,19 +38,41 @@ def token_dtype(backbone: Backbone) -> torch.dtype:
 class PixelSource:
     """Pixels and labels of ``splits``, batched as ``config`` says."""
 
-    def __init__(self, backbone: Backbone, splits: Splits, config: TrainConfig) -> None:
+    def __init__(
+        self, backbone: Backbone, splits: Splits, config: TrainConfig, sharded: bool = True
+    ) -> None:
         self.backbone, self.splits, self.config = backbone, splits, config
+        # under torchrun, each rank's share of every batch and split (False: the whole, for
+        # work rank 0 does alone)
+        self.world = world() if sharded else World()
         self.backbone_seconds = 0.0  # the members run the backbone: their time is training
 
     def serve(self, members: Any) -> None:
         """Pixels are all any member reads."""
 
+    @property
+    def batch_size(self) -> int:
+        """This process's part of every global batch (all of it on one process)."""
+        return self.config.batch_size // self.world.size
+
     def _order(self, epoch: int) -> Tensor:
         """Epoch ``epoch``'s training positions, whole batches only (the last partial one is
-        dropped): the same for every source."""
-        cfg = self.config
+        dropped): the same for every source. Under torchrun, rank r keeps the r-th of
+        ``size`` equal slices of every global batch, so one optimizer step still sees the
+        global batch."""
+        cfg, w = self.config, self.world
         order = epoch_order(len(self.splits.train), cfg.seed, epoch)
-        return order[: len(order) // cfg.batch_size * cfg.batch_size]
+        order = order[: len(order) // cfg.batch_size * cfg.batch_size]
+        if w.distributed:
+            b = self.batch_size
+            order = order.view(-1, cfg.batch_size)[:, w.rank * b : (w.rank + 1) * b].reshape(-1)
+        return order
+
+    def _eval_subset(self, split: str) -> Subset:
+        """This rank's contiguous block of ``split`` (the whole split on one process)."""
+        subset = getattr(self.splits, split)
+        block = my_block(len(subset), self.world)
+        return Subset(subset.dataset, subset.indices[block.start : block.stop])
 
     def _train_loader(self, epoch: int):
         cfg, subset = self.config, self.splits.train
@@ -58,13 +81,13 @@ class PixelSource:
         )
         ordered = Subset(subset.dataset, subset.indices[self._order(epoch).numpy()])
         return make_loader(
-            ordered, transform, cfg.batch_size, seed=cfg.seed * 1000 + epoch,
+            ordered, transform, self.batch_size, seed=cfg.seed * 1000 + epoch,
             num_workers=cfg.workers,
         )  # fmt: skip
 
     def _eval_loader(self, split: str):
         return make_loader(
-            getattr(self.splits, split),
+            self._eval_subset(split),
             ImageTransform(self.backbone.preprocess),
             self.config.eval_batch_size,
             num_workers=self.config.workers,
@@ -91,8 +114,9 @@ class TokenSource(PixelSource):
         taps: list[str],
         config: TrainConfig,
         caches: Mapping[str, ActivationCache] | None = None,
+        sharded: bool = True,
     ) -> None:
-        super().__init__(backbone, splits, config)
+        super().__init__(backbone, splits, config, sharded)
         self.taps = taps
         self.caches = dict(caches or {})
         self.token_dtype = token_dtype(backbone)
@@ -101,10 +125,9 @@ class TokenSource(PixelSource):
         self.taps = list(members.taps)  # read only the taps the members still need
 
     def train(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        cfg = self.config
         if "train" in self.caches:
             cache = self.caches["train"]
-            for pos in self._order(epoch).split(cfg.batch_size):
+            for pos in self._order(epoch).split(self.batch_size):
                 yield cache.read(pos, self.taps, epoch, self.token_dtype), cache.labels[pos]
             return
         yield from self._online(self._train_loader(epoch))
@@ -112,9 +135,8 @@ class TokenSource(PixelSource):
     def evaluate(self, split: str) -> Iterator[tuple[Tensor, Tensor]]:
         if split in self.caches:
             cache = self.caches[split]
-            for pos in torch.arange(len(getattr(self.splits, split))).split(
-                self.config.eval_batch_size
-            ):
+            block = my_block(len(getattr(self.splits, split)), self.world)
+            for pos in torch.arange(block.start, block.stop).split(self.config.eval_batch_size):
                 yield cache.read(pos, self.taps, 0, self.token_dtype), cache.labels[pos]
             return
         yield from self._online(self._eval_loader(split))

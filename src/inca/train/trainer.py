@@ -16,6 +16,7 @@ frozen-feature members optionally patience and successive halving, which needs `
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from inca.distributed import all_reduce_mean_, gather_rows, world
 from inca.errors import DivergedError, IncaError
 from inca.io import json_safe
 from inca.select import accuracy, rank
@@ -90,6 +92,12 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.signature = signed(signature, config)  # to compare with a saved checkpoint's
         self.all_names = list(members.names)
+        self.world = world()
+        if config.batch_size % self.world.size:
+            raise IncaError(
+                f"the batch of {config.batch_size} does not split evenly over "
+                f"{self.world.size} processes; use a --batch-size divisible by it"
+            )
         self.steps_per_epoch = num_train // config.batch_size
         if self.steps_per_epoch == 0:
             raise IncaError(
@@ -142,6 +150,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoint
     def save_checkpoint(self) -> None:
+        if not self.world.is_main:  # rank 0 alone writes; every rank holds the same state
+            return
         tensors = checkpoint.flatten(MEMBERS_KEY, self.members.checkpoint_state())
         for n in self.all_names:
             tensors |= checkpoint.flatten(f"best/{n}", self.best_state[n])
@@ -232,19 +242,33 @@ class Trainer:
             group["lr"] = group["base_lr"] * factor
         names = list(losses)
         stacked = torch.stack([losses[n] for n in names])
-        finite = torch.isfinite(stacked).tolist()  # one sync for every member
+        agreed = all_reduce_mean_(stacked.detach().clone())  # every rank decides alike
+        finite = torch.isfinite(agreed).tolist()  # one sync for every member
         if not all(finite):
             self._diverge([n for n, ok in zip(names, finite, strict=True) if not ok],
                           "non-finite training loss")  # fmt: skip
         keep = [i for i, n in enumerate(names) if finite[i] and n not in self.diverged]
         if keep:  # a diverged member's loss leaves the sum: its NaN reaches no gradient
             stacked[keep].sum().backward()  # ONE backward for all
+            if self.world.distributed:
+                self._average_gradients()
             self.optimizer.step()
         # free gradients before the next backbone pass: they would otherwise sit in memory
         # beside its activations (peak memory)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {n: loss.detach() for n, loss in losses.items()}
+        return dict(zip(names, agreed, strict=True))
+
+    def _average_gradients(self) -> None:
+        """Under torchrun: every gradient averaged over the ranks in ONE flat all-reduce, so
+        every rank takes the same AdamW step (each rank's loss is its slice's mean)."""
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"]
+                 if p.grad is not None]  # fmt: skip
+        flat = all_reduce_mean_(torch.cat([g.reshape(-1) for g in grads]))
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the training split: returns each member's mean training loss."""
@@ -278,10 +302,15 @@ class Trainer:
         return {n: s / max(1, steps) for n, s in loss_sum.items()}
 
     def predict(self, split: str) -> tuple[dict[str, Tensor], Tensor]:
-        """The current members' probabilities on ``split`` and its labels."""
-        total = self.val_batches if split == "val" else None
-        return predict_all(self.source, self.members, split, self.device, self.config.progress,
-                           total)  # fmt: skip
+        """The current members' probabilities on ``split`` and its labels (under torchrun each
+        rank predicts its block of the split; every rank gets the whole, in split order)."""
+        total = self.val_batches if split == "val" and not self.world.distributed else None
+        probs, labels = predict_all(self.source, self.members, split, self.device,
+                                    self.config.progress, total)  # fmt: skip
+        if self.world.distributed:
+            probs = {n: gather_rows(p) for n, p in probs.items()}
+            labels = gather_rows(labels)
+        return probs, labels
 
     def validate(self) -> dict[str, float]:
         probs, labels = self.predict("val")
@@ -330,7 +359,7 @@ class Trainer:
             self.load_checkpoint()
             truncate_log(log, self.epoch)  # a kill between log line and checkpoint
             print(f"resuming {self.out_dir} after epoch {self.epoch}/{cap}")
-        elif self.epoch == 0:
+        elif self.epoch == 0 and self.world.is_main:
             log.unlink(missing_ok=True)
         while self.epoch < cap and not self.stopped:
             t0 = time.perf_counter()
@@ -370,7 +399,7 @@ class Trainer:
                 entry["stopped"] = self.stopped
             if self.diverged:
                 entry["diverged"] = self.diverged
-            with open(log, "a") as f:
+            with open(log if self.world.is_main else os.devnull, "a") as f:
                 f.write(json.dumps(json_safe(entry), sort_keys=True, allow_nan=False) + "\n")
             self.save_checkpoint()  # after the log line: a resume drops lines past it
             note = f"; halving kept {len(self.active)} of {len(self.active) + len(dropped)}"
