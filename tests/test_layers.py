@@ -34,7 +34,7 @@ LAYERS = [
     ["inca.report", "inca.report_format", "inca.compare_report"],  # reports of runs and comparisons
     ["inca.recipes"],  # the main job and the comparison
     ["inca.bench", "inca.bench_report", "inca.bench_memory"],  # benchmarks
-    ["inca.cli"],  # the command line
+    ["inca.cli", "inca.__main__"],  # the command line (python -m inca)
 ]
 
 KNOWN_CYCLES: set[frozenset[str]] = set()  # none: keep it so

@@ -7,6 +7,7 @@ messages without a stack trace; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable
 
@@ -34,4 +35,6 @@ class UnknownNameError(IncaError, KeyError):
 def warn(message: str) -> None:
     """Tell the user of a merely poor input (a tiny validation split, a class missing from it):
     one line on stderr, ``inca: warning: ...``; the work goes on."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        return  # under torchrun, rank 0 tells the user once
     print(f"inca: warning: {message}", file=sys.stderr)

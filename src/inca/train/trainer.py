@@ -357,7 +357,8 @@ class Trainer:
         cap = self.budget.max_epochs
         if resume and (self.out_dir / checkpoint.FILE).exists():
             self.load_checkpoint()
-            truncate_log(log, self.epoch)  # a kill between log line and checkpoint
+            if self.world.is_main:  # a kill between log line and checkpoint
+                truncate_log(log, self.epoch)
             print(f"resuming {self.out_dir} after epoch {self.epoch}/{cap}")
         elif self.epoch == 0 and self.world.is_main:
             log.unlink(missing_ok=True)
