@@ -80,6 +80,7 @@ def test_an_out_that_is_a_file_or_read_only_is_one_line(tmp_path, capsys) -> Non
         assert code == 2 and "inca: error:" in err and "Traceback" not in err
 
 
+@pytest.mark.integration  # trains: the full tier
 def test_a_refused_resume_writes_nothing(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     plan = ["--plan", "inca taps=block.1 lr=1e-3"]
@@ -106,6 +107,7 @@ def test_degenerate_data_is_refused_or_warned_about(tmp_path, capsys) -> None:
     assert "validation split has 2 image(s)" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # trains: the full tier
 def test_results_json_is_strict_json(tmp_path) -> None:
     out = tmp_path / "run"
     assert main(["train", *TINY, "--plan", "linear taps=block.1", "--out", str(out)]) == 0

@@ -10,6 +10,8 @@ import pytest
 from inca.cli import main
 from inca.io import json_safe, write_json
 
+pytestmark = pytest.mark.integration  # spawns processes or trains: the full tier
+
 ARGS = ["--model", "tiny-vit", "--data", "digits", "--image-size", "32", "--train-size", "120",
         "--val-size", "60", "--test-size", "60", "--epochs", "2", "--batch-size", "40",
         "--workers", "0", "--no-progress", "--min-steps", "0", "--halving-epochs", "0"]  # fmt: skip

@@ -51,6 +51,7 @@ def test_a_16_bit_folder_loads_with_its_contrast(tmp_path) -> None:
     assert means["dark"] < 10 and 230 < means["light"] < 240
 
 
+@pytest.mark.integration  # trains: the full tier
 def test_eval_refuses_data_that_changed_and_finds_relative_data(tmp_path, monkeypatch, capsys):
     data = tmp_path / "photos"
     make_folder(data, {"cat": 10, "dog": 10})
@@ -66,6 +67,7 @@ def test_eval_refuses_data_that_changed_and_finds_relative_data(tmp_path, monkey
     assert "not the data task" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # trains: the full tier
 def test_corrupt_val_images_stop_the_run_before_training(tmp_path, capsys) -> None:
     data = tmp_path / "photos"
     paths = make_folder(data, {"cat": 10, "dog": 10})
@@ -106,6 +108,7 @@ def test_contradictory_cache_options_are_refused(tmp_path, capsys) -> None:
     assert code == 2 and "identical copies" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # trains: the full tier
 def test_a_restart_after_deleting_the_checkpoint_starts_a_new_log(tmp_path) -> None:
     out = tmp_path / "run"
     args = [*TINY, "--data", "digits", "--train-size", "40", "--val-size", "20", "--test-size",
