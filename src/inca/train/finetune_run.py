@@ -20,8 +20,9 @@ from inca.methods.pixel_config import FineTuneConfig, build_model
 from inca.methods.vqt.sweep import VQTSweep
 from inca.select import accuracy
 from inca.train.config import TrainConfig
+from inca.train.predict import predict_all
 from inca.train.sources import PixelSource
-from inca.train.trainer import Trainer, predict_all
+from inca.train.trainer import Trainer
 
 GENERATOR = "stochca/generator"  # StochCA's draws, in the checkpoint: a resumed run draws on
 

@@ -33,33 +33,12 @@ from inca.select import accuracy, rank
 from inca.train import checkpoint
 from inca.train.budget import survivors
 from inca.train.config import TrainConfig
+from inca.train.predict import predict_all
 from inca.train.protocols import BatchSource, Members
 from inca.train.resume import refuse_other_signature, signed, truncate_log
 from inca.train.schedule import lr_factor
 
 MEMBERS_KEY = "bank"  # the checkpoint prefix of the members' state (its name since version 1)
-
-
-@torch.no_grad()
-def predict_all(
-    source: BatchSource,
-    members: Members,
-    split: str,
-    device: torch.device,
-    progress: bool = True,
-    total: int | None = None,
-) -> tuple[dict[str, Tensor], Tensor]:
-    """Every member's class probabilities on ``split``: ({name: (N, C)}, labels (N,))."""
-    members.eval()
-    probs: dict[str, list[Tensor]] = {n: [] for n in members.names}
-    labels = []
-    bar = tqdm(source.evaluate(split), desc=split, unit="batch", total=total, leave=False,
-               disable=not progress, dynamic_ncols=True)  # fmt: skip
-    for x, y in bar:
-        for n, lg in members.forward_batch(x.to(device)).items():
-            probs[n].append(lg.float().softmax(-1).cpu())
-        labels.append(y)
-    return {n: torch.cat(p) for n, p in probs.items()}, torch.cat(labels)
 
 
 class Trainer:
