@@ -14,11 +14,13 @@ import shutil
 import time
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from inca.adapters.base import stack_taps
@@ -164,15 +166,15 @@ def _build(
         tap: np.memmap(directory / tap_file(tap), DTYPES[dtype][0], "r+", shape=(total_rows, t, d))
         for tap, (t, d) in shapes.items()
     }
+    job = _Extraction(backbone, subset, shapes, directory, header, arrays, views, augment, dtype,
+                      batch_size, seed, workers, progress)  # fmt: skip
     if world().distributed:
-        _extract_sharded(backbone, subset, shapes, directory, header, arrays, views, augment,
-                         dtype, batch_size, seed, workers, progress)  # fmt: skip
+        _extract_sharded(job)
         if not world().is_main:
             barrier()  # rank 0 checksums the files and marks the cache complete
             return directory
     else:
-        _extract(backbone, subset, shapes, directory, header, arrays, views, augment, dtype,
-                 batch_size, seed, workers, progress)  # fmt: skip
+        _extract(job)
     header["crc32"] = {
         f: file_crc32(directory / f)
         for f in [tap_file(t) for t in shapes] + ["labels.bin", "indices.bin"]
@@ -223,59 +225,65 @@ def _open_or_create(
     return header
 
 
-def _extract(
-    backbone: Backbone,
-    subset: Subset,
-    shapes: dict[str, list[int]],
-    directory: Path,
-    header: dict[str, Any],
-    arrays: dict[str, np.memmap],
-    views: int,
-    augment: bool,
-    dtype: str,
-    batch_size: int,
-    seed: int,
-    workers: int | None,
-    progress: bool,
-) -> None:
+@dataclass
+class _Extraction:
+    """One cache build in progress: what it reads, where it writes, and how."""
+
+    backbone: Backbone
+    subset: Subset
+    shapes: dict[str, list[int]]
+    directory: Path
+    header: dict[str, Any]
+    arrays: dict[str, np.memmap]
+    views: int
+    augment: bool
+    dtype: str
+    batch_size: int
+    seed: int
+    workers: int | None
+    progress: bool
+
+    def transform(self) -> ImageTransform:
+        return ImageTransform(self.backbone.preprocess, augment=self.augment,
+                              allow_hflip=self.subset.dataset.allow_hflip)  # fmt: skip
+
+    def loader(self, indices: np.ndarray, view: int) -> Any:
+        """Batches of the subset's images at ``indices`` for view ``view`` (its seed)."""
+        part = Subset(self.subset.dataset, indices)
+        return make_loader(part, self.transform(), self.batch_size,
+                           seed=self.seed * 1000 + view, num_workers=self.workers)  # fmt: skip
+
+    def write(self, pixels: Tensor, first_row: int) -> None:
+        """The taps' normalised tokens of ``pixels`` into rows ``first_row...``."""
+        tokens = self.backbone.forward_taps(pixels, list(self.shapes))
+        x = stack_taps(tokens, list(self.shapes), normalize=True)
+        x = x.to(DTYPES[self.dtype][1]).cpu()
+        rows = slice(first_row, first_row + len(pixels))
+        for i, tap in enumerate(self.shapes):
+            bits = x[i].view(torch.uint16) if self.dtype == "bfloat16" else x[i]
+            self.arrays[tap][rows] = bits.numpy()
+
+
+def _extract(job: _Extraction) -> None:
     """One process: every remaining row, in order, progress saved every ``SAVE_EVERY_S``."""
-    n, total_rows = len(subset), views * len(subset)
-    torch_dtype = DTYPES[dtype][1]
-    done = header["rows_done"]
-    bar = tqdm(
-        total=total_rows,
-        initial=done,
-        desc=f"cache {directory.name}",
-        unit="img",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    n, total_rows = len(job.subset), job.views * len(job.subset)
+    done = job.header["rows_done"]
+    bar = tqdm(total=total_rows, initial=done, desc=f"cache {job.directory.name}", unit="img",
+               disable=not job.progress, dynamic_ncols=True)  # fmt: skip
     last_save = time.perf_counter()
     try:
         while done < total_rows:
             view, start = divmod(done, n)
-            transform = ImageTransform(
-                backbone.preprocess, augment=augment, allow_hflip=subset.dataset.allow_hflip
-            )
-            rest = Subset(subset.dataset, subset.indices[start:])
-            loader = make_loader(
-                rest, transform, batch_size, seed=seed * 1000 + view, num_workers=workers
-            )
-            for pixels, _, _ in loader:
-                tokens = backbone.forward_taps(pixels, list(shapes))
-                x = stack_taps(tokens, list(shapes), normalize=True).to(torch_dtype).cpu()
-                rows = slice(done, done + len(pixels))
-                for i, tap in enumerate(shapes):
-                    bits = x[i].view(torch.uint16) if dtype == "bfloat16" else x[i]
-                    arrays[tap][rows] = bits.numpy()
+            for pixels, _, _ in job.loader(job.subset.indices[start:], view):
+                job.write(pixels, done)
                 done += len(pixels)
                 bar.update(len(pixels))
                 if time.perf_counter() - last_save > SAVE_EVERY_S:
-                    _save_progress(directory, header, arrays, done)
+                    _save_progress(job.directory, job.header, job.arrays, done)
                     last_save = time.perf_counter()
     finally:
         bar.close()
-        _save_progress(directory, header, arrays, done)
+        _save_progress(job.directory, job.header, job.arrays, done)
 
 
 def _save_progress(directory: Path, header: dict, arrays: dict, done: int) -> None:
@@ -285,64 +293,41 @@ def _save_progress(directory: Path, header: dict, arrays: dict, done: int) -> No
     write_header(directory, header)
 
 
-def _extract_sharded(
-    backbone: Backbone,
-    subset: Subset,
-    shapes: dict[str, list[int]],
-    directory: Path,
-    header: dict[str, Any],
-    arrays: dict[str, np.memmap],
-    views: int,
-    augment: bool,
-    dtype: str,
-    batch_size: int,
-    seed: int,
-    workers: int | None,
-    progress: bool,
-) -> None:
+def _extract_sharded(job: _Extraction) -> None:
     """Under torchrun: the remaining batches, exactly the batches one process would make, dealt
     round-robin to the ranks; each writes its rows into the shared files. After every round
     all ranks flush and wait, so rank 0 may record the finished prefix in the header: the
     cache is byte-identical to one process's, and an interrupted build resumes."""
-    n, w = len(subset), world()
-    batches = [(v, s) for v in range(views) for s in range(0, n, batch_size)]  # as _extract
-    todo = [b for b in batches if b[0] * n + b[1] >= header["rows_done"]]
+    n, w, size = len(job.subset), world(), job.batch_size
+    batches = [(v, s) for v in range(job.views) for s in range(0, n, size)]  # as _extract
+    todo = [b for b in batches if b[0] * n + b[1] >= job.header["rows_done"]]
     rounds = -(-len(todo) // w.size)
     mine = [todo[i] for i in my_share(len(todo))]
-    transform = ImageTransform(
-        backbone.preprocess, augment=augment, allow_hflip=subset.dataset.allow_hflip
-    )
     loaders = {}  # view -> this rank's batches of that view, in order
     for v in sorted({b[0] for b in mine}):
-        positions = np.concatenate(
-            [np.arange(s, min(s + batch_size, n)) for u, s in mine if u == v]
-        )
-        part = Subset(subset.dataset, subset.indices[positions])
-        loaders[v] = iter(make_loader(part, transform, batch_size, seed=seed * 1000 + v,
-                                      num_workers=workers))  # fmt: skip
-    torch_dtype = DTYPES[dtype][1]
-    bar = tqdm(total=len(todo), desc=f"cache {directory.name} ({w.size} ranks)", unit="batch",
-               disable=not (progress and w.is_main), dynamic_ncols=True)  # fmt: skip
+        positions = np.concatenate([np.arange(s, min(s + size, n)) for u, s in mine if u == v])
+        loaders[v] = iter(job.loader(job.subset.indices[positions], v))
+    bar = tqdm(
+        total=len(todo),
+        desc=f"cache {job.directory.name} ({w.size} ranks)",
+        unit="batch",
+        disable=not (job.progress and w.is_main),
+        dynamic_ncols=True,
+    )
     last_save = time.perf_counter()
     for r in range(rounds):
         k = r * w.size + w.rank
         if k < len(todo):
             view, start = todo[k]
-            pixels, _, _ = next(loaders[view])
-            tokens = backbone.forward_taps(pixels, list(shapes))
-            x = stack_taps(tokens, list(shapes), normalize=True).to(torch_dtype).cpu()
-            rows = slice(view * n + start, view * n + start + len(pixels))
-            for i, tap in enumerate(shapes):
-                bits = x[i].view(torch.uint16) if dtype == "bfloat16" else x[i]
-                arrays[tap][rows] = bits.numpy()
-            for a in arrays.values():
+            job.write(next(loaders[view])[0], view * n + start)
+            for a in job.arrays.values():
                 a.flush()  # on disk before rank 0 may say so
         barrier()
         bar.update(min(w.size, len(todo) - r * w.size))
-        end = todo[min(len(todo), (r + 1) * w.size) - 1]
+        v, s = todo[min(len(todo), (r + 1) * w.size) - 1]
         if w.is_main and (r == rounds - 1 or time.perf_counter() - last_save > SAVE_EVERY_S):
             _save_progress(
-                directory, header, arrays, min(end[0] * n + end[1] + batch_size, (end[0] + 1) * n)
+                job.directory, job.header, job.arrays, min(v * n + s + size, (v + 1) * n)
             )
             last_save = time.perf_counter()
     bar.close()
