@@ -14,8 +14,6 @@ from inca.tasks import load_task
 from inca.train import checkpoint
 from tests.test_tasks import ENSEMBLE, make_task
 
-pytest.importorskip("safetensors")
-
 
 def flip_a_data_byte(file, tensor_bytes: int) -> None:
     """Flip one byte inside the tensor data (the file's end holds data, not the header)."""

@@ -72,6 +72,8 @@ def test_options_round_trip_and_keep_the_saved_shape() -> None:
     assert full["lrs"] is None and full["finetune"] is None and full["train"] == saved["train"]
     tuned = method_options("full", CompareOptions(plans={"full": "full lr=1e-5 layer_decay=0.8"}))
     assert tuned["lrs"] == [1e-5] and tuned["finetune"] == {"layer_decay": 0.8}
+    head = method_options("full", CompareOptions(plans={"full": "full head_lr=1e-2"}))
+    assert head["lrs"] is None and head["finetune"] == {"head_lr": 1e-2}  # head_lr is not lr
     # a comparison saved with --lrs and --finetune (each method took the fields it has)
     old = saved | {"lrs": {"lora": [1e-3, 3e-3]}, "finetune": {"layer_decay": 0.8, "lora_r": 4}}
     plans = CompareOptions.from_dict(old).plans

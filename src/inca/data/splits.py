@@ -162,7 +162,8 @@ def check_classes(splits: Splits, spec: str) -> None:
     n_val = len(splits.val)
     if n_val == 0:
         return
-    absent = [names[c] for c in range(len(names)) if c not in set(splits.val.labels.tolist())]
+    in_val = set(splits.val.labels.tolist())
+    absent = [names[c] for c in range(len(names)) if c not in in_val]
     if n_val < 2 * len(names):
         warn(
             f"the validation split has {n_val} image(s) for {len(names)} classes: choosing "

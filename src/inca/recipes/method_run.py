@@ -41,10 +41,9 @@ def method_options(method: str, options: CompareOptions | dict[str, Any]) -> dic
     else:
         from inca.train.plan import parse_sweep_plan
 
-        given = method in options.plans
-        plan = parse_sweep_plan(options.plans[method]) if given else None
+        plan = parse_sweep_plan(options.plans[method]) if method in options.plans else None
         own |= {"train": saved["train"], "finetune": (plan.options or None) if plan else None}
-        own["lrs"] = list(plan.lrs) if plan and "lr=" in options.plans[method] else None
+        own["lrs"] = list(plan.lrs) if plan and plan.lrs_given else None
     return json.loads(json.dumps(own))
 
 

@@ -205,6 +205,7 @@ class SweepPlan:
     method: str
     lrs: tuple[float, ...]
     options: dict[str, Any]  # the config fields the plan gives, besides lr
+    lrs_given: bool = False  # False: ``lrs`` are the method's defaults
 
     def config(self) -> Any:
         """The method's config at the first rate (the sweep's base)."""
@@ -249,6 +250,6 @@ def parse_sweep_plan(text: str) -> SweepPlan:
         options["weight_decay" if key == "wd" else key] = (
             value if key in texts else parse_value(value)
         )
-    plan = SweepPlan(name, lrs or tuple(method.default_lrs), options)
+    plan = SweepPlan(name, lrs or tuple(method.default_lrs), options, lrs_given=bool(lrs))
     finetune_config(name, **options)  # unknown fields and bad values fail here, by name
     return plan
