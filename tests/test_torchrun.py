@@ -105,3 +105,146 @@ def torch_close(a, b, name) -> None:
     import torch
 
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+GRID = ["train", "--model", "tiny-vit", "--data", "digits", "--image-size", "32",
+        "--train-size", "200", "--val-size", "20", "--test-size", "20", "--epochs", "12",
+        "--batch-size", "20", "--workers", "0", "--no-progress", "--precision", "fp32",
+        "--min-steps", "0", "--halving-epochs", "2", "--halving-keep", "0.5", "--halving-min", "1",
+        "--plan", "inca taps=block.0,block.1 lr=1e-3,3e-3 heads=2; linear taps=final lr=1e-2",
+        ]  # fmt: skip
+
+
+def one_process(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "inca", *args], capture_output=True, text=True,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def grid_alone(tmp_path_factory) -> Path:
+    """The grid trained by one process (halving drops members at epochs 2, 4 and 8)."""
+    out = tmp_path_factory.mktemp("grid") / "one"
+    done = one_process([*GRID, "--out", str(out)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def same_run(a: Path, b: Path) -> None:
+    """Every member with the same accuracies, best epoch and halving rung; the selected
+    members' weights equal within float tolerance."""
+    import json
+
+    from safetensors.torch import load_file
+
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    keys = ("name", "val_acc", "test_acc", "best_epoch", "dropped_after")
+    assert [{k: m.get(k) for k in keys} for m in ra["adapters"]] == [
+        {k: m.get(k) for k in keys} for m in rb["adapters"]
+    ]
+    assert ra["selection"] == rb["selection"]
+    assert any(m.get("dropped_after") for m in ra["adapters"])  # halving was exercised
+    for task in ("best", "ensemble"):
+        wa, wb = (load_file(str(d / "tasks" / task / "adapters.safetensors")) for d in (a, b))
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            torch_close(wa[k], wb[k], f"{task}/{k}")
+
+
+def test_adapter_parallel_training_equals_one_process(tmp_path, grid_alone) -> None:
+    """--shard adapters: each rank trains its slice of the grid over the whole cache, halving
+    decided for the grid as a whole; rank 0 gathers the members: the run one process makes."""
+    two = torchrun(["-m", "inca", *GRID, "--shard", "adapters", "--out", str(tmp_path / "two")],
+                   timeout=300)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "two" / "shards").iterdir()) == [
+        "rank0.prev.safetensors", "rank0.safetensors", "rank1.prev.safetensors",
+        "rank1.safetensors",
+    ]  # fmt: skip
+    same_run(grid_alone, tmp_path / "two")
+
+
+def kill_after_epochs(args: list[str], out: Path, epochs: int) -> None:
+    """Start ``args`` under a 2-process torchrun and, once ``epochs`` epochs are logged, SIGKILL
+    rank 0 (its pid is in the run's lock file), as a crashed node would die: torchrun must
+    bring the job down, and the run must not have finished."""
+    import json
+    import signal
+    import time
+
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         "-m", "inca", *args], env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    log, deadline = out / "log.jsonl", time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and job.poll() is None:
+            lines = log.read_text().splitlines() if log.exists() else []
+            if lines and json.loads(lines[-1])["epoch"] >= epochs:
+                time.sleep(0.05)  # into the next epoch, or its checkpoint
+                break
+            time.sleep(0.02)
+        holder = (out / ".inca.lock").read_text()  # "pid N on HOST, since T"
+        os.kill(int(holder.split()[1]), signal.SIGKILL)
+        assert job.wait(timeout=60) != 0  # torchrun took the other rank down
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert not (out / "results.json").exists(), "the run finished before it could be killed"
+
+
+@pytest.mark.parametrize("shard", ["data", "adapters"])
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, grid_alone, shard) -> None:
+    """Killed after 3 of 12 epochs, resumed: the result of one uninterrupted process. A
+    data-parallel run resumes on ONE process (the global batch is what must be kept); a
+    sharded grid resumes with as many as it started with."""
+    out = tmp_path / "run"
+    args = [*GRID, "--shard", shard, "--out", str(out)]
+    kill_after_epochs(args, out, epochs=3)
+    resumed = (torchrun(["-m", "inca", *args, "--resume"], timeout=300) if shard == "adapters"
+               else one_process([*args, "--resume"]))  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+    same_run(grid_alone, out)
+
+
+COMPARE = ["compare", "--model", "tiny-vit", "--data", "digits", "--image-size", "32",
+           "--train-size", "80", "--val-size", "40", "--test-size", "40", "--epochs", "2",
+           "--batch-size", "20", "--workers", "0", "--no-progress", "--precision", "fp32",
+           "--no-augment", "--min-steps", "0", "--halving-epochs", "0", "--methods",
+           "linear,inca,full,lora,stochca",
+           "--plans", "inca:inca taps=block.1,block.2 lr=3e-3 heads=2 | linear taps=block.* "
+                      "solver=lbfgs | full lr=1e-4 | lora lr=1e-3 lora_r=4 | stochca lr=1e-4",
+           ]  # fmt: skip
+
+
+def test_a_comparison_under_torchrun_equals_one_process(tmp_path) -> None:
+    """`inca compare` launched by torchrun: the fine-tuning baselines train data-parallel
+    (their weights equal one process's), frozen-feature methods as `inca train` does, and each
+    row reports the peak memory of every rank."""
+    import json
+
+    from safetensors.torch import load_file
+
+    two = torchrun(["-m", "inca", *COMPARE, "--out", str(tmp_path / "two")], timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = one_process([*COMPARE, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    rows = {d: {r["method"]: r for r in json.loads((tmp_path / d / "compare.json").read_text())
+                ["rows"]} for d in ("one", "two")}  # fmt: skip
+    assert rows["one"].keys() == rows["two"].keys() == {
+        "linear", "inca", "inca-ensemble", "full", "lora", "stochca"}  # fmt: skip
+    for method, a in rows["one"].items():
+        b = rows["two"][method]
+        assert abs(a["val_acc"] - b["val_acc"]) <= 1 / 40 + 1e-6, method  # float tolerance
+        assert a["selected"] == b["selected"], method
+        assert "peak_memory_per_rank" not in a and len(b["peak_memory_per_rank"]) == 2
+    for method in ("full", "lora", "stochca"):
+        files = [load_file(str(tmp_path / d / method / "task" / "adapters.safetensors"))
+                 for d in ("one", "two")]  # fmt: skip
+        assert files[0].keys() == files[1].keys()
+        for k in files[0]:
+            torch_close(files[0][k], files[1][k], f"{method}/{k}")
+    assert two.stdout.count("== full ==") == 1  # rank 0 alone prints

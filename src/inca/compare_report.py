@@ -23,6 +23,16 @@ def runs(row: dict[str, Any]) -> int:
     return 1 if method.one_pass else max(1, len(row["sweep"]))
 
 
+def memory_cell(row: dict[str, Any]) -> str:
+    """Peak resident memory of the method's process (the largest rank's, with how many ranks
+    ran it under torchrun), and the accelerator's peak where it ran on CUDA."""
+    cell = f"{row['peak_rss_mib']:.0f}"
+    if "peak_gpu_mib" in row:
+        cell += f" (GPU {row['peak_gpu_mib']:.0f})"
+    ranks = len(row.get("peak_memory_per_rank") or [])
+    return cell + (f" per rank, max of {ranks}" if ranks > 1 else "")
+
+
 def compare_table(summary: dict[str, Any]) -> str:
     """The table, best test accuracy first. Wall times compare only on one machine: rows from
     another machine than full fine-tuning's get no time ratio, and a machine column says which
@@ -54,7 +64,7 @@ def compare_table(summary: dict[str, Any]) -> str:
         line = (
             f"| {r['method']} | {100 * r['test_acc']:.2f}% | {100 * r['val_acc']:.2f}% | "
             f"{r.get('epochs', '—')} | {r['train_time_s']:.0f} | "
-            f"{r['train_time_s'] / runs(r):.0f} | {r['peak_rss_mib']:.0f} | "
+            f"{r['train_time_s'] / runs(r):.0f} | {memory_cell(r)} | "
             f"{r['trainable_params']:,} | {r['task_bytes'] / 2**20:.2f} MiB | {r['selected']} |"
         )
         if full:

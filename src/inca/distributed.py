@@ -134,3 +134,13 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     parts: list[Any] = [None] * w.size
     dist.all_gather_object(parts, tensor.cpu())
     return torch.cat(parts)
+
+
+def gather_values(value: Any) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order, on every rank."""
+    w = world()
+    if not w.distributed:
+        return [value]
+    values: list[Any] = [None] * w.size
+    dist.all_gather_object(values, value)
+    return values

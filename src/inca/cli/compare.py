@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> None:
 
     options = compare_options(args, parse_plans(args.plans or ""))
     summary = compare(parse_methods(args.methods), options, args.out)
+    if not summary:
+        return  # a torchrun rank other than 0: rank 0 reports
     print()
     print(compare_table(summary))
     print(f"report: {args.out}/compare.md, plot: {args.out}/accuracy_vs_cost.png")

@@ -70,6 +70,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "float16", "bfloat16", "float32"],
         help="auto: bfloat16 when the backbone runs in bf16, else float16",
     )
+    p.add_argument(
+        "--shard",
+        default="data",
+        choices=["data", "adapters"],
+        help="under torchrun: split every batch over the processes (data, the default), or "
+        "give each process a slice of the plan's adapters to train over the whole cache "
+        "(adapters: a large grid spread over many GPUs, no gradient traffic)",
+    )
     p.set_defaults(func=run)
 
 
@@ -106,6 +114,7 @@ def run(args: argparse.Namespace) -> None:
         seeds=args.seeds,
         cache_views=args.cache_views,
         cache_dtype=args.cache_dtype,
+        shard=args.shard,
     )
     results = train(options, args.out, resume=args.resume)
     if not results:
@@ -130,6 +139,11 @@ def train_method(args: argparse.Namespace) -> None:
     from inca.train.plan import parse_sweep_plan
 
     method = parse_sweep_plan(args.plan).method
+    if args.shard == "adapters":
+        raise IncaError(
+            f"--shard adapters spreads a grid of adapters over the processes; {method} trains "
+            "from pixels and shares every batch over them instead: leave --shard out"
+        )
     out = Path(args.out)
     done = out / "result.json"
     if args.resume and done.exists():

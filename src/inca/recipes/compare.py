@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from inca.distributed import on_main, world
 from inca.errors import IncaError
 from inca.io import write_json
 from inca.methods import get_method
@@ -76,21 +77,18 @@ def _compare(
 
         taps = list(load_backbone(options.model, image_size=options.image_size).taps)
         options = replace(options, cache_taps=tuple(cache_taps(methods, options, taps)))
-    write_json(saved, options.to_dict())
+    w = world()
+    if w.is_main:
+        write_json(saved, options.to_dict())
     for method in methods:
         result_file = out / method / "result.json"
-        if result_file.exists():
-            done = json.loads(result_file.read_text())
-            made_with = done.get("options") or legacy_options(method, json.loads(saved.read_text()))
-            if made_with == method_options(method, options):
-                print(f"{method}: done before, not rerun ({result_file})")
-                continue
-            kept = out / f"{method}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-            (out / method).rename(kept)  # its run directory would refuse the new options
-            print(f"{method}: done before with other options (kept in {kept}); running it again")
+        if on_main(lambda m=method: finished(m, options, out, saved)):  # rank 0 decides
+            continue
         print(f"== {method} ==")
-        if in_process:
-            write_json(result_file, run_method(method, options, out / method))
+        if in_process or w.distributed:  # under torchrun every rank runs it, in step
+            result = run_method(method, options, out / method)
+            if w.is_main:
+                write_json(result_file, result)
         else:  # its own process: its own peak memory
             code = (
                 "import json, sys; from pathlib import Path; from inca.io import write_json; "
@@ -108,6 +106,8 @@ def _compare(
                     f"method {method} failed (exit {done.returncode}); fix the "
                     "error above and rerun: finished methods are kept"
                 )
+    if not w.is_main:
+        return {}  # rank 0 writes the comparison
     rows = [r for m in methods for r in json.loads((out / m / "result.json").read_text())["rows"]]
     frozen = options.to_dict().get("frozen") or {}
     summary = {
@@ -124,6 +124,23 @@ def _compare(
 
     write_compare_report(summary, out)
     return summary
+
+
+def finished(method: str, options: CompareOptions, out: Path, saved: Path) -> bool:
+    """Whether ``method`` finished before with these options (then it is not rerun); a result
+    made with other options is moved aside, to be run again."""
+    result_file = out / method / "result.json"
+    if not result_file.exists():
+        return False
+    done = json.loads(result_file.read_text())
+    made_with = done.get("options") or legacy_options(method, json.loads(saved.read_text()))
+    if made_with == method_options(method, options):
+        print(f"{method}: done before, not rerun ({result_file})")
+        return True
+    kept = out / f"{method}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    (out / method).rename(kept)  # its run directory would refuse the new options
+    print(f"{method}: done before with other options (kept in {kept}); running it again")
+    return False
 
 
 def legacy_options(method: str, saved: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inca.distributed import barrier, world
+from inca.distributed import barrier, gather_values, world
 from inca.methods import get_method
 from inca.recipes.compare_options import CompareOptions
 from inca.run_lock import exclusive
@@ -55,8 +55,9 @@ def run_method(
     from their last finished epoch."""
     from inca.backbones import load_backbone
     from inca.device import machine_info
-    from inca.process import peak_rss_mib
+    from inca.process import peak_memory, reset_peak_memory
 
+    reset_peak_memory()  # this method's own peak, when others ran in this process before
     backbone = load_backbone(
         options.model,
         image_size=options.image_size,
@@ -67,15 +68,18 @@ def run_method(
     run = frozen_rows if get_method(method).from_tokens else finetune_rows
     with exclusive(out, "method"):
         rows, shared = run(method, options, out, backbone, resume, start)
+    per_rank = gather_values(peak_memory())  # under torchrun: every rank's, in rank order
     for row in rows:
         task_dir = Path(row["task"])
         row |= {
             "machine": machine_info(backbone.device),
             "precision": backbone.precision.name,
-            "peak_rss_mib": peak_rss_mib(),
+            **{k: max(p[k] for p in per_rank) for k in per_rank[0]},  # the largest rank's
             "task_bytes": sum(f.stat().st_size for f in task_dir.glob("*") if f.is_file()),
             "runs": shared,
         }
+        if len(per_rank) > 1:
+            row["peak_memory_per_rank"] = per_rank
     return {"method": method, "rows": rows, "options": method_options(method, options)}
 
 
@@ -101,6 +105,8 @@ def frozen_rows(
         cache_taps=options.cache_taps,
     )
     results = train(run_options, out, resume=resume, backbone=backbone)
+    if not results:
+        return [], 1  # a torchrun rank other than 0: rank 0 reports the rows
     run, sel = results["run"], results["selection"]
     cache = run.get("cache", {})
     build = cache.get("build_seconds") or 0.0

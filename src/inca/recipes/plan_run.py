@@ -39,11 +39,12 @@ from inca.recipes.run_options import RunOptions
 from inca.run_lock import exclusive
 from inca.select import accuracy, choose_ensemble, rank
 from inca.train.config import TrainConfig
+from inca.train.grid_shard import gather_on_main
 from inca.train.member import Member
 from inca.train.one_to_many import adapter_trainer
 from inca.train.plan import AdapterSpec, parse_plan
 from inca.train.probes import fit_linear_probes
-from inca.train.resume import check_resumable
+from inca.train.resume import check_resumable, holds_checkpoint
 from inca.train.sources import TokenSource
 from inca.train.trainer import Trainer
 
@@ -73,7 +74,7 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
     data, plan, config, cache, seeds = o.data, o.plan, o.train, o.cache, o.seeds
     cache_views, cache_dtype, cache_taps = o.cache_views, o.cache_dtype, o.cache_taps
     started = time.perf_counter()
-    if (out / "checkpoint.safetensors").exists() and not resume:
+    if holds_checkpoint(out) and not resume:
         raise IncaError(
             f"{out} already holds a run; pass --resume to continue it, or choose another --out"
         )
@@ -133,10 +134,13 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
             f"activation cache {cache}: {len(taps)} taps, "
             f"{cache_info['bytes'] / 2**30:.2f} GiB on disk ({cache_info['seconds']:.0f} s)"
         )
+    grid = o.shard == "adapters" and world().distributed
+    if grid:  # a resume needs the same slices: the same number of ranks
+        signature["shard"] = {"adapters": world().size}
     out.mkdir(parents=True, exist_ok=True)
     agree(signature | {"plan_text": plan, "train": config.signature()}, "the run's options")
     if resume:  # a refused resume must change nothing: check before writing anything
-        check_resumable(out, signature, config)
+        check_resumable(out, signature, config, world().rank if grid else None)
     if world().is_main:  # under torchrun rank 0 alone writes the run directory
         write_json(out / "plan.json", signature | {"plan_text": plan, "train": config.signature()})
         write_json(out / "run.json", replace(o, train=config).to_dict())  # resolved: as it ran
@@ -148,7 +152,7 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
         if k:
             print(f"== seed {config.seed + k} ({k + 1}/{seeds}) ==")
         members, trainer = train_members(
-            backbone, splits, specs, run_config, run_out, signature, caches, resume
+            backbone, splits, specs, run_config, run_out, signature, caches, resume, grid
         )
         if not world().is_main:
             continue  # trained in step with rank 0, which selects, saves and reports
@@ -176,15 +180,18 @@ def train_members(
     signature: dict[str, Any],
     caches: dict[str, ActivationCache] | None,
     resume: bool,
+    grid: bool = False,
 ) -> tuple[dict[str, Member], Trainer | None]:
-    """Every member of the plan, trained: SGD members one-to-many, solved probes by L-BFGS."""
+    """Every member of the plan, trained: SGD members one-to-many, solved probes by L-BFGS.
+    ``grid``: under torchrun each rank trains its slice of the SGD members, and rank 0 gathers
+    them all (in plan order, as one process would hold them)."""
     out.mkdir(parents=True, exist_ok=True)
     sgd = [s for s in specs if not s.solved]
     solved = [s for s in specs if s.solved]
     members: dict[str, Member] = {}
     trainer = None
     if sgd:
-        trainer = adapter_trainer(backbone, splits, sgd, config, out, signature, caches)
+        trainer = adapter_trainer(backbone, splits, sgd, config, out, signature, caches, grid)
         trainer.fit(resume=resume)
         trainer.load_best()
         test_probs, _ = trainer.predict("test")
@@ -199,6 +206,9 @@ def train_members(
                 test_probs[n],
                 {"best_epoch": trainer.best_epoch[n], "dropped_after": trainer.dropped_at.get(n)},
             )
+        if grid:
+            gathered = gather_on_main(members)
+            members = {s.name: gathered[s.name] for s in sgd if s.name in gathered}
     if solved and world().is_main:  # full-batch solvers: on rank 0, over whole splits
         taps = [t for t in backbone.taps if any(s.tap == t for s in solved)]
         source = TokenSource(backbone, splits, taps, config, caches, sharded=False)

@@ -11,6 +11,8 @@ from inca.errors import IncaError
 from inca.train.config import TrainConfig
 from inca.train.plan import DEFAULT_PLAN
 
+SHARDS = ("data", "adapters")  # what torchrun ranks split: every batch, or the grid
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -20,7 +22,9 @@ class RunOptions:
     own; max_ensemble: the largest top-k tried; train: budget and schedule; cache: the
     activation-cache root (None: online, a backbone pass per epoch); cache_views: augmented
     views per training image; cache_dtype: auto, float16, bfloat16 or float32; seeds: repeats
-    of the plan with other training seeds; cache_taps: taps cached beyond the plan's."""
+    of the plan with other training seeds; cache_taps: taps cached beyond the plan's; shard:
+    how torchrun ranks split the work, ``data`` (every batch) or ``adapters`` (the grid, each
+    rank training its slice over the whole cache)."""
 
     model: str = "dinov2-small"
     data: str = "fashion-mnist"
@@ -40,8 +44,16 @@ class RunOptions:
     cache_dtype: str = "auto"
     seeds: int = 1
     cache_taps: tuple[str, ...] | None = None
+    shard: str = "data"
 
     def __post_init__(self) -> None:
+        if self.shard not in SHARDS:
+            raise IncaError(f"shard must be one of {SHARDS}, got {self.shard!r}")
+        if self.shard == "adapters" and self.cache is None:
+            raise IncaError(
+                "--shard adapters trains every rank's slice of the grid over the whole "
+                "activation cache; give --cache DIR (or shard the data: leave --shard out)"
+            )
         if self.seeds < 1:
             raise IncaError(f"seeds must be at least 1, got {self.seeds}")
         if self.cache_views < 1:

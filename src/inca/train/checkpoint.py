@@ -52,18 +52,19 @@ def optimizer_from_tensors(
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save(out_dir: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
-    path = Path(out_dir) / FILE
+def save(out_dir: Path, tensors: dict[str, Tensor], meta: dict[str, Any], name: str = FILE) -> Path:
+    path = Path(out_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:
         text = json.dumps(json_safe(meta), sort_keys=True, allow_nan=False)
         save_checked(tensors, tmp, {"inca": text})
     return path
 
 
-def load(out_dir: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def load(out_dir: Path, name: str = FILE) -> tuple[dict[str, Tensor], dict[str, Any]]:
     from safetensors import SafetensorError, safe_open
 
-    path = Path(out_dir) / FILE
+    path = Path(out_dir) / name
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -75,12 +76,12 @@ def load(out_dir: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     return tensors, meta
 
 
-def read_meta(out_dir: Path) -> dict[str, Any]:
+def read_meta(out_dir: Path, name: str = FILE) -> dict[str, Any]:
     """The checkpoint's JSON metadata alone (its tensors unread): to check a resume is allowed
     before anything is written."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(out_dir) / FILE
+    path = Path(out_dir) / name
     try:
         with safe_open(str(path), framework="pt") as f:
             return json.loads((f.metadata() or {})["inca"])

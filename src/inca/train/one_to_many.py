@@ -16,8 +16,10 @@ from typing import Any
 from inca.backbones.base import Backbone
 from inca.cache import ActivationCache
 from inca.data import Splits
+from inca.distributed import world
 from inca.train.bank import AdapterBank
 from inca.train.config import TrainConfig
+from inca.train.grid_shard import my_slice
 from inca.train.plan import AdapterSpec
 from inca.train.sources import TokenSource, token_dtype
 from inca.train.trainer import Trainer
@@ -31,8 +33,14 @@ def adapter_trainer(
     out_dir: str | Path,
     signature: dict[str, Any],
     caches: Mapping[str, ActivationCache] | None = None,
+    shard_adapters: bool = False,
 ) -> Trainer:
-    """A trainer of every adapter of ``specs`` on ``splits``, from ``caches`` where given."""
+    """A trainer of every adapter of ``specs`` on ``splits``, from ``caches`` where given
+    (``shard_adapters``: of this torchrun rank's slice of them, over whole splits)."""
+    grid = shard_adapters and world().distributed
+    if grid:
+        mine = set(my_slice([s.name for s in specs]))
+        specs = [s for s in specs if s.name in mine]
     bank = AdapterBank(
         specs,
         backbone.taps,
@@ -41,8 +49,8 @@ def adapter_trainer(
         seed=config.seed,
         token_dtype=token_dtype(backbone),
     ).to(backbone.device)
-    source = TokenSource(backbone, splits, bank.taps, config, caches)
+    source = TokenSource(backbone, splits, bank.taps, config, caches, sharded=not grid)
     return Trainer(
         bank, source, config, len(splits.train), out_dir, signature, backbone.device,
-        num_val=len(splits.val),
+        num_val=len(splits.val), shard_adapters=grid,
     )  # fmt: skip

@@ -36,11 +36,35 @@ def refuse_other_signature(out_dir: Path, saved: dict[str, Any], now: dict[str, 
         )
 
 
-def check_resumable(out_dir: Path, signature: dict[str, Any], config: TrainConfig) -> None:
+def holds_checkpoint(out_dir: Path) -> bool:
+    """Whether a run was trained in ``out_dir`` (one checkpoint, or a grid's shards)."""
+    out_dir = Path(out_dir)
+    return (out_dir / checkpoint.FILE).exists() or any(out_dir.glob("shards/rank*.safetensors"))
+
+
+def check_resumable(
+    out_dir: Path, signature: dict[str, Any], config: TrainConfig, rank: int | None = None
+) -> None:
     """Refuse, before anything is written, to resume a checkpoint made with other options (a
-    run without a checkpoint yet simply starts)."""
-    if (Path(out_dir) / checkpoint.FILE).exists():
-        meta = checkpoint.read_meta(Path(out_dir))
-        refuse_other_signature(
-            Path(out_dir), meta.get("signature") or {}, signed(signature, config)
+    run without a checkpoint yet simply starts). ``rank``: the run's adapters are sharded over
+    ranks (``--shard adapters``), this one's checkpoint is checked."""
+    from inca.train.grid_shard import shard_file
+
+    out_dir = Path(out_dir)
+    grid_files = list(out_dir.glob("shards/rank*.safetensors"))
+    if rank is None and grid_files:
+        raise IncaError(
+            f"cannot resume {out_dir}: it was trained with --shard adapters; resume it the same "
+            "way, with as many processes"
         )
+    if rank is not None and (out_dir / checkpoint.FILE).exists():
+        raise IncaError(
+            f"cannot resume {out_dir}: it was trained data-parallel; resume it without "
+            "--shard adapters"
+        )
+    names = [checkpoint.FILE] if rank is None else [shard_file(rank), shard_file(rank, True)]
+    for name in names:
+        if (out_dir / name).exists():
+            meta = checkpoint.read_meta(out_dir, name)
+            refuse_other_signature(out_dir, meta.get("signature") or {}, signed(signature, config))
+            return

@@ -26,13 +26,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from inca.distributed import all_reduce_mean_, gather_rows, world
+from inca.distributed import World, all_reduce_mean_, gather_rows, world
 from inca.errors import DivergedError, IncaError
 from inca.io import json_safe
 from inca.select import accuracy, rank
 from inca.train import checkpoint
 from inca.train.budget import survivors
 from inca.train.config import TrainConfig
+from inca.train.grid_shard import Standing, resume_file, save_shard
 from inca.train.predict import predict_all
 from inca.train.protocols import BatchSource, Members
 from inca.train.resume import refuse_other_signature, signed, truncate_log
@@ -53,6 +54,9 @@ class Trainer:
         out_dir: ``log.jsonl`` (one line per epoch) and the checkpoint go here.
         signature: what must match for a checkpoint to be resumed (``config`` is added).
         device: where members compute.
+        shard_adapters: under torchrun, ``members`` are this rank's slice of a grid that it
+            trains over whole splits (see :mod:`inca.train.grid_shard`); otherwise the ranks
+            share every batch and hold the same members (data-parallel).
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class Trainer:
         signature: dict[str, Any],
         device: torch.device,
         num_val: int | None = None,
+        shard_adapters: bool = False,
     ) -> None:
         self.members, self.source, self.config = members, source, config
         self.all_members, self.device = members, device  # load_best returns to every member
@@ -72,10 +77,12 @@ class Trainer:
         self.signature = signed(signature, config)  # to compare with a saved checkpoint's
         self.all_names = list(members.names)
         self.world = world()
-        if config.batch_size % self.world.size:
+        self.grid = shard_adapters and self.world.distributed
+        self.data_world = World() if self.grid else self.world  # the ranks sharing each batch
+        if config.batch_size % self.data_world.size:
             raise IncaError(
                 f"the batch of {config.batch_size} does not split evenly over "
-                f"{self.world.size} processes; use a --batch-size divisible by it"
+                f"{self.data_world.size} processes; use a --batch-size divisible by it"
             )
         self.steps_per_epoch = num_train // config.batch_size
         if self.steps_per_epoch == 0:
@@ -105,6 +112,7 @@ class Trainer:
         self.images_seen = 0
         self.curve: list[dict[str, float]] = []  # per epoch: cumulative seconds, best val acc
         self.diverged: dict[str, int] = {}  # member -> the epoch its loss or output went NaN/inf
+        self.idle = False  # a grid shard whose members halving dropped, every one
 
     def _optimizer(self) -> torch.optim.Optimizer:
         # fused: one kernel per parameter instead of ~10 element-wise passes (6x on this CPU)
@@ -114,7 +122,7 @@ class Trainer:
     @property
     def active(self) -> list[str]:
         """The members still training (all of them until a halving rung drops some)."""
-        return list(self.members.names)
+        return [] if self.idle else list(self.members.names)
 
     def _shrink(self, keep: list[str], carry: bool = True) -> None:
         """Continue with members ``keep`` only; their weights and AdamW moments carry over."""
@@ -129,7 +137,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoint
     def save_checkpoint(self) -> None:
-        if not self.world.is_main:  # rank 0 alone writes; every rank holds the same state
+        if not (self.world.is_main or self.grid):  # data-parallel: every rank holds the same
             return
         tensors = checkpoint.flatten(MEMBERS_KEY, self.members.checkpoint_state())
         for n in self.all_names:
@@ -157,18 +165,23 @@ class Trainer:
             "curve": self.curve,
             "diverged": self.diverged,
         }
-        checkpoint.save(self.out_dir, tensors | optim_tensors, meta)
+        if self.grid:  # each rank its own slice
+            save_shard(self.out_dir, tensors | optim_tensors, meta)
+        else:
+            checkpoint.save(self.out_dir, tensors | optim_tensors, meta)
 
-    def load_checkpoint(self) -> None:
-        tensors, meta = checkpoint.load(self.out_dir)
+    def load_checkpoint(self, name: str = checkpoint.FILE) -> None:
+        tensors, meta = checkpoint.load(self.out_dir, name)
         if "best_acc" in meta and not isinstance(meta["best_acc"], dict):
             raise IncaError(
                 f"{self.out_dir / checkpoint.FILE} was written by the fine-tuning loop of an "
                 "older inca, which this one cannot continue; delete it to train this run again"
             )
         refuse_other_signature(self.out_dir, meta["signature"], self.signature)
-        if meta.get("active", self.all_names) != self.all_names:
-            self._shrink(meta["active"], carry=False)  # the state below fills it
+        active = meta.get("active", self.all_names)
+        self.idle = not active
+        if active and active != self.all_names:
+            self._shrink(active, carry=False)  # the state below fills it
         self.members.load_checkpoint_state(checkpoint.unflatten(tensors, MEMBERS_KEY))
         for n in self.all_names:
             self.best_state[n] = checkpoint.unflatten(tensors, f"best/{n}")
@@ -189,9 +202,11 @@ class Trainer:
         self.diverged = meta.get("diverged", {})
 
     # ------------------------------------------------------------------ training
-    def best_name(self) -> str | None:
-        """The member with the best validation accuracy so far (diverged members never)."""
-        healthy = {n: a for n, a in self.best_acc.items() if n not in self.diverged}
+    def best_name(self, standing: Standing | None = None) -> str | None:
+        """The member with the best validation accuracy so far (diverged members never), of
+        this trainer's members or of the whole ``standing``."""
+        best_acc = standing.best_acc if standing else self.best_acc
+        healthy = {n: a for n, a in best_acc.items() if n not in self.diverged}
         if self.epoch == 0 or not healthy:
             return None
         return rank(healthy)[0]
@@ -221,7 +236,9 @@ class Trainer:
             group["lr"] = group["base_lr"] * factor
         names = list(losses)
         stacked = torch.stack([losses[n] for n in names])
-        agreed = all_reduce_mean_(stacked.detach().clone())  # every rank decides alike
+        agreed = stacked.detach().clone()
+        if self.data_world.distributed:
+            all_reduce_mean_(agreed)  # every rank decides alike
         finite = torch.isfinite(agreed).tolist()  # one sync for every member
         if not all(finite):
             self._diverge([n for n, ok in zip(names, finite, strict=True) if not ok],
@@ -229,7 +246,7 @@ class Trainer:
         keep = [i for i, n in enumerate(names) if finite[i] and n not in self.diverged]
         if keep:  # a diverged member's loss leaves the sum: its NaN reaches no gradient
             stacked[keep].sum().backward()  # ONE backward for all
-            if self.world.distributed:
+            if self.data_world.distributed:
                 self._average_gradients()
             self.optimizer.step()
         # free gradients before the next backbone pass: they would otherwise sit in memory
@@ -251,6 +268,8 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the training split: returns each member's mean training loss."""
+        if self.idle:
+            return {}
         self.members.train()
         loss_sum = {n: 0.0 for n in self.members.names}
         start, seen, steps = time.perf_counter(), 0, 0
@@ -283,15 +302,17 @@ class Trainer:
     def predict(self, split: str) -> tuple[dict[str, Tensor], Tensor]:
         """The current members' probabilities on ``split`` and its labels (under torchrun each
         rank predicts its block of the split; every rank gets the whole, in split order)."""
-        total = self.val_batches if split == "val" and not self.world.distributed else None
+        total = self.val_batches if split == "val" and not self.data_world.distributed else None
         probs, labels = predict_all(self.source, self.members, split, self.device,
                                     self.config.progress, total)  # fmt: skip
-        if self.world.distributed:
+        if self.data_world.distributed:
             probs = {n: gather_rows(p) for n, p in probs.items()}
             labels = gather_rows(labels)
         return probs, labels
 
     def validate(self) -> dict[str, float]:
+        if self.idle:
+            return {}
         probs, labels = self.predict("val")
         self.val_labels = labels
         broken = [n for n, p in probs.items() if n not in self.diverged and not p.isfinite().all()]
@@ -310,19 +331,31 @@ class Trainer:
                 self.last_improved_step = self.step
         return accs
 
-    def _halve(self) -> list[str]:
-        """At a halving rung: drop all but the best members; returns the dropped names."""
+    def _halve(self, standing: Standing) -> list[str]:
+        """At a halving rung: drop all but the best members (of the whole grid, when ranks
+        train slices of it); returns the dropped names."""
         if self.epoch not in self.budget.rungs:
             return []
         b = self.budget
-        acc = {n: -1.0 if n in self.diverged else a for n, a in self.best_acc.items()}
-        keep = survivors(self.active, acc, self.last_val_loss, b.keep, b.min_members)
-        dropped = [n for n in self.active if n not in keep]
-        if dropped:
-            for n in dropped:
-                self.dropped_at[n] = self.epoch
-            self._shrink(keep)
+        acc = {n: -1.0 if n in self.diverged else a for n, a in standing.best_acc.items()}
+        keep = survivors(standing.active, acc, standing.last_val_loss, b.keep, b.min_members)
+        dropped = [n for n in standing.active if n not in keep]
+        for n in dropped:
+            self.dropped_at[n] = self.epoch
+        mine = [n for n in self.active if n in keep]
+        if mine and len(mine) < len(self.active):
+            self._shrink(mine)
+        self.idle = not mine
         return dropped
+
+    def _standing(self, accs: dict[str, float], losses: dict[str, float]) -> Standing:
+        """Where the grid stands after this epoch: this trainer's members, merged over the
+        ranks when each holds a slice; the grid-wide facts are adopted here."""
+        mine = Standing(accs, losses, dict(self.best_acc), dict(self.last_val_loss),
+                        dict(self.diverged), self.active, self.last_improved_step)  # fmt: skip
+        standing = mine.merged(self.grid)
+        self.diverged, self.last_improved_step = standing.diverged, standing.last_improved_step
+        return standing
 
     def _out_of_patience(self) -> bool:
         patience = self.budget.patience_steps
@@ -334,8 +367,9 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log = self.out_dir / "log.jsonl"
         cap = self.budget.max_epochs
-        if resume and (self.out_dir / checkpoint.FILE).exists():
-            self.load_checkpoint()
+        saved = self._resume_file() if resume else None
+        if saved:
+            self.load_checkpoint(saved)
             if self.world.is_main:  # a kill between log line and checkpoint
                 truncate_log(log, self.epoch)
             print(f"resuming {self.out_dir} after epoch {self.epoch}/{cap}")
@@ -346,10 +380,11 @@ class Trainer:
             losses = self.train_epoch()
             t_train = time.perf_counter() - t0
             self.epoch += 1
-            accs = self.validate()
+            standing = self._standing(self.validate(), losses)
+            accs, losses = standing.accs, standing.losses
             t_val = time.perf_counter() - t0 - t_train
             self.val_seconds += t_val
-            best = self.best_name()
+            best = self.best_name(standing)
             if best is None:
                 raise DivergedError(
                     f"every member of {self.out_dir} diverged (non-finite loss or output): "
@@ -357,9 +392,9 @@ class Trainer:
                 )
             seconds = self.train_seconds + self.val_seconds  # validation is a cost too
             self.curve.append(
-                {"epoch": self.epoch, "seconds": seconds, "val_acc": self.best_acc[best]}
+                {"epoch": self.epoch, "seconds": seconds, "val_acc": standing.best_acc[best]}
             )
-            dropped = self._halve()
+            dropped = self._halve(standing)
             if self._out_of_patience():
                 self.stopped = f"no better member for {self.step - self.last_improved_step} steps"
             entry = {
@@ -370,8 +405,8 @@ class Trainer:
                 "val_seconds": t_val,
                 "train_loss": losses,
                 "val_acc": accs,
-                "best": {"name": best, "val_acc": self.best_acc[best]},
-                "active": len(self.active),
+                "best": {"name": best, "val_acc": standing.best_acc[best]},
+                "active": len(standing.active) - len(dropped),
             }
             if dropped:
                 entry["dropped"] = dropped
@@ -382,15 +417,23 @@ class Trainer:
             with open(log if self.world.is_main else os.devnull, "a") as f:
                 f.write(json.dumps(json_safe(entry), sort_keys=True, allow_nan=False) + "\n")
             self.save_checkpoint()  # after the log line: a resume drops lines past it
-            note = f"; halving kept {len(self.active)} of {len(self.active) + len(dropped)}"
+            kept = len(standing.active) - len(dropped)
+            note = f"; halving kept {kept} of {len(standing.active)}"
             print(
-                f"epoch {self.epoch}/{cap}: best {best} {100 * self.best_acc[best]:.2f}% val "
+                f"epoch {self.epoch}/{cap}: best {best} {100 * standing.best_acc[best]:.2f}% val "
                 f"({t_train:.0f} s train, {len(accs)} members{note if dropped else ''})"
                 + (f"; stopping: {self.stopped}" if self.stopped else "")
             )
 
+    def _resume_file(self) -> str | None:
+        """The checkpoint to resume from (None: none yet, the run starts)."""
+        if self.grid:
+            return resume_file(self.out_dir)
+        return checkpoint.FILE if (self.out_dir / checkpoint.FILE).exists() else None
+
     def load_best(self) -> None:
         """Every member, dropped ones included, back at its best validation epoch."""
+        self.idle = False
         if self.members is not self.all_members:
             self.members = self.all_members
             self.source.serve(self.members)
