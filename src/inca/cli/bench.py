@@ -25,10 +25,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-size", type=positive_int, default=1024)
     p.add_argument("--image-size", type=positive_int, default=112)
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument(
+        "--world-size",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="instead: the torchrun benchmark, cache build and one-to-many epochs on 1 and N "
+        "processes (writes OUT/scaling.json)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.world_size:
+        from inca.bench_scaling import run_scaling_benchmark
+
+        run_scaling_benchmark(
+            args.world_size, args.model, args.data, args.train_size, args.image_size,
+            out=args.out,
+        )  # fmt: skip
+        return
     from inca.bench import run_benchmark
 
     run_benchmark(

@@ -1,0 +1,250 @@
+"""`inca bench-serve`: throughput and latency of ``inca serve`` under concurrent HTTP clients.
+
+The server runs as users run it (``inca serve`` in its own process, uvicorn on 127.0.0.1); the
+load comes from a real HTTP client (httpx, asyncio) sending a bounded number of one-image
+requests from C concurrent clients. For T loaded tasks (1, 4, 16) and C clients (1, 8, 32):
+images/s and p50/p95/p99 latency. Against it:
+
+- the same tasks served one backbone pass per task (``--pass-per-task``): what sharing the
+  pass buys;
+- ``inca predict``'s offline images/s on the same images and tasks (batches of 32, no HTTP).
+
+The tasks are InCA adapters with random weights on taps spread over the blocks, the deepest
+block in every task set, so every count runs the backbone to the same depth: throughput does
+not depend on what the adapters learned. Targets: 16 tasks at >= 80% of one task's images/s;
+32 clients at >= 90% of the offline images/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from inca.io import write_json
+
+TASKS_VS_ONE = 0.80  # 16 tasks at >= this share of one task's throughput
+SERVED_VS_OFFLINE = 0.90  # 32 clients at >= this share of `inca predict`'s throughput
+
+
+def make_tasks(model: str, image_size: int, count: int, root: Path) -> list[Path]:
+    """``count`` InCA tasks on ``model``: task i reads block (last - i) mod depth."""
+    import torch
+
+    from inca.adapters import adapter_config, build_adapter
+    from inca.backbones import load_backbone
+    from inca.tasks import Task
+
+    backbone = load_backbone(model, image_size=image_size)
+    blocks = [t for t in backbone.taps if t.startswith("block.")]
+    dirs = []
+    for i in range(count):
+        tap = blocks[-1 - i % len(blocks)]
+        torch.manual_seed(i)
+        adapter = build_adapter(adapter_config("inca"), backbone.taps[tap].dim, 10)
+        task = Task.from_adapters(f"task{i:02d}", "inca", backbone, [str(c) for c in range(10)],
+                                  [(f"task{i:02d}", tap, adapter)])  # fmt: skip
+        dirs.append(task.save(root / f"task{i:02d}"))
+    return dirs
+
+
+def test_images(count: int) -> list[bytes]:
+    """``count`` Fashion-MNIST test images as PNG files' bytes (digits where it is absent)."""
+    from inca.data.sources import load_dataset
+
+    try:
+        data = load_dataset("fashion-mnist", "test")
+    except Exception:  # noqa: BLE001  (a machine without the dataset: scikit-learn's digits)
+        data = load_dataset("digits", "test")
+    out = []
+    for i in range(count):
+        buf = io.BytesIO()
+        data.load(i).save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(tasks: list[Path], *flags: str):
+    """``inca serve TASKS`` in its own process on 127.0.0.1; yields its URL once ready."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inca", "serve", *map(str, tasks), "--port", str(port),
+         "--log-level", "warning", "--max-queue", "1024", "--timeout-s", "600", *flags],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"inca serve did not start: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+async def load(url: str, images: list[bytes], clients: int, requests: int) -> dict[str, Any]:
+    """``requests`` one-image requests from ``clients`` concurrent clients: images/s and
+    latency percentiles (ms)."""
+    import httpx
+
+    latencies: list[float] = []
+    counter = iter(range(requests))
+
+    async def client(http: httpx.AsyncClient) -> None:
+        for i in counter:
+            files = [("file", (f"{i}.png", images[i % len(images)], "image/png"))]
+            start = time.perf_counter()
+            reply = await http.post("/v1/predict", files=files)
+            reply.raise_for_status()
+            latencies.append(time.perf_counter() - start)
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+        for i in range(min(4, requests)):  # warm-up: kernels, allocator, first batches
+            await http.post("/v1/predict", files=[("file", ("w.png", images[i], "image/png"))])
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        wall = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {
+        "clients": clients,
+        "requests": requests,
+        "images_per_s": requests / wall,
+        "p50_ms": 1e3 * q[49],
+        "p95_ms": 1e3 * q[94],
+        "p99_ms": 1e3 * q[98],
+    }
+
+
+def offline(tasks: list[Path], images: list[bytes], requests: int, root: Path) -> float:
+    """``inca predict``'s images/s on the same images and tasks (batches of 32)."""
+    from inca.predict import predict_images
+    from inca.tasks import MultiTask
+
+    folder = root / "images"
+    folder.mkdir(exist_ok=True)
+    for i in range(requests):
+        (folder / f"{i:04d}.png").write_bytes(images[i % len(images)])
+    multi = MultiTask(tasks)
+    predict_images(multi, [folder / "0000.png"], batch_size=32)  # warm-up
+    start = time.perf_counter()
+    predict_images(multi, [folder], batch_size=32)
+    return requests / (time.perf_counter() - start)
+
+
+def run_serve_benchmark(
+    model: str = "dinov2-small",
+    image_size: int = 112,
+    task_counts: list[int] | None = None,
+    client_counts: list[int] | None = None,
+    requests: int = 96,
+    out: str | Path = "benchmarks/results/serve.json",
+) -> dict[str, Any]:
+    task_counts = task_counts or [1, 4, 16]
+    client_counts = client_counts or [1, 8, 32]
+    images = test_images(64)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as name:
+        root = Path(name)
+        every = make_tasks(model, image_size, max(task_counts), root / "tasks")
+        for t in task_counts:
+            tasks = every[:t]
+            row = {"tasks": t, "offline_images_per_s": offline(tasks, images, requests, root)}
+            print(f"{t} task(s): inca predict offline {row['offline_images_per_s']:.1f} img/s",
+                  flush=True)  # fmt: skip
+            with server(tasks) as url:
+                row["shared"] = [asyncio.run(load(url, images, c, requests))
+                                 for c in client_counts]  # fmt: skip
+            if t > 1:  # the baseline: one backbone pass per task, at the most clients
+                with server(tasks, "--pass-per-task") as url:
+                    row["pass_per_task"] = asyncio.run(
+                        load(url, images, max(client_counts), max(8, requests // t))
+                    )
+            for m in row["shared"]:
+                print(f"  {m['clients']:>2} clients: {m['images_per_s']:.1f} img/s, p50 "
+                      f"{m['p50_ms']:.0f} / p95 {m['p95_ms']:.0f} / p99 {m['p99_ms']:.0f} ms",
+                      flush=True)  # fmt: skip
+            rows.append(row)
+    res = summarise(rows, model, image_size, client_counts, requests)
+    write_json(Path(out), res)
+    print(serve_table(res))
+    return res
+
+
+def summarise(rows: list[dict], model: str, image_size: int, clients: list[int],
+              requests: int) -> dict[str, Any]:  # fmt: skip
+    def at(row: dict, c: int) -> float:
+        return next(m["images_per_s"] for m in row["shared"] if m["clients"] == c)
+
+    most = max(clients)
+    one = next((r for r in rows if r["tasks"] == 1), rows[0])
+    many = rows[-1]
+    ratios = {
+        f"{many['tasks']}_tasks_vs_1": at(many, most) / at(one, most),
+        f"{most}_clients_vs_offline": at(one, most) / one["offline_images_per_s"],
+    }
+    return {
+        "setup": {
+            "model": model,
+            "image_size": image_size,
+            "requests": requests,
+            "images_per_request": 1,
+            "cpus": os.cpu_count(),
+        },  # fmt: skip
+        "rows": rows,
+        "ratios": ratios,
+        "targets": {
+            f"{many['tasks']}_tasks_vs_1": TASKS_VS_ONE,
+            f"{most}_clients_vs_offline": SERVED_VS_OFFLINE,
+        },  # fmt: skip
+        "met": {
+            k: ratios[k] >= v
+            for k, v in {
+                f"{many['tasks']}_tasks_vs_1": TASKS_VS_ONE,
+                f"{most}_clients_vs_offline": SERVED_VS_OFFLINE,
+            }.items()
+        },  # fmt: skip
+    }
+
+
+def serve_table(res: dict[str, Any]) -> str:
+    lines = ["| tasks | clients | images/s | p50 ms | p95 ms | p99 ms | one pass per task (img/s) "
+             "| inca predict offline (img/s) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in res["rows"]:
+        base = row.get("pass_per_task")
+        for m in row["shared"]:
+            last = m is row["shared"][-1]
+            per_task = f"{base['images_per_s']:.1f}" if base and last else ""
+            off = f"{row['offline_images_per_s']:.1f}" if last else ""
+            lines.append(f"| {row['tasks']} | {m['clients']} | {m['images_per_s']:.1f} | "
+                         f"{m['p50_ms']:.0f} | {m['p95_ms']:.0f} | {m['p99_ms']:.0f} | "
+                         f"{per_task} | {off} |")  # fmt: skip
+    lines.append("")
+    for k, v in res["ratios"].items():
+        lines.append(f"- {k.replace('_', ' ')}: {v:.3f} (target >= {res['targets'][k]}: "
+                     f"{'met' if res['met'][k] else 'NOT met'})")  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,281 @@
+"""The HTTP app of ``inca serve`` (FastAPI; uvicorn runs it): many tasks behind one endpoint,
+one backbone pass per micro-batch.
+
+Routes (JSON unless said):
+    GET  /                  a page to try the tasks in a browser (HTML)
+    GET  /v1/tasks          every loaded task: name, classes, backbone, method, metrics
+    POST /v1/predict        images as multipart files under ``file`` (repeatable), or one
+                            image as the raw body; ``?tasks=a,b`` (default: all), ``?top_k=``
+    GET  /healthz, /readyz  liveness; readiness (503 while draining at shutdown)
+    GET  /metrics           Prometheus text
+    POST /v1/tasks/{name}   load a task from a server-side directory ({"path": ...}), and
+    DELETE /v1/tasks/{name} unload one: only with an admin token (otherwise they do not exist)
+
+Errors are ``{"detail": message}`` with the status that fits: 400 not an image, 404 unknown
+task, 413 over a size limit, 429 queue full (with Retry-After), 503 timed out or draining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from collections.abc import AsyncIterator, Sequence
+from importlib import resources
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+
+from inca.errors import IncaError
+from inca.serve.batcher import MicroBatcher, QueueFull
+from inca.serve.config import ServeConfig
+from inca.serve.images import RequestError, decode_image
+from inca.serve.metrics import Metrics
+from inca.serve.pool import BackboneGroup, TaskPool
+
+RAW_TYPES = ("image/", "application/octet-stream")
+
+
+class Server:
+    """The app's state: the task pool, a batcher per backbone group, the metrics."""
+
+    def __init__(self, pool: TaskPool, config: ServeConfig) -> None:
+        self.pool, self.config, self.metrics = pool, config, Metrics()
+        self.batchers: dict[int, MicroBatcher] = {}
+        self.draining = False
+
+    def batcher(self, group: BackboneGroup) -> MicroBatcher:
+        if id(group) not in self.batchers:
+            c = self.config
+            b = MicroBatcher(group, c.max_batch, c.max_wait_ms, c.max_queue, self.metrics,
+                             c.pass_per_task)  # fmt: skip
+            b.start()
+            self.batchers[id(group)] = b
+        return self.batchers[id(group)]
+
+    def describe(self, name: str) -> dict[str, Any]:
+        task = self.pool.task(name)
+        return {
+            "name": name,
+            "classes": list(task.class_names),
+            "backbone": task.backbone_info["name"],
+            "image_size": task.backbone_info["preprocess"]["image_size"],
+            "method": task.method,
+            "own_pass": bool(getattr(task, "own_pass", False)),
+            "metrics": task.metrics,
+        }
+
+    async def close(self) -> None:
+        self.draining = True
+        await asyncio.gather(*(b.close() for b in self.batchers.values()))
+
+
+def create_app(tasks: Sequence[Any], config: ServeConfig | None = None,
+               device: str = "auto", precision: str = "auto") -> FastAPI:  # fmt: skip
+    """The app serving ``tasks`` (loaded ``Task``/``FineTunedTask`` objects or directories)."""
+    from inca.tasks import load_task
+
+    config = config or ServeConfig()
+    loaded = [t if hasattr(t, "class_names") else load_task(t) for t in tasks]
+    server = Server(TaskPool(loaded, device, precision), config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for group in server.pool.groups:
+            server.batcher(group)
+        yield
+        await server.close()  # uvicorn has let the requests in flight finish by now
+        print("inca: stopped after answering every accepted request", flush=True)
+
+    app = FastAPI(title="inca", version="1", lifespan=lifespan, docs_url="/docs")
+    app.state.server = server
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, e: RequestError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if e.status == 429 else None
+        return JSONResponse({"detail": str(e)}, status_code=e.status, headers=headers)
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Any) -> Any:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "other")
+        server.metrics.request(route, response.status_code, time.perf_counter() - start)
+        return response
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        return resources.files("inca.serve").joinpath("page.html").read_text()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if server.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return JSONResponse({"status": "ready", "tasks": len(server.pool.names)})
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(server.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/tasks")
+    async def list_tasks() -> dict[str, Any]:
+        return {"tasks": [server.describe(n) for n in server.pool.names]}
+
+    @app.post("/v1/predict")
+    async def predict(request: Request, tasks: str | None = None, top_k: int | None = None
+                      ) -> dict[str, Any]:  # fmt: skip
+        start = time.perf_counter()
+        if server.draining:
+            raise RequestError(503, "the server is shutting down; retry on another instance")
+        names = chosen_tasks(server.pool, tasks)
+        k = top_k if top_k is not None else config.top_k
+        if k < 1:
+            raise RequestError(400, f"top_k must be at least 1, got {k}")
+        files = await read_images(request, config)
+        rows = await run_in_threadpool(prepare, server.pool, files, names, config)
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(server.batcher(g).submit(pixels, frozenset(ns))
+                                 for g, (pixels, ns) in rows.items())),
+                config.timeout_s,
+            )  # fmt: skip
+        except QueueFull as e:
+            raise RequestError(429, f"too many images waiting ({e}); retry shortly") from None
+        except TimeoutError:
+            raise RequestError(
+                503, f"no answer within {config.timeout_s:g} s (the server is overloaded); "
+                "retry later"
+            ) from None  # fmt: skip
+        probs: list[dict[str, torch.Tensor]] = [{} for _ in files]
+        for part in results:
+            for i, row in enumerate(part):
+                probs[i] |= row
+        return {
+            "predictions": [
+                {
+                    "file": name,
+                    "tasks": {n: top(server.pool, n, p[n], k) for n in names if n in p},
+                }  # fmt: skip
+                for (name, _), p in zip(files, probs, strict=True)
+            ],
+            "tasks": names,
+            "latency_ms": 1000 * (time.perf_counter() - start),
+        }
+
+    if config.admin_token:
+        add_admin_routes(app, server)
+    return app
+
+
+def chosen_tasks(pool: TaskPool, text: str | None) -> list[str]:
+    names = pool.names if not text else [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in pool.names]
+    if unknown:
+        raise RequestError(404, f"unknown task(s) {unknown}; loaded: {pool.names}")
+    if not names:
+        raise RequestError(404, "no task is loaded; load one (POST /v1/tasks/NAME)")
+    return list(dict.fromkeys(names))
+
+
+async def read_images(request: Request, config: ServeConfig) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each image of the request: multipart ``file`` fields, or the body."""
+    length = int(request.headers.get("content-length") or 0)
+    if length > config.max_images * config.max_image_bytes + 2**20:
+        raise RequestError(413, f"request of {length:,} bytes is over the server's limits")
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        async with request.form(max_files=config.max_images + 1, max_fields=16) as form:
+            uploads = [f for f in form.getlist("file") if hasattr(f, "read")]  # closed after
+            if len(uploads) > config.max_images:
+                raise RequestError(413, f"over {config.max_images} images in one request")
+            files = [(f.filename or f"image{i}", await f.read()) for i, f in enumerate(uploads)]
+    elif ctype.startswith(RAW_TYPES):
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > config.max_image_bytes:
+                raise RequestError(413, f"image over the limit of {config.max_image_bytes:,} "
+                                   "bytes; send a smaller file")  # fmt: skip
+        files = [("body", bytes(body))]
+    else:
+        files = []
+    if not files:
+        raise RequestError(
+            400, "no image in the request: send files as multipart form field 'file' "
+            "(curl -F file=@cat.jpg), or one image as the body with an image/* content type"
+        )  # fmt: skip
+    return files
+
+
+Batches = dict[BackboneGroup, tuple[torch.Tensor, list[str]]]
+
+
+def prepare(
+    pool: TaskPool, files: list[tuple[str, bytes]], names: list[str], config: ServeConfig
+) -> Batches:
+    """Decode every image once and preprocess it for each backbone group a chosen task is on:
+    {group: (pixels (n, 3, S, S), the chosen tasks of that group)} (runs off the event loop)."""
+    images = [decode_image(data, name, config.max_image_bytes, config.max_pixels)
+              for name, data in files]  # fmt: skip
+    by_group: dict[BackboneGroup, list[str]] = {}
+    for n in names:
+        try:
+            by_group.setdefault(pool.group_of(n), []).append(n)
+        except KeyError:  # unloaded since the request came in
+            raise RequestError(404, f"task {n!r} was unloaded; loaded: {pool.names}") from None
+    return {g: (torch.stack([g.transform(img) for img in images]), ns)
+            for g, ns in by_group.items()}  # fmt: skip
+
+
+def top(pool: TaskPool, name: str, probs: torch.Tensor, k: int) -> list[dict[str, Any]]:
+    classes = pool.task(name).class_names
+    values, index = probs.topk(min(k, len(classes)))
+    return [{"label": classes[i], "index": i, "prob": v}
+            for v, i in zip(values.tolist(), index.tolist(), strict=True)]  # fmt: skip
+
+
+def add_admin_routes(app: FastAPI, server: Server) -> None:
+    """Loading and unloading tasks while serving, for holders of the admin token."""
+    from inca.tasks import load_task
+
+    def authorize(request: Request) -> None:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), server.config.admin_token.encode()):
+            raise RequestError(401, "admin routes need 'Authorization: Bearer <admin token>'")
+
+    @app.post("/v1/tasks/{name}", status_code=201)
+    async def load(name: str, request: Request) -> dict[str, Any]:
+        authorize(request)
+        body = await request.json() if request.headers.get("content-length") else {}
+        path = body.get("path") if isinstance(body, dict) else None
+        if not isinstance(path, str):
+            raise RequestError(400, 'send {"path": "/a/task/directory"} as the JSON body')
+        if name in server.pool.names:
+            raise RequestError(409, f"task {name!r} is loaded already; DELETE it first")
+        try:
+            task = await run_in_threadpool(load_task, path)
+            task.name = name
+            group, _ = await run_in_threadpool(server.pool.add, task)
+        except IncaError as e:
+            raise RequestError(400, str(e)) from None
+        server.batcher(group)
+        return server.describe(name)
+
+    @app.delete("/v1/tasks/{name}")
+    async def unload(name: str, request: Request) -> dict[str, Any]:
+        authorize(request)
+        if name not in server.pool.names:
+            raise RequestError(404, f"unknown task {name!r}; loaded: {server.pool.names}")
+        emptied = server.pool.remove(name)
+        if emptied is not None:  # its backbone serves nothing now: finish, then stop
+            batcher = server.batchers.pop(id(emptied))
+            await batcher.close()
+        return {"unloaded": name, "tasks": server.pool.names}

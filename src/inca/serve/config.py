@@ -1,0 +1,43 @@
+"""How ``inca serve`` runs: batching, limits and access, in one checked object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from inca.errors import IncaError
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """max_batch: images in one backbone pass; max_wait_ms: how long the first request of a
+    batch waits for others to join it; max_queue: images waiting per backbone before new
+    requests get 429; max_images: images in one request; max_image_bytes, max_pixels: per
+    image (413 beyond); timeout_s: a request not answered by then gets 503; top_k: labels per
+    task in a reply (a request may ask for others with ``?top_k=``); admin_token: enables
+    loading and unloading tasks while serving (None: those routes do not exist);
+    pass_per_task: every task on a backbone pass of its own (the baseline the shared pass is
+    measured against, not for production)."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    max_images: int = 32
+    max_image_bytes: int = 20 * 2**20
+    max_pixels: int = 40_000_000
+    timeout_s: float = 30.0
+    top_k: int = 3
+    admin_token: str | None = None
+    pass_per_task: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "max_images", "max_image_bytes", "max_pixels",
+                     "top_k"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise IncaError(f"serve: {name} must be at least 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0 or self.timeout_s <= 0:
+            raise IncaError(
+                f"serve: max_wait_ms must be >= 0 and timeout_s > 0, got {self.max_wait_ms} "
+                f"and {self.timeout_s}"
+            )
+        if self.admin_token is not None and len(self.admin_token) < 8:
+            raise IncaError("serve: the admin token must be at least 8 characters long")

@@ -1,0 +1,140 @@
+"""The loaded tasks, grouped by the backbone they read: one group, one backbone, one queue.
+
+A batch of a group runs the backbone ONCE for every task any of its rows asked for (the union
+of their taps), normalises each tap once, then each task's adapters on the rows that asked for
+it. Tasks that need a pass of their own (fine-tuned, VQT) run it on their rows only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from inca.adapters import normalize_tokens
+from inca.data.preprocess import ImageTransform
+from inca.errors import IncaError
+from inca.tasks import MultiTask
+from inca.tasks.multi import backbone_differences
+
+
+class BackboneGroup:
+    """Tasks trained on one backbone, served from one pass of it per batch."""
+
+    def __init__(self, tasks: Sequence[Any], device: str = "auto", precision: str = "auto"):
+        multi = MultiTask(list(tasks), device=device, precision=precision)  # checks, loads
+        self.backbone = multi.backbone
+        self.tasks: dict[str, Any] = dict(multi.tasks)
+        self.separate = set(multi.separate)
+        self.transform = ImageTransform(self.backbone.preprocess)
+        self.name = f"{self.backbone.name}@{self.backbone.preprocess.image_size}"
+        self._lock = threading.Lock()  # tasks change between batches, never during one
+
+    def accepts(self, task: Any) -> bool:
+        """Whether ``task`` was trained on this group's backbone (then it shares the pass)."""
+        first = next(iter(self.tasks.values()), None)
+        info = first.backbone_info if first is not None else None
+        return info is not None and not backbone_differences(info, task.backbone_info)
+
+    def add(self, task: Any) -> None:
+        multi = MultiTask([task], backbone=self.backbone)  # the same checks as at start
+        with self._lock:
+            self.tasks[task.name] = task
+            if multi.separate:
+                self.separate.add(task.name)
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            del self.tasks[name]
+            self.separate.discard(name)
+
+    @torch.inference_mode()
+    def run(self, pixels: Tensor, wanted: Sequence[frozenset[str]], pass_per_task: bool = False
+            ) -> list[dict[str, Tensor]]:  # fmt: skip
+        """pixels (B, 3, S, S), the tasks each row asked for -> per row {task: probs (C,)}."""
+        with self._lock:
+            tasks = {n: self.tasks[n] for n in sorted(set().union(*wanted)) if n in self.tasks}
+            separate = set(self.separate)
+        out: list[dict[str, Tensor]] = [{} for _ in wanted]
+        shared = [n for n in tasks if n not in separate]
+        groups = [shared] if not pass_per_task else [[n] for n in shared]
+        for names in groups:  # one pass for all (or, as a baseline, one per task)
+            if not names:
+                continue
+            rows = [i for i, w in enumerate(wanted) if w & set(names)]
+            taps = list(dict.fromkeys(t for n in names for t in tasks[n].taps))
+            tokens = self.backbone.forward_taps(pixels[rows], taps)  # {tap: (b, T, D)}
+            normed = {tap: normalize_tokens(t) for tap, t in tokens.items()}
+            for n in names:
+                probs = tasks[n].forward_normalized(normed).float().cpu()  # (b, C)
+                for j, i in enumerate(rows):
+                    if n in wanted[i]:
+                        out[i][n] = probs[j]
+        for n in (n for n in tasks if n in separate):  # fine-tuned, VQT: their own pass
+            rows = [i for i, w in enumerate(wanted) if n in w]
+            probs = tasks[n].predict_pixels(pixels[rows], self.backbone).float().cpu()
+            for j, i in enumerate(rows):
+                out[i][n] = probs[j]
+        return out
+
+
+class TaskPool:
+    """Every loaded task, by name, in groups by backbone."""
+
+    def __init__(self, tasks: Sequence[Any], device: str = "auto", precision: str = "auto"):
+        self.device, self.precision = device, precision
+        self.groups: list[BackboneGroup] = []
+        pending: list[list[Any]] = []
+        names: set[str] = set()
+        for task in tasks:
+            if task.name in names:
+                raise IncaError(
+                    f"two tasks are both named {task.name!r}; requests pick tasks by name, so "
+                    "rename one (the 'name' field of its task.json)"
+                )
+            names.add(task.name)
+            for bucket in pending:
+                if not backbone_differences(bucket[0].backbone_info, task.backbone_info):
+                    bucket.append(task)
+                    break
+            else:
+                pending.append([task])
+        self.groups = [BackboneGroup(b, device, precision) for b in pending]
+
+    @property
+    def names(self) -> list[str]:
+        return [n for g in self.groups for n in g.tasks]
+
+    def group_of(self, name: str) -> BackboneGroup:
+        for g in self.groups:
+            if name in g.tasks:
+                return g
+        raise KeyError(name)
+
+    def task(self, name: str) -> Any:
+        return self.group_of(name).tasks[name]
+
+    def add(self, task: Any) -> tuple[BackboneGroup, bool]:
+        """Load ``task`` into the group of its backbone (a new group when none fits); returns
+        the group and whether it is new."""
+        if task.name in self.names:
+            raise IncaError(f"a task named {task.name!r} is loaded already; unload it first")
+        for g in self.groups:
+            if g.accepts(task):
+                g.add(task)
+                return g, False
+        group = BackboneGroup([task], self.device, self.precision)
+        self.groups.append(group)
+        return group, True
+
+    def remove(self, name: str) -> BackboneGroup | None:
+        """Unload ``name``; returns its group when that is left empty (to be closed)."""
+        group = self.group_of(name)
+        group.remove(name)
+        if not group.tasks:
+            self.groups.remove(group)
+            return group
+        return None
