@@ -30,10 +30,16 @@ LAYERS = [
     ["inca.methods"],  # the registry, one package per method
     ["inca.cache"],  # activation caches
     ["inca.select", "inca.train"],  # the Trainer and what it trains with
-    ["inca.tasks", "inca.predict"],  # saved tasks, serving, evaluation
+    ["inca.tasks", "inca.predict", "inca.serve"],  # saved tasks, serving, evaluation
     ["inca.report", "inca.report_format", "inca.compare_report"],  # reports of runs and comparisons
     ["inca.recipes"],  # the main job and the comparison
-    ["inca.bench", "inca.bench_report", "inca.bench_memory"],  # benchmarks
+    [
+        "inca.bench",
+        "inca.bench_report",
+        "inca.bench_memory",
+        "inca.bench_scaling",
+        "inca.bench_serve",
+    ],  # benchmarks  # fmt: skip
     ["inca.cli", "inca.__main__"],  # the command line (python -m inca)
 ]
 
