@@ -34,6 +34,7 @@ from inca.io import write_json
 
 TASKS_VS_ONE = 0.80  # 16 tasks at >= this share of one task's throughput
 SERVED_VS_OFFLINE = 0.90  # 32 clients at >= this share of `inca predict`'s throughput
+PNG = {"content-type": "image/png"}  # one image per request, as the raw body
 
 
 def make_tasks(model: str, image_size: int, count: int, root: Path) -> list[Path]:
@@ -116,19 +117,22 @@ async def load(url: str, images: list[bytes], clients: int, requests: int) -> di
 
     async def client(http: httpx.AsyncClient) -> None:
         for i in counter:
-            files = [("file", (f"{i}.png", images[i % len(images)], "image/png"))]
             start = time.perf_counter()
-            reply = await http.post("/v1/predict", files=files)
+            reply = await http.post("/v1/predict", content=images[i % len(images)],
+                                    headers=PNG)  # fmt: skip
             reply.raise_for_status()
             latencies.append(time.perf_counter() - start)
 
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
-        for i in range(min(4, requests)):  # warm-up: kernels, allocator, first batches
-            await http.post("/v1/predict", files=[("file", ("w.png", images[i], "image/png"))])
-        start = time.perf_counter()
+        for _ in range(2):  # warm-up at the same concurrency: kernels, allocator, batching
+            await asyncio.gather(*(http.post("/v1/predict", content=images[i], headers=PNG)
+                                   for i in range(clients)))  # fmt: skip
+        busy_before = await pass_seconds(http)
+        start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(client(http) for _ in range(clients)))
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        busy = await pass_seconds(http) - busy_before
     q = statistics.quantiles(latencies, n=100, method="inclusive")
     return {
         "clients": clients,
@@ -137,7 +141,18 @@ async def load(url: str, images: list[bytes], clients: int, requests: int) -> di
         "p50_ms": 1e3 * q[49],
         "p95_ms": 1e3 * q[94],
         "p99_ms": 1e3 * q[98],
+        # this client's own CPU, in cores: on a small machine it competes with the server
+        "client_cpu_cores": cpu / wall,
+        "server_busy_share": busy / wall,  # time in backbone passes / wall time
+        "pass_ms_per_image": 1e3 * busy / requests,
     }
+
+
+async def pass_seconds(http) -> float:  # noqa: ANN001
+    """The server's time in backbone passes so far (its /metrics)."""
+    text = (await http.get("/metrics")).text
+    return float(next(x.split()[1] for x in text.splitlines()
+                      if x.startswith("inca_pass_seconds_total")))  # fmt: skip
 
 
 def offline(tasks: list[Path], images: list[bytes], requests: int, root: Path) -> float:
@@ -150,7 +165,7 @@ def offline(tasks: list[Path], images: list[bytes], requests: int, root: Path) -
     for i in range(requests):
         (folder / f"{i:04d}.png").write_bytes(images[i % len(images)])
     multi = MultiTask(tasks)
-    predict_images(multi, [folder / "0000.png"], batch_size=32)  # warm-up
+    predict_images(multi, [folder / "0000.png"] * 32, batch_size=32)  # warm-up
     start = time.perf_counter()
     predict_images(multi, [folder], batch_size=32)
     return requests / (time.perf_counter() - start)
@@ -161,7 +176,7 @@ def run_serve_benchmark(
     image_size: int = 112,
     task_counts: list[int] | None = None,
     client_counts: list[int] | None = None,
-    requests: int = 96,
+    requests: int = 256,
     out: str | Path = "benchmarks/results/serve.json",
 ) -> dict[str, Any]:
     task_counts = task_counts or [1, 4, 16]
@@ -186,8 +201,10 @@ def run_serve_benchmark(
                     )
             for m in row["shared"]:
                 print(f"  {m['clients']:>2} clients: {m['images_per_s']:.1f} img/s, p50 "
-                      f"{m['p50_ms']:.0f} / p95 {m['p95_ms']:.0f} / p99 {m['p99_ms']:.0f} ms",
-                      flush=True)  # fmt: skip
+                      f"{m['p50_ms']:.0f} / p95 {m['p95_ms']:.0f} / p99 {m['p99_ms']:.0f} ms; "
+                      f"server in passes {100 * m['server_busy_share']:.0f}% of the time, "
+                      f"{m['pass_ms_per_image']:.1f} ms/image; client "
+                      f"{m['client_cpu_cores']:.2f} cores", flush=True)  # fmt: skip
             rows.append(row)
     res = summarise(rows, model, image_size, client_counts, requests)
     write_json(Path(out), res)
@@ -243,6 +260,16 @@ def serve_table(res: dict[str, Any]) -> str:
             lines.append(f"| {row['tasks']} | {m['clients']} | {m['images_per_s']:.1f} | "
                          f"{m['p50_ms']:.0f} | {m['p95_ms']:.0f} | {m['p99_ms']:.0f} | "
                          f"{per_task} | {off} |")  # fmt: skip
+    most = res["rows"][0]["shared"][-1]
+    lines += [
+        "",
+        f"At {most['clients']} clients and {res['rows'][0]['tasks']} task(s) the server "
+        f"spent {100 * most['server_busy_share']:.0f}% of the time in backbone passes "
+        f"({most['pass_ms_per_image']:.1f} ms per image; offline "
+        f"{1e3 / res['rows'][0]['offline_images_per_s']:.1f} ms per image, decoding "
+        f"included), while the load generator itself used "
+        f"{most['client_cpu_cores']:.2f} of the machine's {res['setup']['cpus']} cores.",
+    ]
     lines.append("")
     for k, v in res["ratios"].items():
         lines.append(f"- {k.replace('_', ' ')}: {v:.3f} (target >= {res['targets'][k]}: "

@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=positive_int, default=112)
     p.add_argument("--tasks", default="1,4,16", help="loaded task counts")
     p.add_argument("--clients", default="1,8,32", help="concurrent client counts")
-    p.add_argument("--requests", type=positive_int, default=96, help="per measurement")
+    p.add_argument("--requests", type=positive_int, default=256, help="per measurement")
     p.add_argument("--out", default="benchmarks/results/serve.json")
     p.set_defaults(func=run_bench)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -122,11 +123,12 @@ class MicroBatcher:
             pixels = torch.cat([i.pixels for i in live])
             wanted = [i.tasks for i in live for _ in range(i.rows)]
             self.running = len(pixels)
-            self.metrics.batch(len(pixels))
+            started = time.perf_counter()
             try:
                 rows = await loop.run_in_executor(
                     self._executor, self.group.run, pixels, wanted, self.pass_per_task
                 )
+                self.metrics.batch(len(pixels), time.perf_counter() - started)
             except Exception as e:  # the batch's requests fail with it; the server goes on
                 for i in live:
                     if not i.future.done():

@@ -39,6 +39,7 @@ class Metrics:
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, int], int] = defaultdict(int)
         self.images = 0
+        self.pass_seconds = 0.0
         self.batch_sizes = Histogram(BATCH_BUCKETS)
         self.latency = Histogram(LATENCY_BUCKETS)
         self.depth: dict[str, int] = {}
@@ -48,9 +49,10 @@ class Metrics:
             self.requests[(route, status)] += 1
             self.latency.observe(seconds)
 
-    def batch(self, size: int) -> None:
+    def batch(self, size: int, seconds: float) -> None:
         with self._lock:
             self.images += size
+            self.pass_seconds += seconds
             self.batch_sizes.observe(size)
 
     def queue_depth(self, backbone: str, waiting: int) -> None:
@@ -69,6 +71,9 @@ class Metrics:
                 "# HELP inca_images_total Images run through a backbone pass.",
                 "# TYPE inca_images_total counter",
                 f"inca_images_total {self.images}",
+                "# HELP inca_pass_seconds_total Time spent in backbone passes (busy time).",
+                "# TYPE inca_pass_seconds_total counter",
+                f"inca_pass_seconds_total {self.pass_seconds:.6f}",
                 "# HELP inca_batch_size Images per backbone pass.",
                 "# TYPE inca_batch_size histogram",
                 *self.batch_sizes.lines("inca_batch_size"),
