@@ -47,6 +47,45 @@ def test_a_cache_built_by_two_ranks_equals_one_process(tmp_path, views) -> None:
             assert a[name] == b[name], f"{split}/{name} differs"
 
 
+INTERRUPTED = """
+import sys
+from inca.backbones.base import Backbone
+from inca.cli import main
+real, calls = Backbone.forward_taps, {"n": 0}
+def flaky(self, pixels, taps=None):
+    calls["n"] += 1
+    if calls["n"] == 3:  # the train split's third batch: two batches are on disk
+        raise KeyboardInterrupt
+    return real(self, pixels, taps)
+Backbone.forward_taps = flaky
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_interrupted_extraction_resumes_on_two_ranks(tmp_path) -> None:
+    """One process stops after two batches; two ranks finish the cache: byte-identical to an
+    uninterrupted single-process build."""
+    import json
+
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED)
+    cut = subprocess.run([sys.executable, str(script), *CACHE, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True,
+                         env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert cut.returncode == 130, cut.stderr[-3000:]  # interrupted
+    header = json.loads((tmp_path / "two" / "train" / "header.json").read_text())
+    assert 0 < header["rows_done"] < 44 and not header["complete"]
+    resumed = torchrun(["-m", "inca", *CACHE, "--out", str(tmp_path / "two")])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "inca", *CACHE, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True,
+                         env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    for split in ("train", "val", "test"):
+        a, b = files(tmp_path / "one" / split), files(tmp_path / "two" / split)
+        assert a.keys() == b.keys() and all(a[k] == b[k] for k in a), split
+
+
 DISAGREE = """
 import sys, os
 from inca.cache import build_cache
