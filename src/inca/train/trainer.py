@@ -30,7 +30,7 @@ from inca.distributed import World, all_reduce_mean_, gather_rows, world
 from inca.errors import DivergedError, IncaError
 from inca.io import json_safe
 from inca.select import accuracy, rank
-from inca.train import checkpoint
+from inca.train import checkpoint, trainer_state
 from inca.train.budget import survivors
 from inca.train.config import TrainConfig
 from inca.train.grid_shard import Standing, resume_file, save_shard
@@ -38,8 +38,6 @@ from inca.train.predict import predict_all
 from inca.train.protocols import BatchSource, Members
 from inca.train.resume import refuse_other_signature, signed, truncate_log
 from inca.train.schedule import lr_factor
-
-MEMBERS_KEY = "bank"  # the checkpoint prefix of the members' state (its name since version 1)
 
 
 class Trainer:
@@ -139,36 +137,13 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not (self.world.is_main or self.grid):  # data-parallel: every rank holds the same
             return
-        tensors = checkpoint.flatten(MEMBERS_KEY, self.members.checkpoint_state())
-        for n in self.all_names:
-            tensors |= checkpoint.flatten(f"best/{n}", self.best_state[n])
-        tensors |= {f"valprobs/{n}": p for n, p in self.best_val_probs.items()}
-        if self.val_labels is not None:
-            tensors["val_labels"] = self.val_labels
         optim_tensors, groups = checkpoint.optimizer_to_tensors(self.optimizer)
-        meta = {
-            "signature": self.signature,
-            "epoch": self.epoch,
-            "step": self.step,
-            "best_acc": self.best_acc,
-            "best_epoch": self.best_epoch,
-            "optimizer_groups": groups,
-            "train_seconds": self.train_seconds,
-            "backbone_seconds": self.backbone_seconds,
-            "images_seen": self.images_seen,
-            "val_seconds": self.val_seconds,
-            "active": self.active,
-            "dropped_at": self.dropped_at,
-            "last_val_loss": self.last_val_loss,
-            "last_improved_step": self.last_improved_step,
-            "stopped": self.stopped,
-            "curve": self.curve,
-            "diverged": self.diverged,
-        }
+        meta = {"signature": self.signature, "optimizer_groups": groups, "active": self.active}
+        meta |= trainer_state.progress(self)
         if self.grid:  # each rank its own slice
-            save_shard(self.out_dir, tensors | optim_tensors, meta)
+            save_shard(self.out_dir, trainer_state.tensors(self) | optim_tensors, meta)
         else:
-            checkpoint.save(self.out_dir, tensors | optim_tensors, meta)
+            checkpoint.save(self.out_dir, trainer_state.tensors(self) | optim_tensors, meta)
 
     def load_checkpoint(self, name: str = checkpoint.FILE) -> None:
         tensors, meta = checkpoint.load(self.out_dir, name)
@@ -182,24 +157,9 @@ class Trainer:
         self.idle = not active
         if active and active != self.all_names:
             self._shrink(active, carry=False)  # the state below fills it
-        self.members.load_checkpoint_state(checkpoint.unflatten(tensors, MEMBERS_KEY))
-        for n in self.all_names:
-            self.best_state[n] = checkpoint.unflatten(tensors, f"best/{n}")
-            if f"valprobs/{n}" in tensors:
-                self.best_val_probs[n] = tensors[f"valprobs/{n}"]
-        self.val_labels = tensors.get("val_labels")
+        trainer_state.restore_tensors(self, tensors)
         checkpoint.optimizer_from_tensors(self.optimizer, tensors, meta["optimizer_groups"])
-        self.epoch, self.step = meta["epoch"], meta["step"]
-        self.best_acc, self.best_epoch = meta["best_acc"], meta["best_epoch"]
-        self.train_seconds, self.backbone_seconds = meta["train_seconds"], meta["backbone_seconds"]
-        self.images_seen = meta["images_seen"]
-        self.val_seconds = meta.get("val_seconds", 0.0)
-        self.dropped_at = meta.get("dropped_at", {})
-        self.last_val_loss = meta.get("last_val_loss", {})
-        self.last_improved_step = meta.get("last_improved_step", self.step)
-        self.stopped = meta.get("stopped", "")
-        self.curve = meta.get("curve", [])
-        self.diverged = meta.get("diverged", {})
+        trainer_state.restore_progress(self, meta)
 
     # ------------------------------------------------------------------ training
     def best_name(self, standing: Standing | None = None) -> str | None:
