@@ -138,7 +138,9 @@ class Trainer:
         if not (self.world.is_main or self.grid):  # data-parallel: every rank holds the same
             return
         optim_tensors, groups = checkpoint.optimizer_to_tensors(self.optimizer)
+        # held: the members whose state is saved (an idle grid shard keeps its last ones)
         meta = {"signature": self.signature, "optimizer_groups": groups, "active": self.active}
+        meta["held"] = self.members.names
         meta |= trainer_state.progress(self)
         if self.grid:  # each rank its own slice
             save_shard(self.out_dir, trainer_state.tensors(self) | optim_tensors, meta)
@@ -154,11 +156,13 @@ class Trainer:
             )
         refuse_other_signature(self.out_dir, meta["signature"], self.signature)
         active = meta.get("active", self.all_names)
+        held = meta.get("held", active)  # what the saved members' state holds
+        if held != self.all_names:
+            self._shrink(held, carry=False)  # the state below fills it
         self.idle = not active
-        if active and active != self.all_names:
-            self._shrink(active, carry=False)  # the state below fills it
         trainer_state.restore_tensors(self, tensors)
-        checkpoint.optimizer_from_tensors(self.optimizer, tensors, meta["optimizer_groups"])
+        if not self.idle:  # an idle grid shard trains nothing more: its moments are moot
+            checkpoint.optimizer_from_tensors(self.optimizer, tensors, meta["optimizer_groups"])
         trainer_state.restore_progress(self, meta)
 
     # ------------------------------------------------------------------ training
