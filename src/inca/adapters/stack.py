@@ -77,7 +77,10 @@ class AdapterStack(nn.Module):
     def export(self, i: int) -> Adapter:
         """Adapter ``i`` as a standalone module (for saving and serving)."""
         adapter = copy.deepcopy(self.template).cpu()
-        adapter.load_state_dict(self.state_of(i))
+        missing, unexpected = adapter.load_state_dict(self.state_of(i), strict=False)
+        buffers = {n for n, _ in adapter.named_buffers()}
+        if unexpected or set(missing) - buffers:  # buffers are not trained: the template's
+            raise IncaError(f"adapter {i}: state keys differ ({missing}, {unexpected})")
         return adapter.eval()
 
     def num_params_each(self) -> int:

@@ -11,6 +11,7 @@ inca bench, inca bench-memory    the one-to-many claims; peak memory       (benc
 inca eval RUN                    a run's saved tasks on a split            (evaluate.py)
 inca predict TASK... IMAGE...    several tasks, one backbone pass          (predict.py)
 inca serve TASK...               the tasks over HTTP; bench-serve           (serve.py)
+inca classes remove|merge        an Open-InCA task's classes                (classes.py)
 
 Each subcommand module has ``add_parser(subparsers)``, which sets ``func`` to the function that
 runs it. Heavy modules (torch, training) are imported inside those functions so that
@@ -24,11 +25,11 @@ import sys
 from collections.abc import Sequence
 
 from inca._version import __version__
-from inca.cli import bench, cache, compare, evaluate, info, predict, serve, train
+from inca.cli import bench, cache, classes, compare, evaluate, info, predict, serve, train
 from inca.errors import IncaError
 
 # in the order `inca --help` lists them
-SUBCOMMANDS = (info, train, cache, compare, bench, evaluate, predict, serve)
+SUBCOMMANDS = (info, train, cache, compare, bench, evaluate, predict, serve, classes)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ Methods on frozen tokens (``linear``, ``inca``) also register an adapter kind
 ``inca.methods.pixel_config.FineTuneConfig`` and build their own model.
 
     >>> [m.name for m in inca.list_methods()]
-    ['linear', 'inca', 'vqt', 'full', 'partial', 'lora', 'stochca']
+    ['linear', 'inca', 'open-inca', 'vqt', 'full', 'partial', 'lora', 'stochca']
 """
 
 # each import registers its method; registration order is listing order
@@ -19,6 +19,7 @@ from inca.methods import full as _full  # noqa: F401
 from inca.methods import partial as _partial  # noqa: F401
 from inca.methods import lora as _lora  # noqa: F401
 from inca.methods import stochca as _stochca  # noqa: F401
+from inca.methods import open_inca as _open_inca  # noqa: F401
 # isort: on
 
 from inca.methods.registry import Method, get_method, list_methods, register_method

@@ -7,7 +7,7 @@ its memory-benchmark modes. Every table of methods elsewhere (``inca compare``'s
 plans, the report's one-pass methods, ``inca bench-memory``'s modes) is a view of this one.
 
     >>> [m.name for m in inca.list_methods()]
-    ['linear', 'inca', 'vqt', 'full', 'partial', 'lora', 'stochca']
+    ['linear', 'inca', 'open-inca', 'vqt', 'full', 'partial', 'lora', 'stochca']
 """
 
 from __future__ import annotations

@@ -1,0 +1,113 @@
+"""Classes of an Open-InCA adapter, changed without retraining the others: remove one, put two
+adapters side by side, fit the calibration of classes trained apart.
+
+Every operation returns a NEW adapter; the rows of the classes it keeps are copied bit for bit,
+so their logits on any input are unchanged (before a calibration, which changes only its own
+``calib_scale``/``calib_shift`` buffers).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from inca.errors import IncaError
+from inca.methods.open_inca.adapter import (
+    CLASS_BUFFERS,
+    CLASS_PARAMS,
+    SET_PARAMS,
+    OpenInCAAdapter,
+    OpenInCAConfig,
+)
+
+
+def _rebuilt(like: OpenInCAAdapter, sets: int, classes: int, state: dict[str, Tensor]
+             ) -> OpenInCAAdapter:  # fmt: skip
+    config = OpenInCAConfig(heads=like.heads, projection_sets=sets)
+    out = OpenInCAAdapter(config, like.in_dim, classes, like.num_prefix_tokens)
+    out.load_state_dict({k: v.detach().clone() for k, v in state.items()})
+    return out.to(like.queries.device).eval()
+
+
+def without_class(adapter: OpenInCAAdapter, index: int) -> OpenInCAAdapter:
+    """``adapter`` less class ``index``: the others' rows (and logits) unchanged."""
+    if adapter.num_classes == 1:
+        raise IncaError("cannot remove the last class: a classifier needs one")
+    keep = [i for i in range(adapter.num_classes) if i != index]
+    state = adapter.state_dict()
+    for name in CLASS_PARAMS + CLASS_BUFFERS:
+        state[name] = state[name][keep]
+    return _rebuilt(adapter, adapter.config.projection_sets, len(keep), state)
+
+
+def merged(a: OpenInCAAdapter, b: OpenInCAAdapter) -> OpenInCAAdapter:
+    """The classes of ``a`` then those of ``b``, each side on its own projection sets."""
+    if a.in_dim != b.in_dim or a.heads != b.heads:
+        raise IncaError(
+            f"cannot merge open-inca adapters of width {a.in_dim} ({a.heads} heads) and "
+            f"{b.in_dim} ({b.heads} heads); merge adapters trained on the same tap and heads"
+        )
+    sa, sb = a.state_dict(), b.state_dict()
+    state = {name: torch.cat([sa[name], sb[name]]) for name in SET_PARAMS + CLASS_PARAMS
+             + CLASS_BUFFERS}  # fmt: skip
+    state["class_set"] = torch.cat([sa["class_set"], sb["class_set"] + a.config.projection_sets])
+    sets = a.config.projection_sets + b.config.projection_sets
+    return _rebuilt(a, sets, a.num_classes + b.num_classes, state)
+
+
+def with_new_classes(base: OpenInCAAdapter, count: int, seed: int = 0) -> OpenInCAAdapter:
+    """``base`` with ``count`` new classes on its first projection set, their query and output
+    unit freshly initialised (to be trained; ``base``'s rows copied unchanged)."""
+    if count < 1:
+        raise IncaError(f"add at least one class, got {count}")
+    torch.manual_seed(seed)
+    fresh = OpenInCAAdapter(OpenInCAConfig(heads=base.heads), base.in_dim, count,
+                            base.num_prefix_tokens)  # fmt: skip
+    state = base.state_dict()
+    new = fresh.state_dict()
+    for name in CLASS_PARAMS + CLASS_BUFFERS:
+        state[name] = torch.cat([state[name], new[name].to(state[name].device)])
+    return _rebuilt(base, base.config.projection_sets, base.num_classes + count, state)
+
+
+def raw_logits(adapter: OpenInCAAdapter, tokens: Tensor, batch: int = 256) -> Tensor:
+    """Logits before calibration: normalised tokens (M, T, D) -> (M, C)."""
+    scale, shift = adapter.calib_scale.clone(), adapter.calib_shift.clone()
+    adapter.calib_scale.fill_(1.0)
+    adapter.calib_shift.zero_()
+    try:
+        with torch.no_grad():
+            return torch.cat([adapter(tokens[i : i + batch].to(adapter.queries.device)).float()
+                              for i in range(0, len(tokens), batch)]).cpu()  # fmt: skip
+    finally:
+        adapter.calib_scale.copy_(scale)
+        adapter.calib_shift.copy_(shift)
+
+
+def fit_calibration(adapter: OpenInCAAdapter, tokens: Tensor, labels: Tensor,
+                    steps: int = 200) -> dict[str, float]:  # fmt: skip
+    """Fit ``calib_scale``/``calib_shift`` (a scale and a bias per class, and nothing else) by
+    L-BFGS on the cross-entropy of held-out normalised tokens (M, T, D) with ``labels`` (M,);
+    returns the accuracy before and after."""
+    logits = raw_logits(adapter, tokens)
+    labels = labels.long()
+    scale = torch.ones(adapter.num_classes, requires_grad=True)
+    shift = torch.zeros(adapter.num_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([scale, shift], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(logits * scale + shift, labels)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    before = (logits.argmax(-1) == labels).float().mean().item()
+    after = ((logits * scale + shift).argmax(-1) == labels).float().mean().item()
+    if not (torch.isfinite(scale).all() and torch.isfinite(shift).all()):
+        raise IncaError("the calibration diverged; give more held-out images")
+    with torch.no_grad():
+        adapter.calib_scale.copy_(scale.detach())
+        adapter.calib_shift.copy_(shift.detach())
+    return {"acc_before": before, "acc_after": after, "images": len(labels)}

@@ -1,0 +1,204 @@
+"""Open-InCA: a query and an output unit per class; removing, adding and merging classes keeps
+every other class's parameters bit-identical, and so its logits (to float rounding: a batched
+matmul over a different number of queries may round differently); calibration fits only its
+own numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inca.adapters import adapter_config, build_adapter
+from inca.adapters.stack import AdapterStack
+from inca.errors import IncaError
+from inca.methods.open_inca.adapter import OpenInCAAdapter
+from inca.methods.open_inca.classes import (
+    fit_calibration,
+    merged,
+    raw_logits,
+    with_new_classes,
+    without_class,
+)
+
+D, T = 32, 9
+
+
+def adapter(classes: int, seed: int, **options) -> OpenInCAAdapter:
+    torch.manual_seed(seed)
+    a = build_adapter(adapter_config("open-inca", {"heads": 2} | options), D, classes)
+    with torch.no_grad():  # away from the initial values, as after training
+        for p in a.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return a.eval()
+
+
+@pytest.fixture
+def tokens() -> torch.Tensor:
+    torch.manual_seed(7)
+    return torch.nn.functional.layer_norm(torch.randn(6, T, D), (D,))
+
+
+def test_each_class_owns_a_query_and_an_output_unit(tokens) -> None:
+    a = adapter(5, 0)
+    assert a(tokens).shape == (6, 5)
+    per_class = {n: p.numel() // 5 for n, p in a.named_parameters() if p.shape[0] == 5}
+    assert sum(per_class.values()) == a.class_params() == 2 * D + 1
+
+
+def test_a_stack_computes_what_each_adapter_computes_alone(tokens) -> None:
+    members = [adapter(4, s) for s in range(3)]
+    stack = AdapterStack(members)
+    together = stack(tokens.unsqueeze(0).expand(3, -1, -1, -1))
+    for i, m in enumerate(members):
+        torch.testing.assert_close(together[i], m(tokens))
+        exported = stack.export(i)  # buffers come from the template: not trained
+        torch.testing.assert_close(exported(tokens), m(tokens))
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_removing_a_class_leaves_the_others_unchanged(tokens) -> None:
+    a = adapter(4, 1)
+    before = a(tokens)
+    smaller = without_class(a, 2)
+    assert smaller.num_classes == 3
+    for name in ("queries", "weight", "bias"):
+        assert torch.equal(getattr(smaller, name), getattr(a, name)[[0, 1, 3]])
+    same(smaller(tokens), before[:, [0, 1, 3]])
+    with pytest.raises(IncaError, match="last class"):
+        without_class(without_class(without_class(smaller, 0), 0), 0)
+
+
+def test_new_classes_leave_the_old_unchanged(tokens) -> None:
+    a = adapter(3, 2)
+    grown = with_new_classes(a, 2, seed=5)
+    assert grown.num_classes == 5 and grown.config.projection_sets == 1
+    same(grown(tokens)[:, :3], a(tokens))
+    for name in ("queries", "weight", "bias"):
+        assert torch.equal(getattr(grown, name)[:3], getattr(a, name))
+
+
+def test_merging_keeps_each_sides_logits_and_projections(tokens) -> None:
+    a, b = adapter(3, 3), adapter(2, 4)
+    both = merged(a, b)
+    assert both.num_classes == 5 and both.config.projection_sets == 2
+    out = both(tokens)
+    same(out[:, :3], a(tokens))
+    same(out[:, 3:], b(tokens))
+    again = merged(both, adapter(1, 5))
+    assert again.config.projection_sets == 3
+    same(again(tokens)[:, :5], out)
+    with pytest.raises(IncaError, match="same tap"):
+        merged(a, build_adapter(adapter_config("open-inca", {"heads": 4}), D, 2))
+
+
+def test_calibration_fits_only_its_scale_and_shift(tokens) -> None:
+    """Two halves trained apart, one with logits 20x too large: calibration on held-out
+    tokens puts them on one scale, changing nothing but calib_scale / calib_shift."""
+    torch.manual_seed(0)
+    held = torch.nn.functional.layer_norm(torch.randn(200, T, D), (D,))
+    a, b = adapter(2, 6), adapter(2, 8)
+    with torch.no_grad():
+        b.weight.mul_(20.0)
+        b.bias.add_(15.0)
+    both = merged(a, b)
+    truth = torch.cat([a(held) * 0.5, b(held) / 20.0 - 0.75], -1).argmax(-1)  # a fair scale
+    params = {n: p.detach().clone() for n, p in both.named_parameters()}
+    raw = raw_logits(both, held)
+    result = fit_calibration(both, held, truth)
+    assert result["acc_after"] > result["acc_before"] + 0.2
+    for n, p in both.named_parameters():
+        assert torch.equal(p, params[n]), n
+    assert torch.equal(raw_logits(both, held), raw)  # the raw logits too
+    assert not torch.equal(both.calib_scale, torch.ones(4))
+
+
+def test_an_open_inca_task_saves_and_loads_its_classes(tmp_path, tokens) -> None:
+    import inca
+    from inca.tasks import Task, load_task
+
+    backbone = inca.load_backbone("tiny-vit", precision="fp32", device="cpu")
+    a = merged(adapter(2, 9), adapter(3, 10))
+    a.calib_scale.mul_(1.5)
+    task = Task.from_adapters("parts", "open-inca", backbone, list("abcde"),
+                              [("parts", "block.1", a)])  # fmt: skip
+    task.save(tmp_path / "t")
+    loaded = load_task(tmp_path / "t")
+    member = loaded.member("parts")
+    assert member.config.projection_sets == 2
+    same(member(tokens), a(tokens))
+
+
+def open_task(backbone, classes: list[str], tap: str, seed: int, name: str):
+    from inca.tasks import Task
+
+    a = build_adapter(adapter_config("open-inca", {"heads": 2}), backbone.taps[tap].dim,
+                      len(classes))  # fmt: skip
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return Task.from_adapters(name, "open-inca", backbone, classes, [(name, tap, a)])
+
+
+def snapshot(directory) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_the_classes_command_removes_and_merges_and_refuses_bad_input(tmp_path, capsys) -> None:
+    """inca classes remove / merge (calibrated on held-out digits); each refusal is one clear
+    error and leaves every task on disk as it was."""
+    import inca
+    from inca.cli import main
+    from inca.tasks import MultiTask, Task, load_task
+
+    vit = inca.load_backbone("tiny-vit", image_size=32, precision="fp32", device="cpu")
+    low, high = [str(i) for i in range(5)], [str(i) for i in range(5, 10)]
+    open_task(vit, low, "block.1", 0, "low").save(tmp_path / "low")
+    open_task(vit, high, "block.1", 1, "high").save(tmp_path / "high")
+    open_task(vit, high, "block.0", 2, "other-tap").save(tmp_path / "other-tap")
+    dino = inca.load_backbone("tiny-dinov2", image_size=32, precision="fp32", device="cpu")
+    open_task(dino, high, "block.1", 3, "dino").save(tmp_path / "dino")
+    plain = build_adapter(adapter_config("inca"), 32, 5)
+    Task.from_adapters("plain", "inca", vit, low, [("plain", "block.1", plain)]).save(
+        tmp_path / "plain"
+    )
+    before = {d: snapshot(tmp_path / d) for d in ("low", "high")}
+
+    refused = [
+        (["classes", "remove", str(tmp_path / "low"), "7"], "has no class '7'"),
+        (["classes", "merge", str(tmp_path / "low"), str(tmp_path / "low"), "--out",
+          str(tmp_path / "m")], "both have class(es)"),
+        (["classes", "merge", str(tmp_path / "low"), str(tmp_path / "other-tap"), "--out",
+          str(tmp_path / "m")], "reads block.1"),
+        (["classes", "merge", str(tmp_path / "low"), str(tmp_path / "dino"), "--out",
+          str(tmp_path / "m")], "different backbones"),
+        (["classes", "remove", str(tmp_path / "plain"), "3"], "not an Open-InCA task"),
+    ]  # fmt: skip
+    for argv, says in refused:
+        assert main(argv) == 2
+        assert says in capsys.readouterr().err
+    assert {d: snapshot(tmp_path / d) for d in ("low", "high")} == before
+    assert not (tmp_path / "m").exists()
+
+    one = load_task(tmp_path / "low")
+    for name in low[:-1]:
+        assert main(["classes", "remove", str(tmp_path / "low"), name]) == 0
+    assert main(["classes", "remove", str(tmp_path / "low"), "4"]) == 2  # the last one
+    assert "last class" in capsys.readouterr().err
+    assert load_task(tmp_path / "low").class_names == ["4"]
+    x = torch.nn.functional.layer_norm(torch.randn(3, 17, 32), (32,))
+    same(load_task(tmp_path / "low").member("low")(x), one.member("low")(x)[:, 4:])
+
+    merge = ["classes", "merge", str(tmp_path / "high"), str(tmp_path / "low"), "--out",
+             str(tmp_path / "m"), "--calibrate-on", "digits", "--calib-size", "120"]  # fmt: skip
+    assert main(merge) == 0
+    said = capsys.readouterr().out
+    assert "accuracy" in said and "before" in said and "after" in said
+    m = load_task(tmp_path / "m")
+    assert m.class_names == [*high, "4"] and m.member("m").config.projection_sets == 2
+    assert m.metrics["calibration"]["images"] > 0
+    served = MultiTask([m], backbone=vit).predict_proba(torch.randn(2, 3, 32, 32))
+    assert served["m"].shape == (2, 6)
