@@ -7,9 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +20,7 @@ pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 
+from inca.bench_serve import start_server  # noqa: E402
 from inca.serve import ServeConfig, create_app  # noqa: E402
 from tests.conftest import require_or_skip  # noqa: E402
 from tests.test_serve import expected, png, probabilities, task_dirs  # noqa: E402, F401
@@ -81,31 +79,12 @@ def test_concurrent_requests_get_their_own_rows(task_dirs) -> None:  # noqa: F81
     assert passes < 24  # requests shared passes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_shutdown_finishes_every_accepted_request(task_dirs) -> None:  # noqa: F811
     """SIGTERM while 6 requests wait in a 1.5 s batching window: all 6 are answered, then
     the server exits cleanly."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "inca", "serve", str(task_dirs["pets"]), "--port", str(port),
-         "--max-wait-ms", "1500", "--device", "cpu", "--precision", "fp32",
-         "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server([task_dirs["pets"]], "--max-wait-ms", "1500", "--device", "cpu",
+                               "--precision", "fp32")  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
-            time.sleep(0.1)
 
         def call(i: int) -> int:
             files = [("file", (f"{i}.png", png(i), "image/png"))]

@@ -82,31 +82,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def server(tasks: list[Path], *flags: str):
-    """``inca serve TASKS`` in its own process on 127.0.0.1; yields its URL once ready."""
+def start_server(tasks: list[Path], *flags: str) -> tuple[subprocess.Popen, str]:
+    """``inca serve TASKS FLAGS`` in its own process on 127.0.0.1 (a free port), once ready:
+    the process (its output in ``stdout``) and its URL."""
     import httpx
 
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "inca", "serve", *map(str, tasks), "--port", str(port),
-         "--log-level", "warning", "--max-queue", "1024", "--timeout-s", "600", *flags],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+         "--log-level", "warning", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return proc, url
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"inca serve did not start: {proc.communicate()[0][-2000:]}")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def server(tasks: list[Path], *flags: str):
+    """A server for the benchmark (a deep queue, long timeouts); yields its URL."""
+    proc, url = start_server(tasks, "--max-queue", "1024", "--timeout-s", "600", *flags)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"inca serve did not start: {proc.stderr.read()[-2000:]}")
-            time.sleep(0.2)
         yield url
     finally:
         proc.terminate()
-        proc.wait(60)
+        proc.communicate(timeout=60)
 
 
 async def load(url: str, images: list[bytes], clients: int, requests: int) -> dict[str, Any]:
