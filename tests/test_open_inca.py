@@ -202,3 +202,45 @@ def test_the_classes_command_removes_and_merges_and_refuses_bad_input(tmp_path, 
     assert m.metrics["calibration"]["images"] > 0
     served = MultiTask([m], backbone=vit).predict_proba(torch.randn(2, 3, 32, 32))
     assert served["m"].shape == (2, 6)
+
+
+@pytest.mark.integration
+def test_adding_classes_trains_only_theirs_and_refuses_bad_input(tmp_path, capsys) -> None:
+    """inca classes add: digits 5 and 6 join a task of 0-4 from data holding only them (and,
+    with --replay, a few old images); the old classes' parameters stay bit-identical."""
+    import inca
+    from inca.cli import main
+    from inca.tasks import load_task
+
+    vit = inca.load_backbone("tiny-vit", image_size=32, precision="fp32", device="cpu")
+    low = [str(i) for i in range(5)]
+    open_task(vit, low, "block.1", 0, "digits").save(tmp_path / "t")
+    before = snapshot(tmp_path / "t")
+    old = load_task(tmp_path / "t").member("digits")
+    common = ["--data", "digits", "--epochs", "3", "--batch-size", "16", "--train-size", "400",
+              "--no-progress", "--cache", str(tmp_path / "work")]  # fmt: skip
+    for argv, says in [
+        (["--classes", "3,5"], "has class(es) ['3'] already"),
+        (["--classes", "5,cat"], "has no class(es) ['cat']"),
+        (["--classes", "5,5"], "each new class once"),
+    ]:
+        assert main(["classes", "add", str(tmp_path / "t"), *common, *argv]) == 2
+        assert says in capsys.readouterr().err
+    assert snapshot(tmp_path / "t") == before  # every refusal left the task as it was
+
+    assert main(["classes", "add", str(tmp_path / "t"), *common, "--classes", "5,6",
+                 "--replay", "10", "--out", str(tmp_path / "t2")]) == 0  # fmt: skip
+    assert "added 5, 6" in capsys.readouterr().out
+    grown = load_task(tmp_path / "t2")
+    assert grown.class_names == [*low, "5", "6"]
+    new = grown.member("digits")
+    for name in ("queries", "weight", "bias"):
+        assert torch.equal(getattr(new, name)[:5], getattr(old, name))  # bit-identical
+        assert not torch.equal(getattr(new, name)[5:], getattr(new, name)[5:] * 0)
+    for name, p in old.named_parameters():
+        if p.shape[:1] != (5,):
+            assert torch.equal(dict(new.named_parameters())[name], p), name  # projections
+    x = torch.nn.functional.layer_norm(torch.randn(4, 17, 32), (32,))
+    same(new(x)[:, :5], old(x))
+    record = grown.metrics["added"][0]
+    assert record["replay"] == 10 and 0 <= record["test_acc"] <= 1 and record["test_images"] > 0

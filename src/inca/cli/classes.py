@@ -18,6 +18,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", default=None, help="write the new task here (default: in place)")
     r.set_defaults(func=run_remove)
 
+    a = actions.add_parser("add", help="train new classes on new data; the old stay as they are")
+    a.add_argument("task", help="an Open-InCA task directory")
+    a.add_argument("--data", required=True, help="a dataset holding the new classes")
+    a.add_argument("--classes", required=True, help="comma-separated class names of --data")
+    a.add_argument(
+        "--replay",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also train on up to N images of each old class --data has (default 0)",
+    )
+    a.add_argument("--out", default=None, help="write the new task here (default: in place)")
+    a.add_argument("--lrs", default="1e-3,3e-3", help="learning rates, trained one-to-many")
+    a.add_argument("--epochs", type=positive_int, default=10)
+    a.add_argument("--batch-size", type=positive_int, default=64)
+    a.add_argument("--train-size", type=positive_int, default=None)
+    a.add_argument("--val-size", type=float, default=0.1)
+    a.add_argument("--test-size", type=positive_int, default=None)
+    a.add_argument("--cache", default=None, help="activation caches (default: beside --out)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--no-progress", action="store_true")
+    a.set_defaults(func=run_add)
+
     m = actions.add_parser("merge", help="one classifier over two tasks' classes")
     m.add_argument("task_a")
     m.add_argument("task_b")
@@ -61,3 +84,26 @@ def run_merge(args: argparse.Namespace) -> None:
         )
     task.save(args.out)
     print(f"{args.out}: {len(task.class_names)} classes from {args.task_a} and {args.task_b}")
+
+
+def run_add(args: argparse.Namespace) -> None:
+    from inca.errors import IncaError
+    from inca.recipes.add_classes import add_classes, trained_config
+
+    if args.replay < 0:
+        raise IncaError(f"--replay must be 0 or more, got {args.replay}")
+    try:
+        lrs = tuple(float(x) for x in args.lrs.split(","))
+    except ValueError:
+        raise IncaError(f"--lrs takes numbers separated by commas, got {args.lrs!r}") from None
+    config = trained_config(args.epochs, args.batch_size, args.seed, not args.no_progress)
+    record = add_classes(
+        args.task, args.data, [c.strip() for c in args.classes.split(",") if c.strip()],
+        out=args.out, replay=args.replay, lrs=lrs, config=config,
+        sizes=(args.train_size, args.val_size, args.test_size), cache=args.cache,
+    )  # fmt: skip
+    print(
+        f"{args.out or args.task}: added {', '.join(record['added'])} ({record['selected']}); "
+        f"test accuracy over the task's classes: {100 * record['test_acc']:.2f}% "
+        f"({record['test_images']} images)"
+    )

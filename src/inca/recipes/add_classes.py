@@ -1,0 +1,164 @@
+"""`inca classes add`: new classes for an Open-InCA task, trained on new data alone.
+
+Only the new classes' queries and output units train (one member per learning rate, one-to-many
+from the activation cache of the task's tap); the task's projections and old classes are frozen,
+so their parameters stay bit-identical. The new data need hold only the new classes, as in real
+class-incremental use; ``replay`` adds up to that many training images of each old class the
+data has (and their validation images), so the new classes also learn not to fire on old ones.
+The best rate on validation is kept and the task is written anew, atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from inca.data import Splits, make_splits
+from inca.data.splits import Subset
+from inca.errors import IncaError
+from inca.select import accuracy, rank
+from inca.train.config import TrainConfig
+
+DEFAULT_LRS = (1e-3, 3e-3)
+
+
+def class_subset(subset: Subset, keep: set[int], per_class: dict[int, int] | None = None) -> Subset:
+    """The images of ``subset`` whose label is in ``keep`` (at most ``per_class[label]`` of a
+    label listed there, the first in subset order)."""
+    taken: dict[int, int] = {}
+    indices = []
+    for i, y in zip(subset.indices, subset.labels, strict=True):
+        y = int(y)
+        if y not in keep:
+            continue
+        limit = (per_class or {}).get(y)
+        if limit is not None and taken.get(y, 0) >= limit:
+            continue
+        taken[y] = taken.get(y, 0) + 1
+        indices.append(i)
+    return Subset(subset.dataset, np.asarray(indices, dtype=np.int64))
+
+
+class RemappedSource:
+    """A batch source whose labels (the dataset's class indices) become the task's."""
+
+    def __init__(self, source: Any, table: torch.Tensor) -> None:
+        self.source, self.table = source, table
+
+    @property
+    def backbone_seconds(self) -> float:
+        return self.source.backbone_seconds
+
+    def serve(self, members: Any) -> None:
+        self.source.serve(members)
+
+    def train(self, epoch: int):  # noqa: ANN201
+        for x, y in self.source.train(epoch):
+            yield x, self.table[y]
+
+    def evaluate(self, split: str):  # noqa: ANN201
+        for x, y in self.source.evaluate(split):
+            yield x, self.table[y]
+
+
+def add_classes(
+    task_dir: str | Path,
+    data: str,
+    classes: list[str],
+    out: str | Path | None = None,
+    replay: int = 0,
+    lrs: tuple[float, ...] = DEFAULT_LRS,
+    weight_decay: float = 0.05,
+    config: TrainConfig | None = None,
+    sizes: tuple[int | None, float, int | None] = (None, 0.1, None),
+    cache: str | Path | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+) -> dict[str, Any]:
+    """Train ``classes`` of ``data`` into the Open-InCA task at ``task_dir`` (written to
+    ``out``, default in place); returns the record (per rate validation accuracy, test
+    accuracy over every class of the task the test split has, before and after)."""
+    from inca.cache.splits import open_caches
+    from inca.methods.open_inca.increment import NewClasses
+    from inca.tasks import Task, load_task
+    from inca.tasks.multi import _load_matching
+    from inca.tasks.open_classes import open_member
+    from inca.train.sources import TokenSource
+    from inca.train.trainer import Trainer
+
+    config = config or TrainConfig(epochs=10, augment=False, progress=False)
+    task = load_task(task_dir)
+    member, tap, base = open_member(task)
+    if len(set(classes)) != len(classes) or not classes:
+        raise IncaError(f"give each new class once, at least one: got {classes}")
+    known = [c for c in classes if c in task.class_names]
+    if known:
+        raise IncaError(f"task {task.name!r} has class(es) {known} already; add new ones")
+    train_size, val_size, test_size = sizes
+    splits = make_splits(data, train_size=train_size, val_size=val_size, test_size=test_size,
+                         seed=config.seed)  # fmt: skip
+    names = splits.class_names
+    missing = [c for c in classes if c not in names]
+    if missing:
+        raise IncaError(f"{data} has no class(es) {missing}; its classes: {names}")
+    order = task.class_names + classes  # the task's classes after the addition
+    new = {names.index(c) for c in classes}
+    old = {names.index(c) for c in task.class_names if c in names} if replay else set()
+    cap = dict.fromkeys(old, replay)
+    seen = {names.index(c) for c in order if c in names}  # tested: every class the task has
+    chosen = Splits(
+        class_subset(splits.train, new | old, cap),
+        class_subset(splits.val, new | old),
+        class_subset(splits.test, seen),
+    )
+    counts = chosen.train.class_counts()
+    empty = [names[i] for i in sorted(new) if counts[i] == 0]
+    if empty:
+        raise IncaError(f"class(es) {empty} have no training images in {data}; give some")
+    table = torch.full((len(names),), -100, dtype=torch.long)  # -100: ignored by the loss
+    for i, c in enumerate(names):
+        if c in order:
+            table[i] = order.index(c)
+
+    backbone = _load_matching(task.backbone_info, device, precision)
+    out = Path(out or task_dir)
+    work = Path(cache or out.parent / f".{out.name}.add")
+    caches = open_caches(
+        backbone, chosen, [tap], work / "cache", 1, "auto", config.eval_batch_size, config.seed,
+        config.workers, config.progress,
+    )  # fmt: skip
+    source = RemappedSource(TokenSource(backbone, chosen, [tap], config, caches), table)
+    members = NewClasses(base, tap, len(classes), list(lrs), weight_decay, config.seed)
+    members = members.to(backbone.device)
+    signature = {"add": classes, "task": task.name, "replay": replay, "data": data,
+                 "lrs": list(lrs)}  # fmt: skip
+    trainer = Trainer(members, source, config, len(chosen.train), work / "train", signature,
+                      backbone.device, num_val=len(chosen.val))  # fmt: skip
+    trainer.fit(resume=True)
+    trainer.load_best()
+    best = rank({n: a for n, a in trainer.best_acc.items() if n not in trainer.diverged})[0]
+    grown = members.grown(best)
+    test_probs, test_labels = trainer.predict("test")
+    record = {
+        "added": classes,
+        "replay": replay,
+        "selected": best,
+        "val_acc": dict(trainer.best_acc),
+        "test_acc": accuracy(test_probs[best], test_labels),
+        "test_images": len(test_labels),
+    }
+    new_task = Task(task.name, "open-inca", task.backbone_info, order, [(member, tap, grown)],
+                    metrics=task.metrics | {"added": [*task.metrics.get("added", []), record]},
+                    data=task.data)  # fmt: skip
+    new_task.save(out)
+    return record
+
+
+def trained_config(epochs: int, batch_size: int, seed: int, progress: bool) -> TrainConfig:
+    """The budget ``inca classes add`` trains with: no augmentation (one cached view)."""
+    return replace(TrainConfig(), epochs=epochs, batch_size=batch_size, seed=seed,
+                   augment=False, progress=progress, warmup=0.1)  # fmt: skip
