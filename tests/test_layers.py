@@ -39,6 +39,7 @@ LAYERS = [
         "inca.bench_memory",
         "inca.bench_scaling",
         "inca.bench_serve",
+        "inca.bench_classes",
     ],  # benchmarks  # fmt: skip
     ["inca.cli", "inca.__main__"],  # the command line (python -m inca)
 ]

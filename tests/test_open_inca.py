@@ -208,17 +208,19 @@ def test_the_classes_command_removes_and_merges_and_refuses_bad_input(tmp_path, 
 def test_adding_classes_trains_only_theirs_and_refuses_bad_input(tmp_path, capsys) -> None:
     """inca classes add: digits 5 and 6 join a task of 0-4 from data holding only them (and,
     with --replay, a few old images); the old classes' parameters stay bit-identical."""
-    import inca
     from inca.cli import main
     from inca.tasks import load_task
 
-    vit = inca.load_backbone("tiny-vit", image_size=32, precision="fp32", device="cpu")
     low = [str(i) for i in range(5)]
-    open_task(vit, low, "block.1", 0, "digits").save(tmp_path / "t")
-    before = snapshot(tmp_path / "t")
-    old = load_task(tmp_path / "t").member("digits")
     common = ["--data", "digits", "--epochs", "3", "--batch-size", "16", "--train-size", "400",
-              "--no-progress", "--cache", str(tmp_path / "work")]  # fmt: skip
+              "--no-progress"]  # fmt: skip
+    assert main(["classes", "new", *common, "--classes", ",".join(low), "--model", "tiny-vit",
+                 "--image-size", "32", "--tap", "block.1", "--out", str(tmp_path / "t"),
+                 "--cache", str(tmp_path / "first")]) == 0  # fmt: skip
+    assert "5 classes" in capsys.readouterr().out
+    before = snapshot(tmp_path / "t")
+    old = load_task(tmp_path / "t").member("t")
+    common += ["--cache", str(tmp_path / "work")]
     for argv, says in [
         (["--classes", "3,5"], "has class(es) ['3'] already"),
         (["--classes", "5,cat"], "has no class(es) ['cat']"),
@@ -233,7 +235,7 @@ def test_adding_classes_trains_only_theirs_and_refuses_bad_input(tmp_path, capsy
     assert "added 5, 6" in capsys.readouterr().out
     grown = load_task(tmp_path / "t2")
     assert grown.class_names == [*low, "5", "6"]
-    new = grown.member("digits")
+    new = grown.member("t")
     for name in ("queries", "weight", "bias"):
         assert torch.equal(getattr(new, name)[:5], getattr(old, name))  # bit-identical
         assert not torch.equal(getattr(new, name)[5:], getattr(new, name)[5:] * 0)

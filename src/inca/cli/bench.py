@@ -19,6 +19,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="benchmarks/results/memory.json")
     p.set_defaults(func=run_memory)
 
+    p = sub.add_parser("bench-classes", help="Open-InCA's class-incremental protocol, measured")
+    p.add_argument("--model", default="dinov2-small")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--image-size", type=positive_int, default=112)
+    p.add_argument("--tap", default="block.5")
+    p.add_argument("--sizes", default="5000,500,2000", help="train,val,test images")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--out", default="benchmarks/results/class_incremental.json")
+    p.set_defaults(func=run_classes)
+
     p = sub.add_parser("bench", help="measure the one-to-many claims (R1-R4, the curve)")
     p.add_argument("--model", default="dinov2-small")
     p.add_argument("--data", default="fashion-mnist")
@@ -63,3 +73,11 @@ def run_memory(args: argparse.Namespace) -> None:
     run_memory_benchmark(modes, args.model, args.image_size, args.batch_size, args.out)
     if args.out:
         print(f"written: {args.out}")
+
+
+def run_classes(args: argparse.Namespace) -> None:
+    from inca.bench_classes import run_class_incremental
+
+    train, val, test = (int(x) for x in args.sizes.split(","))
+    run_class_incremental(args.model, args.data, args.image_size, args.tap, (train, val, test),
+                          epochs=args.epochs, out=args.out)  # fmt: skip

@@ -18,6 +18,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", default=None, help="write the new task here (default: in place)")
     r.set_defaults(func=run_remove)
 
+    n = actions.add_parser("new", help="a new Open-InCA task over some classes of a dataset")
+    n.add_argument("--data", required=True)
+    n.add_argument("--classes", required=True, help="comma-separated class names of --data")
+    n.add_argument("--model", default="dinov2-small")
+    n.add_argument("--image-size", type=positive_int, default=112)
+    n.add_argument("--tap", default="block.5", help="the tap its classes read (default block.5)")
+    n.add_argument("--out", required=True, help="the task's directory")
+    add_budget(n)
+    n.set_defaults(func=run_new)
+
     a = actions.add_parser("add", help="train new classes on new data; the old stay as they are")
     a.add_argument("task", help="an Open-InCA task directory")
     a.add_argument("--data", required=True, help="a dataset holding the new classes")
@@ -30,15 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also train on up to N images of each old class --data has (default 0)",
     )
     a.add_argument("--out", default=None, help="write the new task here (default: in place)")
-    a.add_argument("--lrs", default="1e-3,3e-3", help="learning rates, trained one-to-many")
-    a.add_argument("--epochs", type=positive_int, default=10)
-    a.add_argument("--batch-size", type=positive_int, default=64)
-    a.add_argument("--train-size", type=positive_int, default=None)
-    a.add_argument("--val-size", type=float, default=0.1)
-    a.add_argument("--test-size", type=positive_int, default=None)
-    a.add_argument("--cache", default=None, help="activation caches (default: beside --out)")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--no-progress", action="store_true")
+    add_budget(a)
     a.set_defaults(func=run_add)
 
     m = actions.add_parser("merge", help="one classifier over two tasks' classes")
@@ -55,6 +57,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     m.add_argument("--calib-size", type=positive_int, default=500, help="held-out images")
     m.set_defaults(func=run_merge)
+
+
+def add_budget(p: argparse.ArgumentParser) -> None:
+    """The options of training classes: rates (one-to-many), budget, splits, cache."""
+    p.add_argument("--lrs", default="1e-3,3e-3", help="learning rates, trained one-to-many")
+    p.add_argument("--epochs", type=positive_int, default=20)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--train-size", type=positive_int, default=None)
+    p.add_argument("--val-size", type=float, default=0.1)
+    p.add_argument("--test-size", type=positive_int, default=None)
+    p.add_argument("--cache", default=None, help="activation caches (default: beside --out)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def budget_of(args: argparse.Namespace) -> dict:
+    from inca.errors import IncaError
+    from inca.recipes.add_classes import trained_config
+
+    try:
+        lrs = tuple(float(x) for x in args.lrs.split(","))
+    except ValueError:
+        raise IncaError(f"--lrs takes numbers separated by commas, got {args.lrs!r}") from None
+    return {
+        "lrs": lrs,
+        "config": trained_config(args.epochs, args.batch_size, args.seed, not args.no_progress),
+        "sizes": (args.train_size, args.val_size, args.test_size),
+        "cache": args.cache,
+    }
+
+
+def class_list(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def run_new(args: argparse.Namespace) -> None:
+    from inca.recipes.add_classes import new_classes_task
+
+    record = new_classes_task(args.data, class_list(args.classes), args.model, args.tap,
+                              args.out, image_size=args.image_size, **budget_of(args))  # fmt: skip
+    print(f"{args.out}: {len(record['classes'])} classes ({record['selected']}); test accuracy "
+          f"{100 * record['test_acc']:.2f}% ({record['test_images']} images)")  # fmt: skip
 
 
 def run_remove(args: argparse.Namespace) -> None:
@@ -88,20 +132,12 @@ def run_merge(args: argparse.Namespace) -> None:
 
 def run_add(args: argparse.Namespace) -> None:
     from inca.errors import IncaError
-    from inca.recipes.add_classes import add_classes, trained_config
+    from inca.recipes.add_classes import add_classes
 
     if args.replay < 0:
         raise IncaError(f"--replay must be 0 or more, got {args.replay}")
-    try:
-        lrs = tuple(float(x) for x in args.lrs.split(","))
-    except ValueError:
-        raise IncaError(f"--lrs takes numbers separated by commas, got {args.lrs!r}") from None
-    config = trained_config(args.epochs, args.batch_size, args.seed, not args.no_progress)
-    record = add_classes(
-        args.task, args.data, [c.strip() for c in args.classes.split(",") if c.strip()],
-        out=args.out, replay=args.replay, lrs=lrs, config=config,
-        sizes=(args.train_size, args.val_size, args.test_size), cache=args.cache,
-    )  # fmt: skip
+    record = add_classes(args.task, args.data, class_list(args.classes), out=args.out,
+                         replay=args.replay, **budget_of(args))  # fmt: skip
     print(
         f"{args.out or args.task}: added {', '.join(record['added'])} ({record['selected']}); "
         f"test accuracy over the task's classes: {100 * record['test_acc']:.2f}% "

@@ -101,28 +101,8 @@ def add_classes(
     train_size, val_size, test_size = sizes
     splits = make_splits(data, train_size=train_size, val_size=val_size, test_size=test_size,
                          seed=config.seed)  # fmt: skip
-    names = splits.class_names
-    missing = [c for c in classes if c not in names]
-    if missing:
-        raise IncaError(f"{data} has no class(es) {missing}; its classes: {names}")
     order = task.class_names + classes  # the task's classes after the addition
-    new = {names.index(c) for c in classes}
-    old = {names.index(c) for c in task.class_names if c in names} if replay else set()
-    cap = dict.fromkeys(old, replay)
-    seen = {names.index(c) for c in order if c in names}  # tested: every class the task has
-    chosen = Splits(
-        class_subset(splits.train, new | old, cap),
-        class_subset(splits.val, new | old),
-        class_subset(splits.test, seen),
-    )
-    counts = chosen.train.class_counts()
-    empty = [names[i] for i in sorted(new) if counts[i] == 0]
-    if empty:
-        raise IncaError(f"class(es) {empty} have no training images in {data}; give some")
-    table = torch.full((len(names),), -100, dtype=torch.long)  # -100: ignored by the loss
-    for i, c in enumerate(names):
-        if c in order:
-            table[i] = order.index(c)
+    chosen, table = chosen_splits(splits, data, classes, task.class_names, order, replay)
 
     backbone = _load_matching(task.backbone_info, device, precision)
     out = Path(out or task_dir)
@@ -148,14 +128,114 @@ def add_classes(
         "replay": replay,
         "selected": best,
         "val_acc": dict(trainer.best_acc),
-        "test_acc": accuracy(test_probs[best], test_labels),
-        "test_images": len(test_labels),
+        **test_record(test_probs[best], test_labels, order),
     }
     new_task = Task(task.name, "open-inca", task.backbone_info, order, [(member, tap, grown)],
                     metrics=task.metrics | {"added": [*task.metrics.get("added", []), record]},
                     data=task.data)  # fmt: skip
     new_task.save(out)
     return record
+
+
+def test_record(probs: torch.Tensor, labels: torch.Tensor, order: list[str]) -> dict[str, Any]:
+    """Test accuracy over every class, and per class (by name)."""
+    hit = probs.argmax(-1) == labels
+    by_class = {c: hit[labels == i].float().mean().item() for i, c in enumerate(order)
+                if (labels == i).any()}  # fmt: skip
+    return {"test_acc": accuracy(probs, labels), "test_images": len(labels),
+            "test_acc_by_class": by_class}  # fmt: skip
+
+
+def new_classes_task(
+    data: str,
+    classes: list[str],
+    model: str,
+    tap: str,
+    out: str | Path,
+    lrs: tuple[float, ...] = DEFAULT_LRS,
+    weight_decay: float = 0.05,
+    config: TrainConfig | None = None,
+    sizes: tuple[int | None, float, int | None] = (None, 0.1, None),
+    cache: str | Path | None = None,
+    image_size: int | None = None,
+    heads: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+) -> dict[str, Any]:
+    """A new Open-InCA task over ``classes`` of ``data`` (its other classes left out), every
+    parameter trained (the projections it freezes for classes added later): one member per
+    learning rate, one-to-many from the cache, the best on validation saved at ``out``."""
+    from inca.adapters import adapter_config
+    from inca.backbones import load_backbone
+    from inca.cache.splits import open_caches
+    from inca.tasks import Task
+    from inca.train.bank import AdapterBank
+    from inca.train.plan import AdapterSpec
+    from inca.train.sources import TokenSource, token_dtype
+    from inca.train.trainer import Trainer
+
+    config = config or TrainConfig(epochs=10, augment=False, progress=False)
+    size = {"image_size": image_size} if image_size else {}
+    backbone = load_backbone(model, precision=precision, device=device, **size)
+    backbone.validate_taps([tap])
+    splits = make_splits(data, train_size=sizes[0], val_size=sizes[1], test_size=sizes[2],
+                         seed=config.seed)  # fmt: skip
+    chosen, table = chosen_splits(splits, data, classes, [], classes, 0)
+    opts = {"heads": heads} if heads else {}
+    specs = [AdapterSpec(f"open-inca.{tap}.lr{lr:g}", "open-inca", tap,
+                         adapter_config("open-inca", opts), lr, weight_decay)
+             for lr in lrs]  # fmt: skip
+    bank = AdapterBank(specs, backbone.taps, len(classes), backbone.num_prefix_tokens,
+                       seed=config.seed, token_dtype=token_dtype(backbone))  # fmt: skip
+    bank = bank.to(backbone.device)
+    out = Path(out)
+    work = Path(cache or out.parent / f".{out.name}.new")
+    caches = open_caches(
+        backbone, chosen, [tap], work / "cache", 1, "auto", config.eval_batch_size, config.seed,
+        config.workers, config.progress,
+    )  # fmt: skip
+    source = RemappedSource(TokenSource(backbone, chosen, bank.taps, config, caches), table)
+    signature = {"new": classes, "data": data, "tap": tap, "lrs": list(lrs)}
+    trainer = Trainer(bank, source, config, len(chosen.train), work / "train", signature,
+                      backbone.device, num_val=len(chosen.val))  # fmt: skip
+    trainer.fit(resume=True)
+    trainer.load_best()
+    best = rank({n: a for n, a in trainer.best_acc.items() if n not in trainer.diverged})[0]
+    test_probs, test_labels = trainer.predict("test")
+    record = {"classes": classes, "selected": best, "val_acc": dict(trainer.best_acc),
+              **test_record(test_probs[best], test_labels, classes)}  # fmt: skip
+    name = out.name
+    Task.from_adapters(name, "open-inca", backbone, classes,
+                       [(name, tap, bank.export_adapter(best))],
+                       metrics={"trained": record}, data={"data": data}).save(out)  # fmt: skip
+    return record
+
+
+def chosen_splits(splits: Splits, data: str, classes: list[str], old_classes: list[str],
+                  order: list[str], replay: int) -> tuple[Splits, torch.Tensor]:  # fmt: skip
+    """The splits of ``classes`` (and, with ``replay``, up to that many training images of
+    each of ``old_classes``), and the table mapping the dataset's labels to ``order``'s."""
+    names = splits.class_names
+    missing = [c for c in classes if c not in names]
+    if missing:
+        raise IncaError(f"{data} has no class(es) {missing}; its classes: {names}")
+    new = {names.index(c) for c in classes}
+    old = {names.index(c) for c in old_classes if c in names} if replay else set()
+    seen = {names.index(c) for c in order if c in names}  # tested: every class the task has
+    chosen = Splits(
+        class_subset(splits.train, new | old, dict.fromkeys(old, replay)),
+        class_subset(splits.val, new | old),
+        class_subset(splits.test, seen),
+    )
+    counts = chosen.train.class_counts()
+    empty = [names[i] for i in sorted(new) if counts[i] == 0]
+    if empty:
+        raise IncaError(f"class(es) {empty} have no training images in {data}; give some")
+    table = torch.full((len(names),), -100, dtype=torch.long)  # -100: ignored by the loss
+    for i, c in enumerate(names):
+        if c in order:
+            table[i] = order.index(c)
+    return chosen, table
 
 
 def trained_config(epochs: int, batch_size: int, seed: int, progress: bool) -> TrainConfig:

@@ -82,16 +82,18 @@ def merge_tasks(a: Any, b: Any, name: str) -> Any:
 Tokens = tuple[torch.Tensor, torch.Tensor]
 
 
-def held_out_tokens(task: Any, data: str, size: int, seed: int = 0) -> Tokens:
+def held_out_tokens(task: Any, data: str, size: int, seed: int = 0, split: str = "val") -> Tokens:
     """Normalised tokens of the task's tap (M, T, D) and labels in the task's class order, of
-    up to ``size`` validation images of ``data`` whose class the task has."""
+    up to ``size`` images of ``data``'s ``split`` (val or test) whose class the task has."""
     from inca.adapters import normalize_tokens
     from inca.data import ImageTransform, make_splits
     from inca.tasks.multi import _load_matching
 
     _, tap, _ = open_member(task)
-    splits = make_splits(data, val_size=size, seed=seed)
-    names = splits.val.dataset.class_names
+    splits = make_splits(data, val_size=size, test_size=size if split == "test" else None,
+                         seed=seed)  # fmt: skip
+    held = getattr(splits, split)
+    names = held.dataset.class_names
     missing = sorted(set(task.class_names) - set(names))
     if missing:
         raise IncaError(
@@ -100,15 +102,13 @@ def held_out_tokens(task: Any, data: str, size: int, seed: int = 0) -> Tokens:
         )
     backbone = _load_matching(task.backbone_info, None, "auto")
     transform = ImageTransform(backbone.preprocess)
-    rows = [i for i, y in zip(splits.val.indices, splits.val.labels, strict=True)
+    rows = [i for i, y in zip(held.indices, held.labels, strict=True)
             if names[y] in task.class_names]  # fmt: skip
-    labels = torch.tensor([task.class_names.index(names[splits.val.dataset.labels[i]])
+    labels = torch.tensor([task.class_names.index(names[held.dataset.labels[i]])
                            for i in rows])  # fmt: skip
     tokens = []
     for start in range(0, len(rows), 64):
-        pixels = torch.stack(
-            [transform(splits.val.dataset.load(i)) for i in rows[start : start + 64]]
-        )
+        pixels = torch.stack([transform(held.dataset.load(i)) for i in rows[start : start + 64]])
         tokens.append(normalize_tokens(backbone.forward_taps(pixels, [tap])[tap]).cpu())
     return torch.cat(tokens), labels
 
