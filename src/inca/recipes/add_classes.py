@@ -85,7 +85,7 @@ def add_classes(
     from inca.cache.splits import open_caches
     from inca.methods.open_inca.increment import NewClasses
     from inca.tasks import Task, load_task
-    from inca.tasks.multi import _load_matching
+    from inca.tasks.multi import load_matching_backbone
     from inca.tasks.open_classes import open_member
     from inca.train.sources import TokenSource
     from inca.train.trainer import Trainer
@@ -104,7 +104,7 @@ def add_classes(
     order = task.class_names + classes  # the task's classes after the addition
     chosen, table = chosen_splits(splits, data, classes, task.class_names, order, replay)
 
-    backbone = _load_matching(task.backbone_info, device, precision)
+    backbone = load_matching_backbone(task.backbone_info, device, precision)
     out = Path(out or task_dir)
     work = Path(cache or out.parent / f".{out.name}.add")
     caches = open_caches(

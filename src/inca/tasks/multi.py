@@ -92,7 +92,7 @@ class MultiTask:
                 )
         info = first.backbone_info
         if backbone is None:
-            backbone = _load_matching(info, device, precision)
+            backbone = load_matching_backbone(info, device, precision)
         else:
             diff = backbone_differences(info, backbone_info(backbone))
             if diff:
@@ -157,7 +157,7 @@ class MultiTask:
         return {name: (p.argmax(-1), p) for name, p in self.predict_proba(pixels).items()}
 
 
-def _load_matching(
+def load_matching_backbone(
     info: dict[str, Any], device: str | torch.device | None, precision: str | None
 ) -> Backbone:
     """The backbone named in ``info``, at its image size; refused if its weights changed."""

@@ -87,7 +87,7 @@ def held_out_tokens(task: Any, data: str, size: int, seed: int = 0, split: str =
     up to ``size`` images of ``data``'s ``split`` (val or test) whose class the task has."""
     from inca.adapters import normalize_tokens
     from inca.data import ImageTransform, make_splits
-    from inca.tasks.multi import _load_matching
+    from inca.tasks.multi import load_matching_backbone
 
     _, tap, _ = open_member(task)
     splits = make_splits(data, val_size=size, test_size=size if split == "test" else None,
@@ -100,7 +100,7 @@ def held_out_tokens(task: Any, data: str, size: int, seed: int = 0, split: str =
             f"{data} has no images of class(es) {missing} of task {task.name!r}; calibrate on "
             "data holding every class of the merged task"
         )
-    backbone = _load_matching(task.backbone_info, None, "auto")
+    backbone = load_matching_backbone(task.backbone_info, None, "auto")
     transform = ImageTransform(backbone.preprocess)
     rows = [i for i, y in zip(held.indices, held.labels, strict=True)
             if names[y] in task.class_names]  # fmt: skip

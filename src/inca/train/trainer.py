@@ -93,23 +93,12 @@ class Trainer:
         self.total_steps = self.budget.total_steps
         self.warmup_steps = int(config.warmup * self.total_steps)
         self.optimizer = self._optimizer()
-        self.epoch = 0  # epochs done
-        self.step = 0
-        self.best_acc = {n: -1.0 for n in self.all_names}
-        self.best_epoch = {n: 0 for n in self.all_names}
+        # progress (epoch, step, best accuracies, timings, halving, divergence): what the
+        # checkpoint keeps, started as a new run starts it (``trainer_state.PROGRESS``)
+        trainer_state.restore_progress(self, trainer_state.fresh(self.all_names))
         self.best_state = {n: members.member_state(n) for n in self.all_names}
         self.best_val_probs: dict[str, Tensor] = {}
         self.val_labels: Tensor | None = None
-        self.last_val_loss: dict[str, float] = {}
-        self.last_improved_step = 0
-        self.stopped = ""  # why training ended before the cap ("" while it has not)
-        self.dropped_at: dict[str, int] = {}  # member -> the epoch after which halving dropped it
-        self.train_seconds = 0.0
-        self.val_seconds = 0.0
-        self.backbone_seconds = 0.0
-        self.images_seen = 0
-        self.curve: list[dict[str, float]] = []  # per epoch: cumulative seconds, best val acc
-        self.diverged: dict[str, int] = {}  # member -> the epoch its loss or output went NaN/inf
         self.idle = False  # a grid shard whose members halving dropped, every one
 
     def _optimizer(self) -> torch.optim.Optimizer:

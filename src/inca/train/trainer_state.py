@@ -34,6 +34,13 @@ PROGRESS: dict[str, Any] = {
 }
 
 
+def fresh(names: list[str]) -> dict[str, Any]:
+    """The progress of a run that has not trained yet, for members ``names``."""
+    return {"epoch": 0, "step": 0, "best_acc": dict.fromkeys(names, -1.0),
+            "best_epoch": dict.fromkeys(names, 0), "train_seconds": 0.0,
+            "backbone_seconds": 0.0, "images_seen": 0, "last_improved_step": 0}  # fmt: skip
+
+
 def progress(trainer: Any) -> dict[str, Any]:
     return {name: getattr(trainer, name) for name in PROGRESS}
 
