@@ -80,6 +80,58 @@ def test_new_classes_leave_the_old_unchanged(tokens) -> None:
         assert torch.equal(getattr(grown, name)[:3], getattr(a, name))
 
 
+def test_new_classes_on_a_set_of_their_own_leave_the_old_unchanged(tokens) -> None:
+    from inca.methods.open_inca.classes import with_token_means
+
+    a = with_token_means(adapter(3, 2), torch.randn(3, T, D))
+    grown = with_new_classes(a, 2, seed=5, new_set=True)
+    assert grown.config.projection_sets == 2 and grown.class_set.tolist() == [0, 0, 0, 1, 1]
+    same(grown(tokens)[:, :3], a(tokens))
+    for name, p in a.state_dict().items():
+        assert torch.equal(grown.state_dict()[name][: len(p)], p), name  # sets, rows, means
+    assert grown.token_means.shape == (5, T, D)
+    assert torch.equal(without_class(grown, 1).token_means, grown.token_means[[0, 2, 3, 4]])
+    both = merged(grown, a)
+    assert torch.equal(both.token_means, torch.cat([grown.token_means, a.token_means]))
+    assert merged(grown, adapter(1, 3)).config.stat_tokens == 0  # one side keeps none
+
+
+def test_pseudo_old_images_move_tokens_from_their_class_mean_to_an_old_ones() -> None:
+    """x of class y becomes x - mean_y + mean_o for a random old class o, labelled o; the test
+    split stays real; class weights make every class weigh the same."""
+    from inca.methods.open_inca.pseudo import PseudoOldSource, balanced_weights, class_means
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, T, D)
+    y = torch.tensor([2, 3, 2, 3, -100, 2])
+
+    class Source:
+        backbone_seconds = 0.0
+
+        def train(self, epoch):
+            yield x, y
+
+        def evaluate(self, split):
+            yield x, y
+
+    new = class_means(Source(), range(2, 4))
+    torch.testing.assert_close(new[0], x[0, [0, 2, 5]].mean(0))
+    with pytest.raises(IncaError, match=r"class\(es\) \[1\]"):
+        class_means(Source(), range(1, 4))
+    means = torch.cat([torch.randn(2, T, D), new])
+    source = PseudoOldSource(Source(), means, old=2, seed=1)
+    bx, by = next(source.train(0))
+    assert bx.shape == (1, 11, T, D) and torch.equal(by[:6], y) and set(by[6:].tolist()) <= {0, 1}
+    real = [0, 1, 2, 3, 5]  # the rows with a label
+    for j, i in enumerate(real):
+        want = x[0, i] - means[y[i]] + means[by[6 + j]]
+        torch.testing.assert_close(bx[0, 6 + j], want)
+    assert torch.equal(next(source.evaluate("val"))[1], next(source.evaluate("val"))[1])
+    assert torch.equal(next(source.evaluate("test"))[0], x)
+    w = balanced_weights(torch.tensor([10, 10, 100, 100]))
+    assert torch.allclose(w[0] * 10, w[2] * 100) and torch.isclose(w.mean(), torch.tensor(1.0))
+
+
 def test_merging_keeps_each_sides_logits_and_projections(tokens) -> None:
     a, b = adapter(3, 3), adapter(2, 4)
     both = merged(a, b)
@@ -239,10 +291,54 @@ def test_adding_classes_trains_only_theirs_and_refuses_bad_input(tmp_path, capsy
     for name in ("queries", "weight", "bias"):
         assert torch.equal(getattr(new, name)[:5], getattr(old, name))  # bit-identical
         assert not torch.equal(getattr(new, name)[5:], getattr(new, name)[5:] * 0)
+    assert new.config.projection_sets == 2  # the new classes' own set, the old one unchanged
+    assert new.class_set.tolist() == [0] * 5 + [1] * 2
     for name, p in old.named_parameters():
         if p.shape[:1] != (5,):
-            assert torch.equal(dict(new.named_parameters())[name], p), name  # projections
+            assert torch.equal(dict(new.named_parameters())[name][:1], p), name  # projections
+    assert torch.equal(new.token_means[:5], old.token_means)  # the stored class means, too
+    assert new.token_means.shape == (7, 17, 32) and new.token_means[5:].abs().sum() > 0
     x = torch.nn.functional.layer_norm(torch.randn(4, 17, 32), (32,))
     same(new(x)[:, :5], old(x))
     record = grown.metrics["added"][0]
     assert record["replay"] == 10 and 0 <= record["test_acc"] <= 1 and record["test_images"] > 0
+    assert record["pseudo_old"] and record["projections"] == "new"
+
+    # --projections shared: the new classes read the first set, frozen; no set is added
+    assert main(["classes", "add", str(tmp_path / "t2"), *common, "--classes", "7",
+                 "--projections", "shared", "--cache", str(tmp_path / "w3"), "--out",
+                 str(tmp_path / "t3")]) == 0  # fmt: skip
+    shared = load_task(tmp_path / "t3").member("t")
+    assert shared.config.projection_sets == 2 and shared.class_set.tolist()[-1] == 0
+    same(shared(x)[:, :7], new(x))
+
+
+def test_an_empty_class_is_refused_and_the_task_left_as_it_was(tmp_path, capsys) -> None:
+    """A class the new data names but holds no training images of (only test images) is
+    refused by `classes add`, naming the class; the task on disk is unchanged."""
+    import numpy as np
+    from PIL import Image
+
+    from inca.cli import main
+
+    rng = np.random.default_rng(0)
+    rows = ["path,label,split"]
+    for label, n_train in (("a", 12), ("b", 12), ("c", 0)):
+        for i in range(n_train + 4):
+            name = f"{label}{i}.png"
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / name)
+            rows.append(f"{name},{label},{'train' if i < n_train else 'test'}")
+    (tmp_path / "ab.csv").write_text("\n".join(r for r in rows if ",c," not in r) + "\n")
+    (tmp_path / "abc.csv").write_text("\n".join(rows) + "\n")
+    common = ["--epochs", "1", "--batch-size", "8", "--no-progress"]
+    task = tmp_path / "t"
+    assert main(["classes", "new", "--data", f"csv:{tmp_path / 'ab.csv'}", *common, "--classes",
+                 "a", "--model", "tiny-vit", "--image-size", "32", "--tap", "block.1", "--out",
+                 str(task)]) == 0  # fmt: skip
+    capsys.readouterr()
+    before = snapshot(task)
+    assert main(["classes", "add", str(task), "--data", f"csv:{tmp_path / 'abc.csv'}", *common,
+                 "--classes", "b,c"]) == 2  # fmt: skip
+    said = capsys.readouterr().err
+    assert "['c']" in said and "have no training image" in said
+    assert snapshot(task) == before

@@ -2,15 +2,19 @@
 
 Fashion-MNIST's 10 classes arrive in 5 steps of 2; each step trains on its own classes' images
 only (``inca classes add``), or with up to ``replay`` training images of each old class. After
-every step: accuracy over every class seen so far, and the first step's classes' accuracy
-(forgetting, which can only come from new classes competing: their parameters never change).
-Against: joint training of a plain InCA adapter on all 10 classes (the upper bound), and two
-5-class halves trained apart then merged, before and after calibration.
+every step: accuracy over every class seen so far, the first step's classes' accuracy, and
+forgetting (each earlier class's best accuracy minus its final one, averaged: it can only come
+from new classes competing, their parameters never change). Both projection options run without
+replay ("new": a set per step, "shared": the first step's, frozen), so the default is chosen on
+validation. Against: joint training of a plain InCA adapter on all 10 classes (the upper bound),
+and two 5-class halves trained apart then merged, before and after calibration. Writes the JSON,
+a Markdown report with the table, and a plot of accuracy per step.
 """
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +30,9 @@ def run_class_incremental(
     tap: str = "block.5",
     sizes: tuple[int, int, int] = (5000, 500, 2000),
     steps: int = 5,
-    replays: tuple[int, ...] = (0, 50),
+    runs: tuple[tuple[int, str], ...] = ((0, "new"), (50, "new"), (0, "shared")),
     epochs: int = 10,
+    joint_epochs: int = 20,
     out: str | Path = "benchmarks/results/class_incremental.json",
 ) -> dict[str, Any]:
     import shutil
@@ -49,27 +54,43 @@ def run_class_incremental(
               "sizes": sizes}  # fmt: skip
     res: dict[str, Any] = {"setup": {"model": model, "data": data, "image_size": image_size,
                                      "tap": tap, "sizes": sizes, "epochs": epochs,
-                                     "steps": groups}}  # fmt: skip
+                                     "joint_epochs": joint_epochs, "steps": groups}}  # fmt: skip
     with tempfile.TemporaryDirectory() as name:
         root = Path(name)
         first = new_classes_task(data, groups[0], out=root / "step1", cache=root / "c1", **common)
         print(f"step 1 {groups[0]}: {100 * first['test_acc']:.2f}%", flush=True)
-        for replay in replays:
-            task = root / f"replay{replay}"
+        for replay, projections in runs:
+            key = run_key(replay, projections)
+            task = root / key
             shutil.copytree(root / "step1", task)
             rows = [{"step": 1, "classes": groups[0], "test_acc": first["test_acc"],
-                     "first_classes_acc": _mean(first, groups[0])}]  # fmt: skip
+                     "val_acc": first["val_acc"][first["selected"]],
+                     "first_classes_acc": _mean(first, groups[0]),
+                     "by_class": first["test_acc_by_class"]}]  # fmt: skip
             for k, group in enumerate(groups[1:], start=2):
-                rec = add_classes(task, data, group, replay=replay, config=config,
-                                  sizes=sizes, cache=root / f"c-r{replay}-s{k}")  # fmt: skip
+                rec = add_classes(
+                    task,
+                    data,
+                    group,
+                    replay=replay,
+                    projections=projections,
+                    config=config,
+                    sizes=sizes,
+                    cache=root / f"c-r{replay}-s{k}",
+                )  # fmt: skip (shared by both projections)
                 rows.append({"step": k, "classes": group, "test_acc": rec["test_acc"],
-                             "first_classes_acc": _mean(rec, groups[0])})  # fmt: skip
-                print(f"replay {replay}, step {k} {group}: {100 * rec['test_acc']:.2f}% over "
+                             "val_acc": rec["val_acc"][rec["selected"]],
+                             "first_classes_acc": _mean(rec, groups[0]),
+                             "by_class": rec["test_acc_by_class"]})  # fmt: skip
+                print(f"{key}, step {k} {group}: {100 * rec['test_acc']:.2f}% over "
                       f"{2 * k} classes", flush=True)  # fmt: skip
-            res[f"replay_{replay}"] = rows
+            res[key] = {"replay": replay, "projections": projections, "steps": rows,
+                        "forgetting": forgetting(rows),
+                        "adapter_params": _params(load_task(task))}  # fmt: skip
         joint = train(RunOptions(model=model, data=data, plan=f"inca taps={tap} lr=1e-3,3e-3",
                                  train_size=sizes[0], val_size=sizes[1], test_size=sizes[2],
-                                 image_size=image_size, train=config, cache=str(root / "cj")),
+                                 image_size=image_size, cache=str(root / "cj"),
+                                 train=replace(config, epochs=joint_epochs)),
                       root / "joint")  # fmt: skip
         res["joint"] = joint["selection"]["best"]
         print(f"joint InCA on all classes: {100 * res['joint']['test_acc']:.2f}%", flush=True)
@@ -83,11 +104,41 @@ def run_class_incremental(
                         **_test_merged(merged, data, sizes)}  # fmt: skip
         print(f"merged halves: test {100 * res['merge']['test_before']:.2f}% before, "
               f"{100 * res['merge']['test_after']:.2f}% after calibration", flush=True)  # fmt: skip
-    final = {r: res[f"replay_{r}"][-1]["test_acc"] for r in replays}
-    res["gap_to_joint_points"] = {r: 100 * (res["joint"]["test_acc"] - a) for r, a in final.items()}
-    write_json(Path(out), res)
-    print(classes_table(res))
+    res["gap_to_joint_points"] = {
+        key: 100 * (res["joint"]["test_acc"] - res[key]["steps"][-1]["test_acc"])
+        for key in (run_key(r, p) for r, p in runs)
+    }
+    out = Path(out)
+    write_json(out, res)
+    table = classes_table(res)
+    plot_steps(res, out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(
+        "# Open-InCA: the class-incremental protocol\n\n" + table
+        + f"\n\n![accuracy per step]({out.with_suffix('.png').name})\n"
+    )  # fmt: skip
+    print(table)
     return res
+
+
+def run_key(replay: int, projections: str) -> str:
+    return f"replay_{replay}" + ("" if projections == "new" else f"_{projections}")
+
+
+def forgetting(rows: list[dict[str, Any]]) -> float:
+    """Mean over the classes learned before the last step of (best accuracy at any step -
+    accuracy after the last step)."""
+    final = rows[-1]["by_class"]
+    earlier = [c for r in rows[:-1] for c in r["classes"]]
+    drops = [max(r["by_class"][c] for r in rows if c in r["by_class"]) - final[c]
+             for c in earlier]  # fmt: skip
+    return sum(drops) / len(drops)
+
+
+def _params(task: Any) -> int:
+    from inca.tasks.open_classes import open_member
+
+    _, _, adapter = open_member(task)
+    return sum(p.numel() for p in adapter.parameters())
 
 
 def _mean(record: dict[str, Any], classes: list[str]) -> float:
@@ -114,24 +165,71 @@ def _test_merged(task: Any, data: str, sizes: tuple[int, int, int]) -> dict[str,
 
 
 def classes_table(res: dict[str, Any]) -> str:
-    replays = [k for k in res if k.startswith("replay_")]
-    lines = ["| step | classes | " + " | ".join(
-        f"all seen ({k.replace('_', ' ')}) | first step's ({k.replace('_', ' ')})"
-        for k in replays) + " |", "|---|---|" + "---|---|" * len(replays)]  # fmt: skip
-    for i, row in enumerate(res[replays[0]]):
-        cells = []
-        for k in replays:
-            r = res[k][i]
-            cells += [f"{100 * r['test_acc']:.2f}%", f"{100 * r['first_classes_acc']:.2f}%"]
+    """The protocol as Markdown: accuracy over every class seen (and the first step's classes)
+    after each step, per run; then forgetting, the gap to joint training and the merge."""
+    keys = [k for k in res if k.startswith("replay_")]
+    name = {k: f"{'no replay' if not res[k]['replay'] else 'replay ' + str(res[k]['replay'])}, "
+               f"{res[k]['projections']} projections" for k in keys}  # fmt: skip
+    lines = ["| step | classes | " + " | ".join(f"{name[k]}: all seen / first step's"
+                                              for k in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]  # fmt: skip
+    for i, row in enumerate(res[keys[0]]["steps"]):
+        cells = [f"{100 * res[k]['steps'][i]['test_acc']:.2f}% / "
+                 f"{100 * res[k]['steps'][i]['first_classes_acc']:.2f}%" for k in keys]  # fmt: skip
         lines.append(f"| {row['step']} | {', '.join(row['classes'])} | " + " | ".join(cells) + " |")
     j, m = res["joint"], res["merge"]
+    lines += ["", "| run | final, all 10 classes | gap to joint (points) | forgetting (points) "
+                  "| validation after the last step | adapter parameters |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for k in keys:
+        r = res[k]
+        last = r["steps"][-1]
+        lines.append(f"| {name[k]} | {100 * last['test_acc']:.2f}% | "
+                     f"{res['gap_to_joint_points'][k]:.2f} | {100 * r['forgetting']:.2f} | "
+                     f"{100 * last['val_acc']:.2f}% | {r['adapter_params']:,} |")  # fmt: skip
     lines += [
         "",
-        f"Joint InCA on all classes (upper bound): {100 * j['test_acc']:.2f}% test.",
-        "Final gap to joint: " + ", ".join(
-            f"replay {r}: {g:.2f} points" for r, g in res["gap_to_joint_points"].items()) + ".",
+        f"Joint InCA on all classes (upper bound, {res['setup']['joint_epochs']} epochs): "
+        f"{100 * j['test_acc']:.2f}% test.",
         f"Two 5-class halves trained apart, merged: {100 * m['test_before']:.2f}% test before "
         f"calibration, {100 * m['test_after']:.2f}% after (validation "
         f"{100 * m['val_before']:.2f}% -> {100 * m['val_after']:.2f}%).",
+        "Targets (points below joint, at most): " + "; ".join(
+            f"{name[k]}: {t} ({'met' if res['gap_to_joint_points'][k] <= t else 'NOT met'})"
+            for k in keys if res[k]["projections"] == "new"
+            for t in [REPLAY_TARGET if res[k]["replay"] else NO_REPLAY_TARGET]) + ".",
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def plot_steps(res: dict[str, Any], path: Path) -> None:
+    """Accuracy over every class seen so far, after each step, per run; joint and the
+    calibrated merge as references."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    for k in (k for k in res if k.startswith("replay_")):
+        steps = res[k]["steps"]
+        label = f"replay {res[k]['replay']}, {res[k]['projections']} projections"
+        ax.plot([r["step"] for r in steps], [100 * r["test_acc"] for r in steps], "o-",
+                label=label)  # fmt: skip
+    ax.axhline(100 * res["joint"]["test_acc"], color="k", ls="--", label="joint InCA, 10 classes")
+    ax.plot(
+        [len(res[k]["steps"]) for k in res if k.startswith("replay_")][:1],
+        [100 * res["merge"]["test_after"]],
+        "k*",
+        ms=11,
+        label="merged halves, calibrated",
+    )
+    ax.set_xlabel("step (2 new classes each)")
+    ax.set_ylabel("test accuracy over every class seen (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    FigureCanvasAgg(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    tmp.replace(path)

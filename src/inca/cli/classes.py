@@ -39,6 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="also train on up to N images of each old class --data has (default 0)",
     )
+    a.add_argument(
+        "--projections",
+        choices=("new", "shared"),
+        default="new",
+        help="new: the new classes get a projection set of their own (default, measured "
+        "better); shared: they read the first classes' frozen set (smaller, faster)",
+    )
     a.add_argument("--out", default=None, help="write the new task here (default: in place)")
     add_budget(a)
     a.set_defaults(func=run_add)
@@ -137,7 +144,8 @@ def run_add(args: argparse.Namespace) -> None:
     if args.replay < 0:
         raise IncaError(f"--replay must be 0 or more, got {args.replay}")
     record = add_classes(args.task, args.data, class_list(args.classes), out=args.out,
-                         replay=args.replay, **budget_of(args))  # fmt: skip
+                         replay=args.replay, projections=args.projections,
+                         **budget_of(args))  # fmt: skip
     print(
         f"{args.out or args.task}: added {', '.join(record['added'])} ({record['selected']}); "
         f"test accuracy over the task's classes: {100 * record['test_acc']:.2f}% "

@@ -3,9 +3,13 @@
 Only the new classes' queries and output units train (one member per learning rate, one-to-many
 from the activation cache of the task's tap); the task's projections and old classes are frozen,
 so their parameters stay bit-identical. The new data need hold only the new classes, as in real
-class-incremental use; ``replay`` adds up to that many training images of each old class the
-data has (and their validation images), so the new classes also learn not to fire on old ones.
-The best rate on validation is kept and the task is written anew, atomically.
+class-incremental use. A task that stores its classes' mean token maps trains the new classes
+against pseudo old-class samples made from them (``methods.open_inca.pseudo``); ``replay`` adds
+up to that many real training images of each old class the data has (and their validation
+images). The loss is class-balanced. The new classes get a projection set of their own
+(``projections="new"``, measured better than the first step's frozen set: ``"shared"``). The
+best rate on validation is kept and the task is written anew, atomically, with the new classes'
+mean token maps.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ def add_classes(
     classes: list[str],
     out: str | Path | None = None,
     replay: int = 0,
+    projections: str = "new",
     lrs: tuple[float, ...] = DEFAULT_LRS,
     weight_decay: float = 0.05,
     config: TrainConfig | None = None,
@@ -83,7 +88,9 @@ def add_classes(
     ``out``, default in place); returns the record (per rate validation accuracy, test
     accuracy over every class of the task the test split has, before and after)."""
     from inca.cache.splits import open_caches
+    from inca.methods.open_inca.classes import with_token_means
     from inca.methods.open_inca.increment import NewClasses
+    from inca.methods.open_inca.pseudo import PseudoOldSource, balanced_weights, class_means
     from inca.tasks import Task, load_task
     from inca.tasks.multi import load_matching_backbone
     from inca.tasks.open_classes import open_member
@@ -98,6 +105,8 @@ def add_classes(
     known = [c for c in classes if c in task.class_names]
     if known:
         raise IncaError(f"task {task.name!r} has class(es) {known} already; add new ones")
+    if projections not in ("new", "shared"):
+        raise IncaError(f"projections must be 'new' or 'shared', got {projections!r}")
     train_size, val_size, test_size = sizes
     splits = make_splits(data, train_size=train_size, val_size=val_size, test_size=test_size,
                          seed=config.seed)  # fmt: skip
@@ -112,20 +121,39 @@ def add_classes(
         config.workers, config.progress,
     )  # fmt: skip
     source = RemappedSource(TokenSource(backbone, chosen, [tap], config, caches), table)
-    members = NewClasses(base, tap, len(classes), list(lrs), weight_decay, config.seed)
+    old = len(task.class_names)
+    new_means = class_means(source, range(old, len(order)))  # (new, T, D)
+    counts = torch.bincount(table[torch.from_numpy(chosen.train.labels)], minlength=len(order))
+    pseudo = base.config.stat_tokens == new_means.shape[1]
+    if pseudo:  # one pseudo old image per training image, spread over the old classes
+        source = PseudoOldSource(source, torch.cat([base.token_means.cpu(), new_means]), old,
+                                 config.seed)  # fmt: skip
+        counts[:old] += len(chosen.train) // old
+    elif base.config.stat_tokens == 0:
+        print(
+            f"note: task {task.name!r} stores no class means (trained before they were "
+            "kept, or by a plan): its new classes train without pseudo old-class samples"
+        )
+    members = NewClasses(base, tap, len(classes), list(lrs), weight_decay, config.seed,
+                         new_set=projections == "new",
+                         class_weights=balanced_weights(counts).to(backbone.device))  # fmt: skip
     members = members.to(backbone.device)
     signature = {"add": classes, "task": task.name, "replay": replay, "data": data,
-                 "lrs": list(lrs)}  # fmt: skip
+                 "lrs": list(lrs), "projections": projections}  # fmt: skip
     trainer = Trainer(members, source, config, len(chosen.train), work / "train", signature,
                       backbone.device, num_val=len(chosen.val))  # fmt: skip
     trainer.fit(resume=True)
     trainer.load_best()
     best = rank({n: a for n, a in trainer.best_acc.items() if n not in trainer.diverged})[0]
     grown = members.grown(best)
+    if pseudo:  # every class's means kept, for the next addition
+        grown = with_token_means(grown, torch.cat([base.token_means.cpu(), new_means]))
     test_probs, test_labels = trainer.predict("test")
     record = {
         "added": classes,
         "replay": replay,
+        "projections": projections,
+        "pseudo_old": pseudo,
         "selected": best,
         "val_acc": dict(trainer.best_acc),
         **test_record(test_probs[best], test_labels, order),
@@ -168,6 +196,8 @@ def new_classes_task(
     from inca.adapters import adapter_config
     from inca.backbones import load_backbone
     from inca.cache.splits import open_caches
+    from inca.methods.open_inca.classes import with_token_means
+    from inca.methods.open_inca.pseudo import class_means
     from inca.tasks import Task
     from inca.train.bank import AdapterBank
     from inca.train.plan import AdapterSpec
@@ -205,8 +235,10 @@ def new_classes_task(
     record = {"classes": classes, "selected": best, "val_acc": dict(trainer.best_acc),
               **test_record(test_probs[best], test_labels, classes)}  # fmt: skip
     name = out.name
-    Task.from_adapters(name, "open-inca", backbone, classes,
-                       [(name, tap, bank.export_adapter(best))],
+    # each class's mean token map, kept so later additions train against pseudo old images
+    adapter = with_token_means(bank.export_adapter(best),
+                               class_means(source, range(len(classes))))  # fmt: skip
+    Task.from_adapters(name, "open-inca", backbone, classes, [(name, tap, adapter)],
                        metrics={"trained": record}, data={"data": data}).save(out)  # fmt: skip
     return record
 

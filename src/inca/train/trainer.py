@@ -180,8 +180,9 @@ class Trainer:
         logits = self.members.forward_batch(inputs.to(self.device))
         labels = labels.to(self.device)
         smoothing = self.config.label_smoothing
+        weight = getattr(self.members, "class_weights", None)  # (C,): members that balance
         losses = {
-            n: F.cross_entropy(lg.float(), labels, label_smoothing=smoothing)
+            n: F.cross_entropy(lg.float(), labels, weight=weight, label_smoothing=smoothing)
             for n, lg in logits.items()
         }
         factor = lr_factor(self.step, self.total_steps, self.warmup_steps)

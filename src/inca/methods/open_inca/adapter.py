@@ -13,9 +13,15 @@ No logit depends on another class's parameters, so classes can be added (new row
 alone), removed (rows deleted) and composed (the sets and rows of two adapters side by side)
 while every other class's logit stays bit-identical. Per class that is q_c and w_c, 2·d + 1
 numbers (d = the tap's width); a projection set (4·d² + 5·d) is trained on the first classes and
-frozen for classes added later, or a merged adapter keeps each side's own. ``scale_c``/
-``shift_c`` calibrate classes trained apart onto one scale; they are buffers (1 and 0 until a
-calibration fits them) that training never touches.
+frozen for classes added later, or a set of their own for the classes of each later step (the
+default: measured better, see ``inca bench-classes``), and a merged adapter keeps each side's
+own. ``scale_c``/``shift_c`` calibrate classes trained apart onto one scale; they are buffers (1
+and 0 until a calibration fits them) that training never touches.
+
+``token_means`` (C, T, D), when ``stat_tokens`` = T > 0: each class's mean normalised token map
+at the tap, taken from its own training images when it was trained. No image is kept; classes
+added later train against *pseudo* old-class samples made from them (``pseudo_old``), so a task
+learns new classes from new data alone without its new classes firing on the old ones.
 """
 
 from __future__ import annotations
@@ -33,18 +39,20 @@ from inca.errors import IncaError
 
 SET_PARAMS = ("norm_weight", "norm_bias", "k_weight", "v_weight", "v_bias", "o_weight", "o_bias")
 CLASS_PARAMS = ("queries", "weight", "bias")
-CLASS_BUFFERS = ("class_set", "calib_scale", "calib_shift")
+CLASS_BUFFERS = ("class_set", "calib_scale", "calib_shift", "token_means")
 
 
 @dataclass(frozen=True)
 class OpenInCAConfig(AdapterConfig):
     """heads: attention heads (None: width/64, at least 1); projection_sets: how many
     independently trained sets of projections the classes use (1 for an adapter trained on
-    its classes at once; a merge of two adapters has both sides' sets)."""
+    its classes at once; a merge of two adapters has both sides' sets); stat_tokens: the tokens
+    T of each class's stored mean token map (0: none stored)."""
 
     kind: ClassVar[str] = "open-inca"
     heads: int | None = None
     projection_sets: int = 1
+    stat_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.heads is not None and self.heads < 1:
@@ -53,6 +61,8 @@ class OpenInCAConfig(AdapterConfig):
             raise IncaError(
                 f"open-inca adapter: projection_sets must be at least 1, got {self.projection_sets}"
             )
+        if self.stat_tokens < 0:
+            raise IncaError(f"open-inca adapter: stat_tokens must be >= 0, got {self.stat_tokens}")
 
     def resolved_heads(self, width: int) -> int:
         h = self.heads or max(1, width // 64)
@@ -91,6 +101,10 @@ class OpenInCAAdapter(Adapter):
         self.register_buffer("class_set", torch.zeros(num_classes, dtype=torch.long))
         self.register_buffer("calib_scale", torch.ones(num_classes))
         self.register_buffer("calib_shift", torch.zeros(num_classes))
+        self.register_buffer(  # persistent only when there are some: older tasks load as saved
+            "token_means", torch.zeros(num_classes, config.stat_tokens, d),
+            persistent=config.stat_tokens > 0,
+        )  # fmt: skip
 
     def stacked_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         """params: name -> (N, *shape); x: normalised tokens (N, B, T, D) -> logits (N, B, C).

@@ -24,10 +24,21 @@ from inca.methods.open_inca.adapter import (
 
 def _rebuilt(like: OpenInCAAdapter, sets: int, classes: int, state: dict[str, Tensor]
              ) -> OpenInCAAdapter:  # fmt: skip
-    config = OpenInCAConfig(heads=like.heads, projection_sets=sets)
+    """A new adapter shaped like ``like`` (``sets`` projection sets, ``classes`` classes, class
+    means kept when ``state`` has them) holding copies of ``state``."""
+    means = state.get("token_means")
+    stat_tokens = means.shape[1] if means is not None and means.shape[1] else 0
+    if not stat_tokens:
+        state = {k: v for k, v in state.items() if k != "token_means"}
+    config = OpenInCAConfig(heads=like.heads, projection_sets=sets, stat_tokens=stat_tokens)
     out = OpenInCAAdapter(config, like.in_dim, classes, like.num_prefix_tokens)
     out.load_state_dict({k: v.detach().clone() for k, v in state.items()})
     return out.to(like.queries.device).eval()
+
+
+def _class_rows(state: dict[str, Tensor]) -> list[str]:
+    """The per-class entries a state dict holds (``token_means`` only when stored)."""
+    return [k for k in CLASS_PARAMS + CLASS_BUFFERS if k in state]
 
 
 def without_class(adapter: OpenInCAAdapter, index: int) -> OpenInCAAdapter:
@@ -36,39 +47,66 @@ def without_class(adapter: OpenInCAAdapter, index: int) -> OpenInCAAdapter:
         raise IncaError("cannot remove the last class: a classifier needs one")
     keep = [i for i in range(adapter.num_classes) if i != index]
     state = adapter.state_dict()
-    for name in CLASS_PARAMS + CLASS_BUFFERS:
+    for name in _class_rows(state):
         state[name] = state[name][keep]
     return _rebuilt(adapter, adapter.config.projection_sets, len(keep), state)
 
 
 def merged(a: OpenInCAAdapter, b: OpenInCAAdapter) -> OpenInCAAdapter:
-    """The classes of ``a`` then those of ``b``, each side on its own projection sets."""
+    """The classes of ``a`` then those of ``b``, each side on its own projection sets (class
+    means kept only when both sides stored them, at one token count)."""
     if a.in_dim != b.in_dim or a.heads != b.heads:
         raise IncaError(
             f"cannot merge open-inca adapters of width {a.in_dim} ({a.heads} heads) and "
             f"{b.in_dim} ({b.heads} heads); merge adapters trained on the same tap and heads"
         )
     sa, sb = a.state_dict(), b.state_dict()
+    if a.config.stat_tokens != b.config.stat_tokens:
+        sa.pop("token_means", None)
+        sb.pop("token_means", None)
     state = {name: torch.cat([sa[name], sb[name]]) for name in SET_PARAMS + CLASS_PARAMS
-             + CLASS_BUFFERS}  # fmt: skip
+             + CLASS_BUFFERS if name in sa}  # fmt: skip
     state["class_set"] = torch.cat([sa["class_set"], sb["class_set"] + a.config.projection_sets])
     sets = a.config.projection_sets + b.config.projection_sets
     return _rebuilt(a, sets, a.num_classes + b.num_classes, state)
 
 
-def with_new_classes(base: OpenInCAAdapter, count: int, seed: int = 0) -> OpenInCAAdapter:
-    """``base`` with ``count`` new classes on its first projection set, their query and output
-    unit freshly initialised (to be trained; ``base``'s rows copied unchanged)."""
+def with_new_classes(base: OpenInCAAdapter, count: int, seed: int = 0,
+                     new_set: bool = False) -> OpenInCAAdapter:  # fmt: skip
+    """``base`` with ``count`` new classes, their query and output unit freshly initialised (to
+    be trained; ``base``'s rows copied unchanged): on ``base``'s first projection set, or with
+    ``new_set`` on a fresh set of their own (appended after ``base``'s sets)."""
     if count < 1:
         raise IncaError(f"add at least one class, got {count}")
     torch.manual_seed(seed)
-    fresh = OpenInCAAdapter(OpenInCAConfig(heads=base.heads), base.in_dim, count,
-                            base.num_prefix_tokens)  # fmt: skip
+    fresh = OpenInCAAdapter(
+        OpenInCAConfig(heads=base.heads, stat_tokens=base.config.stat_tokens), base.in_dim,
+        count, base.num_prefix_tokens,
+    )  # fmt: skip
     state = base.state_dict()
     new = fresh.state_dict()
-    for name in CLASS_PARAMS + CLASS_BUFFERS:
+    sets = base.config.projection_sets
+    if new_set:
+        new["class_set"] = torch.full_like(new["class_set"], sets)
+        for name in SET_PARAMS:
+            state[name] = torch.cat([state[name], new[name].to(state[name].device)])
+        sets += 1
+    for name in _class_rows(state):
         state[name] = torch.cat([state[name], new[name].to(state[name].device)])
-    return _rebuilt(base, base.config.projection_sets, base.num_classes + count, state)
+    return _rebuilt(base, sets, base.num_classes + count, state)
+
+
+def with_token_means(adapter: OpenInCAAdapter, means: Tensor) -> OpenInCAAdapter:
+    """``adapter`` storing ``means`` (C, T, D), each class's mean normalised token map (its
+    rows otherwise unchanged)."""
+    if means.shape[0] != adapter.num_classes or means.shape[2] != adapter.in_dim:
+        raise IncaError(
+            f"class means of shape {tuple(means.shape)} do not fit an adapter of "
+            f"{adapter.num_classes} classes and width {adapter.in_dim}"
+        )
+    state = adapter.state_dict()
+    state["token_means"] = means.float().to(adapter.queries.device)
+    return _rebuilt(adapter, adapter.config.projection_sets, adapter.num_classes, state)
 
 
 def raw_logits(adapter: OpenInCAAdapter, tokens: Tensor, batch: int = 256) -> Tensor:

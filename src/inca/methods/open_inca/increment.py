@@ -1,11 +1,13 @@
 """New classes for a trained Open-InCA adapter, as the Trainer's members.
 
 The base adapter is frozen: its projections, and every old class's query and output unit.
-Each member (one per learning rate: one-to-many) owns only the new classes' rows. Its logits are
-the base's logits for the old classes, computed once per batch without gradient, then the new
-classes' through the base's first projection set: the loss over all seen classes lets the new
-classes compete with the old ones (on replayed old images, when there are some), and nothing
-the old classes own can change.
+Each member (one per learning rate: one-to-many) owns only the new classes' rows, and with
+``new_set`` a projection set of their own (the default of ``inca classes add``: projections
+trained on the first two classes read later ones poorly). Its logits are the base's logits for
+the old classes, computed once per batch without gradient, then the new classes': the loss over
+all seen classes lets the new classes compete with the old ones (on replayed old images, or
+pseudo old-class samples from the stored class means), and nothing the old classes own can
+change. ``class_weights`` balance that loss: old classes have far fewer samples than new ones.
 """
 
 from __future__ import annotations
@@ -25,22 +27,35 @@ class NewClasses(nn.Module):
     """Members ``lr<rate>`` adding ``count`` classes to ``base`` (read from tap ``tap``)."""
 
     def __init__(self, base: OpenInCAAdapter, tap: str, count: int, lrs: list[float],
-                 weight_decay: float, seed: int = 0) -> None:  # fmt: skip
+                 weight_decay: float, seed: int = 0, new_set: bool = True,
+                 class_weights: Tensor | None = None) -> None:  # fmt: skip
         super().__init__()
         self.base = base.eval().requires_grad_(False)
         self.taps, self.count, self.weight_decay = [tap], count, weight_decay
+        self.new_set = new_set
+        self.class_weights = class_weights  # (old + new,) for the Trainer's loss, or None
         self._names = [f"lr{lr:g}" for lr in lrs]
         self.lrs = dict(zip(self._names, lrs, strict=True))
-        fresh = with_new_classes(base, count, seed)  # the same initial rows for every rate
+        # the same initial rows (and set) for every rate
+        fresh = with_new_classes(base, count, seed, new_set)
+        owned = ROWS + (SET_PARAMS if new_set else ())
+        last = slice(-1, None)
         self._rows = nn.ModuleList(
             nn.ParameterDict(
-                {k: nn.Parameter(getattr(fresh, k)[-count:].detach().clone()) for k in ROWS}
+                {
+                    k: nn.Parameter(
+                        getattr(fresh, k)[last if k in SET_PARAMS else slice(-count, None)]
+                        .detach()
+                        .clone()
+                    )
+                    for k in owned
+                }
             )
             for _ in self._names
         )  # fmt: skip (a list: module names cannot hold the dots of "lr0.001")
         self.rows = dict(zip(self._names, self._rows, strict=True))
-        config = OpenInCAConfig(heads=base.heads, projection_sets=base.config.projection_sets)
-        self.template = OpenInCAAdapter(config, base.in_dim, count, base.num_prefix_tokens)
+        self.template = OpenInCAAdapter(OpenInCAConfig(heads=base.heads), base.in_dim, count,
+                                        base.num_prefix_tokens)  # fmt: skip
 
     @property
     def names(self) -> list[str]:
@@ -52,8 +67,11 @@ class NewClasses(nn.Module):
         with torch.no_grad():
             old = self.base(tokens)  # (B, C_old), calibrated as the task serves them
         n = len(self._names)
-        params = {k: getattr(self.base, k).unsqueeze(0).expand(n, *getattr(self.base, k).shape)
-                  for k in SET_PARAMS}  # fmt: skip
+        if self.new_set:  # each member's own set
+            params = {k: torch.stack([self.rows[m][k] for m in self._names]) for k in SET_PARAMS}
+        else:  # the base's first set, frozen
+            params = {k: getattr(self.base, k)[:1].unsqueeze(0).expand(n, 1, *getattr(
+                self.base, k).shape[1:]) for k in SET_PARAMS}  # fmt: skip
         params |= {k: torch.stack([self.rows[m][k] for m in self._names]) for k in ROWS}
         new = self.template.stacked_forward(params, tokens.unsqueeze(0).expand(n, *tokens.shape))
         return {m: torch.cat([old, new[i]], -1) for i, m in enumerate(self._names)}
@@ -62,11 +80,12 @@ class NewClasses(nn.Module):
         groups = []
         for m in self._names:
             lr, rows = self.lrs[m], self.rows[m]
+            decayed = {"weight", "k_weight", "v_weight", "o_weight"}  # matrices, as in the bank
             groups += [
-                {"params": [rows["weight"]], "lr": lr, "base_lr": lr,
-                 "weight_decay": self.weight_decay},
-                {"params": [rows["queries"], rows["bias"]], "lr": lr, "base_lr": lr,
-                 "weight_decay": 0.0},
+                {"params": [p for k, p in rows.items() if k in decayed], "lr": lr,
+                 "base_lr": lr, "weight_decay": self.weight_decay},
+                {"params": [p for k, p in rows.items() if k not in decayed], "lr": lr,
+                 "base_lr": lr, "weight_decay": 0.0},
             ]  # fmt: skip
         return groups
 
@@ -88,11 +107,10 @@ class NewClasses(nn.Module):
                 p.copy_(state[f"{m}/{k}"])
 
     def grown(self, name: str) -> OpenInCAAdapter:
-        """The base with member ``name``'s new classes: old rows copied bit for bit."""
-        adapter = with_new_classes(self.base, self.count)
+        """The base with member ``name``'s new classes (and set): old rows copied bit for bit."""
+        adapter = with_new_classes(self.base, self.count, new_set=self.new_set)
         with torch.no_grad():
-            for k in ROWS:
-                getattr(adapter, k)[-self.count :] = (
-                    self.rows[name][k].detach().to(getattr(adapter, k).device)
-                )
+            for k, p in self.rows[name].items():
+                rows = slice(-1, None) if k in SET_PARAMS else slice(-self.count, None)
+                getattr(adapter, k)[rows] = p.detach().to(getattr(adapter, k).device)
         return adapter
