@@ -167,6 +167,27 @@ def test_calibration_fits_only_its_scale_and_shift(tokens) -> None:
     assert not torch.equal(both.calib_scale, torch.ones(4))
 
 
+def test_calibrating_some_classes_leaves_the_others_pairs_alone(tokens) -> None:
+    """``only``: the new classes' scale and bias fit (here: put back on the old ones' scale);
+    the old classes keep their own pair, bit for bit, and so their logits."""
+    torch.manual_seed(0)
+    held = torch.nn.functional.layer_norm(torch.randn(200, T, D), (D,))
+    a, b = adapter(2, 6), adapter(2, 8)
+    with torch.no_grad():
+        a.calib_scale.copy_(torch.tensor([0.5, 2.0]))  # fitted earlier
+        a.calib_shift.copy_(torch.tensor([0.25, -1.0]))
+        b.weight.mul_(20.0)
+    both = merged(a, b)
+    truth = torch.cat([a(held), b(held) / 20.0], -1).argmax(-1)
+    old = both(held)[:, :2]
+    result = fit_calibration(both, held, truth, only=torch.tensor([2, 3]))
+    assert result["acc_after"] > result["acc_before"]
+    assert both.calib_scale[:2].tolist() == [0.5, 2.0]
+    assert both.calib_shift[:2].tolist() == [0.25, -1.0]
+    assert torch.equal(both(held)[:, :2], old)
+    assert both.calib_scale[2:].max() < 0.5  # the loud side turned down
+
+
 def test_an_open_inca_task_saves_and_loads_its_classes(tmp_path, tokens) -> None:
     import inca
     from inca.tasks import Task, load_task
@@ -277,6 +298,7 @@ def test_adding_classes_trains_only_theirs_and_refuses_bad_input(tmp_path, capsy
         (["--classes", "3,5"], "has class(es) ['3'] already"),
         (["--classes", "5,cat"], "has no class(es) ['cat']"),
         (["--classes", "5,5"], "each new class once"),
+        (["--classes", "5", "--calibrate"], "give --replay N"),
     ]:
         assert main(["classes", "add", str(tmp_path / "t"), *common, *argv]) == 2
         assert says in capsys.readouterr().err
@@ -284,7 +306,8 @@ def test_adding_classes_trains_only_theirs_and_refuses_bad_input(tmp_path, capsy
 
     assert main(["classes", "add", str(tmp_path / "t"), *common, "--classes", "5,6",
                  "--replay", "10", "--out", str(tmp_path / "t2")]) == 0  # fmt: skip
-    assert "added 5, 6" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "added 5, 6" in printed and "new classes calibrated on" in printed
     grown = load_task(tmp_path / "t2")
     assert grown.class_names == [*low, "5", "6"]
     new = grown.member("t")
@@ -303,6 +326,12 @@ def test_adding_classes_trains_only_theirs_and_refuses_bad_input(tmp_path, capsy
     record = grown.metrics["added"][0]
     assert record["replay"] == 10 and 0 <= record["test_acc"] <= 1 and record["test_images"] > 0
     assert record["pseudo_old"] and record["projections"] == "new"
+    # with replay, the new classes' scale and bias are fitted on every class's validation
+    # images; the old classes' pairs are untouched
+    assert record["calibration"]["images"] > 0
+    assert torch.equal(new.calib_scale[:5], old.calib_scale)
+    assert torch.equal(new.calib_shift[:5], old.calib_shift)
+    assert not torch.equal(new.calib_shift[5:], torch.zeros(2))
 
     # --projections shared: the new classes read the first set, frozen; no set is added
     assert main(["classes", "add", str(tmp_path / "t2"), *common, "--classes", "7",
@@ -310,6 +339,8 @@ def test_adding_classes_trains_only_theirs_and_refuses_bad_input(tmp_path, capsy
                  str(tmp_path / "t3")]) == 0  # fmt: skip
     shared = load_task(tmp_path / "t3").member("t")
     assert shared.config.projection_sets == 2 and shared.class_set.tolist()[-1] == 0
+    assert load_task(tmp_path / "t3").metrics["added"][-1]["calibration"] is None  # no replay
+    assert shared.calib_scale[-1] == 1 and shared.calib_shift[-1] == 0
     same(shared(x)[:, :7], new(x))
 
 

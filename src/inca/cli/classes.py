@@ -46,6 +46,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="new: the new classes get a projection set of their own (default, measured "
         "better); shared: they read the first classes' frozen set (smaller, faster)",
     )
+    a.add_argument(
+        "--calibrate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fit a scale and a bias per new class (nothing else) on the validation images of "
+        "every class, so new logits sit on the old ones' scale (default: on with --replay, "
+        "which brings the old classes' images it needs)",
+    )
     a.add_argument("--out", default=None, help="write the new task here (default: in place)")
     add_budget(a)
     a.set_defaults(func=run_add)
@@ -145,7 +153,13 @@ def run_add(args: argparse.Namespace) -> None:
         raise IncaError(f"--replay must be 0 or more, got {args.replay}")
     record = add_classes(args.task, args.data, class_list(args.classes), out=args.out,
                          replay=args.replay, projections=args.projections,
-                         **budget_of(args))  # fmt: skip
+                         calibrate=args.calibrate, **budget_of(args))  # fmt: skip
+    if record["calibration"]:
+        c = record["calibration"]
+        print(
+            f"new classes calibrated on {c['images']} validation images: accuracy "
+            f"{100 * c['acc_before']:.2f}% before, {100 * c['acc_after']:.2f}% after"
+        )
     print(
         f"{args.out or args.task}: added {', '.join(record['added'])} ({record['selected']}); "
         f"test accuracy over the task's classes: {100 * record['test_acc']:.2f}% "

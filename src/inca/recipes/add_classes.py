@@ -76,6 +76,7 @@ def add_classes(
     out: str | Path | None = None,
     replay: int = 0,
     projections: str = "new",
+    calibrate: bool | None = None,
     lrs: tuple[float, ...] = DEFAULT_LRS,
     weight_decay: float = 0.05,
     config: TrainConfig | None = None,
@@ -86,9 +87,14 @@ def add_classes(
 ) -> dict[str, Any]:
     """Train ``classes`` of ``data`` into the Open-InCA task at ``task_dir`` (written to
     ``out``, default in place); returns the record (per rate validation accuracy, test
-    accuracy over every class of the task the test split has, before and after)."""
+    accuracy over every class of the task the test split has, before and after).
+
+    ``calibrate`` (default: when ``replay`` gives real old-class images): then fit a scale and a
+    bias for each new class, and nothing else, on the validation images of every class, so
+    the new classes' logits sit on the old ones' scale (BiC's bias correction: new classes
+    trained beside few old images are over- or under-confident on them)."""
     from inca.cache.splits import open_caches
-    from inca.methods.open_inca.classes import with_token_means
+    from inca.methods.open_inca.classes import fit_calibration_on_logits, with_token_means
     from inca.methods.open_inca.increment import NewClasses
     from inca.methods.open_inca.pseudo import PseudoOldSource, balanced_weights, class_means
     from inca.tasks import Task, load_task
@@ -107,6 +113,11 @@ def add_classes(
         raise IncaError(f"task {task.name!r} has class(es) {known} already; add new ones")
     if projections not in ("new", "shared"):
         raise IncaError(f"projections must be 'new' or 'shared', got {projections!r}")
+    calibrate = replay > 0 if calibrate is None else calibrate
+    if calibrate and replay <= 0:
+        raise IncaError(
+            "calibrating the new classes needs held-out images of the old ones; give --replay N"
+        )
     train_size, val_size, test_size = sizes
     splits = make_splits(data, train_size=train_size, val_size=val_size, test_size=test_size,
                          seed=config.seed)  # fmt: skip
@@ -122,6 +133,7 @@ def add_classes(
     )  # fmt: skip
     source = RemappedSource(TokenSource(backbone, chosen, [tap], config, caches), table)
     old = len(task.class_names)
+    real = source  # real images only: calibration and test
     new_means = class_means(source, range(old, len(order)))  # (new, T, D)
     counts = torch.bincount(table[torch.from_numpy(chosen.train.labels)], minlength=len(order))
     pseudo = base.config.stat_tokens == new_means.shape[1]
@@ -140,8 +152,9 @@ def add_classes(
     members = members.to(backbone.device)
     signature = {"add": classes, "task": task.name, "replay": replay, "data": data,
                  "lrs": list(lrs), "projections": projections}  # fmt: skip
-    trainer = Trainer(members, source, config, len(chosen.train), work / "train", signature,
-                      backbone.device, num_val=len(chosen.val))  # fmt: skip
+    # one train folder per projection option: both can share one token cache
+    trainer = Trainer(members, source, config, len(chosen.train), work / f"train-{projections}",
+                      signature, backbone.device, num_val=len(chosen.val))  # fmt: skip
     trainer.fit(resume=True)
     trainer.load_best()
     best = rank({n: a for n, a in trainer.best_acc.items() if n not in trainer.diverged})[0]
@@ -149,6 +162,15 @@ def add_classes(
     if pseudo:  # every class's means kept, for the next addition
         grown = with_token_means(grown, torch.cat([base.token_means.cpu(), new_means]))
     test_probs, test_labels = trainer.predict("test")
+    test_probs = test_probs[best]
+    calibration = None
+    if calibrate:  # the new classes' scale and bias only, on real validation images
+        logits, labels = split_logits(grown, real, "val", raw=True)
+        calibration = fit_calibration_on_logits(grown, logits, labels,
+                                                only=torch.arange(old, len(order)))  # fmt: skip
+        calibration["test_acc_before"] = accuracy(test_probs, test_labels)
+        logits, test_labels = split_logits(grown, real, "test")
+        test_probs = logits.softmax(-1)
     record = {
         "added": classes,
         "replay": replay,
@@ -156,13 +178,33 @@ def add_classes(
         "pseudo_old": pseudo,
         "selected": best,
         "val_acc": dict(trainer.best_acc),
-        **test_record(test_probs[best], test_labels, order),
+        "calibration": calibration,
+        **test_record(test_probs, test_labels, order),
     }
     new_task = Task(task.name, "open-inca", task.backbone_info, order, [(member, tap, grown)],
                     metrics=task.metrics | {"added": [*task.metrics.get("added", []), record]},
                     data=task.data)  # fmt: skip
     new_task.save(out)
     return record
+
+
+def split_logits(adapter: Any, source: Any, split: str, raw: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``adapter``'s logits (M, C) on the labelled images of ``source``'s ``split``, as served
+    (or ``raw``: uncalibrated), and their labels (M,)."""
+    from inca.methods.open_inca.classes import raw_logits
+
+    out, labels = [], []
+    for x, y in source.evaluate(split):
+        keep = y >= 0
+        tokens = x[0][keep.to(x.device)].float()
+        if raw:
+            out.append(raw_logits(adapter, tokens))
+        else:
+            with torch.no_grad():
+                out.append(adapter(tokens.to(adapter.queries.device)).float().cpu())
+        labels.append(y[keep].cpu())
+    return torch.cat(out), torch.cat(labels)
 
 
 def test_record(probs: torch.Tensor, labels: torch.Tensor, order: list[str]) -> dict[str, Any]:

@@ -123,29 +123,54 @@ def raw_logits(adapter: OpenInCAAdapter, tokens: Tensor, batch: int = 256) -> Te
         adapter.calib_shift.copy_(shift)
 
 
-def fit_calibration(adapter: OpenInCAAdapter, tokens: Tensor, labels: Tensor,
-                    steps: int = 200) -> dict[str, float]:  # fmt: skip
+def fit_calibration(
+    adapter: OpenInCAAdapter,
+    tokens: Tensor,
+    labels: Tensor,
+    steps: int = 200,
+    only: Tensor | None = None,
+) -> dict[str, float]:
     """Fit ``calib_scale``/``calib_shift`` (a scale and a bias per class, and nothing else) by
     L-BFGS on the cross-entropy of held-out normalised tokens (M, T, D) with ``labels`` (M,);
     returns the accuracy before and after."""
-    logits = raw_logits(adapter, tokens)
-    labels = labels.long()
-    scale = torch.ones(adapter.num_classes, requires_grad=True)
-    shift = torch.zeros(adapter.num_classes, requires_grad=True)
+    return fit_calibration_on_logits(adapter, raw_logits(adapter, tokens), labels, steps, only)
+
+
+def fit_calibration_on_logits(
+    adapter: OpenInCAAdapter,
+    logits: Tensor,
+    labels: Tensor,
+    steps: int = 200,
+    only: Tensor | None = None,
+) -> dict[str, float]:
+    """``fit_calibration`` from the adapter's uncalibrated logits (M, C) of held-out images.
+    ``only`` (class indices): fit those classes' pairs, every other class keeping its own (how
+    ``inca classes add`` puts its new classes on the old ones' scale without touching them)."""
+    logits, labels = logits.float().cpu(), labels.long().cpu()
+    fixed_scale, fixed_shift = adapter.calib_scale.cpu().clone(), adapter.calib_shift.cpu().clone()
+    free = torch.ones(adapter.num_classes, dtype=torch.bool)
+    if only is not None:
+        free = torch.zeros_like(free)
+        free[only] = True
+    scale = torch.where(free, 1.0, fixed_scale).requires_grad_(True)
+    shift = torch.where(free, 0.0, fixed_shift).requires_grad_(True)
     opt = torch.optim.LBFGS([scale, shift], max_iter=steps, line_search_fn="strong_wolfe")
+    before = (logits * fixed_scale + fixed_shift).argmax(-1)
 
     def closure() -> Tensor:
         opt.zero_grad()
         loss = F.cross_entropy(logits * scale + shift, labels)
         loss.backward()
+        scale.grad[~free] = 0  # the fixed classes' pairs never move
+        shift.grad[~free] = 0
         return loss
 
     opt.step(closure)
-    before = (logits.argmax(-1) == labels).float().mean().item()
+    before = (before == labels).float().mean().item()
     after = ((logits * scale + shift).argmax(-1) == labels).float().mean().item()
     if not (torch.isfinite(scale).all() and torch.isfinite(shift).all()):
         raise IncaError("the calibration diverged; give more held-out images")
     with torch.no_grad():
-        adapter.calib_scale.copy_(scale.detach())
-        adapter.calib_shift.copy_(shift.detach())
+        adapter.calib_scale.copy_(torch.where(free, scale, fixed_scale))
+        adapter.calib_shift.copy_(torch.where(free, shift, fixed_shift))
     return {"acc_before": before, "acc_after": after, "images": len(labels)}
