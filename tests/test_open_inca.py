@@ -305,7 +305,7 @@ def test_adding_classes_trains_only_theirs_and_refuses_bad_input(tmp_path, capsy
     assert snapshot(tmp_path / "t") == before  # every refusal left the task as it was
 
     assert main(["classes", "add", str(tmp_path / "t"), *common, "--classes", "5,6",
-                 "--replay", "10", "--out", str(tmp_path / "t2")]) == 0  # fmt: skip
+                 "--replay", "10", "--calibrate", "--out", str(tmp_path / "t2")]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "added 5, 6" in printed and "new classes calibrated on" in printed
     grown = load_task(tmp_path / "t2")
@@ -326,7 +326,7 @@ def test_adding_classes_trains_only_theirs_and_refuses_bad_input(tmp_path, capsy
     record = grown.metrics["added"][0]
     assert record["replay"] == 10 and 0 <= record["test_acc"] <= 1 and record["test_images"] > 0
     assert record["pseudo_old"] and record["projections"] == "new"
-    # with replay, the new classes' scale and bias are fitted on every class's validation
+    # --calibrate: the new classes' scale and bias are fitted on every class's validation
     # images; the old classes' pairs are untouched
     assert record["calibration"]["images"] > 0
     assert torch.equal(new.calib_scale[:5], old.calib_scale)

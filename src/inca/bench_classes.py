@@ -75,6 +75,7 @@ def run_class_incremental(
                     group,
                     replay=replay,
                     projections=projections,
+                    calibrate=replay > 0,  # measured both ways: before and after
                     config=config,
                     sizes=sizes,
                     cache=root / f"c-r{replay}-s{k}",

@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--image-size", type=positive_int, default=112)
     n.add_argument("--tap", default="block.5", help="the tap its classes read (default block.5)")
     n.add_argument("--out", required=True, help="the task's directory")
-    add_budget(n)
+    add_budget(n, epochs=20)
     n.set_defaults(func=run_new)
 
     a = actions.add_parser("add", help="train new classes on new data; the old stay as they are")
@@ -48,14 +48,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     a.add_argument(
         "--calibrate",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="fit a scale and a bias per new class (nothing else) on the validation images of "
-        "every class, so new logits sit on the old ones' scale (default: on with --replay, "
-        "which brings the old classes' images it needs)",
+        action="store_true",
+        help="with --replay: fit a scale and a bias per new class (nothing else) on the "
+        "validation images of every class, so new logits sit on the old ones' scale",
     )
     a.add_argument("--out", default=None, help="write the new task here (default: in place)")
-    add_budget(a)
+    # 10, not 20: without replay longer training makes the new classes steal more real old
+    # images (measured: 70.7% vs 77.0% after 5 steps), which pseudo validation cannot see
+    add_budget(a, epochs=10)
     a.set_defaults(func=run_add)
 
     m = actions.add_parser("merge", help="one classifier over two tasks' classes")
@@ -74,10 +74,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(func=run_merge)
 
 
-def add_budget(p: argparse.ArgumentParser) -> None:
+def add_budget(p: argparse.ArgumentParser, epochs: int) -> None:
     """The options of training classes: rates (one-to-many), budget, splits, cache."""
     p.add_argument("--lrs", default="1e-3,3e-3", help="learning rates, trained one-to-many")
-    p.add_argument("--epochs", type=positive_int, default=20)
+    p.add_argument("--epochs", type=positive_int, default=epochs, help=f"default {epochs}")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--train-size", type=positive_int, default=None)
     p.add_argument("--val-size", type=float, default=0.1)
