@@ -165,12 +165,11 @@ def add_classes(
     test_probs = test_probs[best]
     calibration = None
     if calibrate:  # the new classes' scale and bias only, on real validation images
-        logits, labels = split_logits(grown, real, "val", raw=True)
-        calibration = fit_calibration_on_logits(grown, logits, labels,
+        calibration = fit_calibration_on_logits(grown, *raw_split_logits(grown, real, "val"),
                                                 only=torch.arange(old, len(order)))  # fmt: skip
         calibration["test_acc_before"] = accuracy(test_probs, test_labels)
-        logits, test_labels = split_logits(grown, real, "test")
-        test_probs = logits.softmax(-1)
+        raw, test_labels = raw_split_logits(grown, real, "test")
+        test_probs = (raw * grown.calib_scale.cpu() + grown.calib_shift.cpu()).softmax(-1)
     record = {
         "added": classes,
         "replay": replay,
@@ -188,21 +187,15 @@ def add_classes(
     return record
 
 
-def split_logits(adapter: Any, source: Any, split: str, raw: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """``adapter``'s logits (M, C) on the labelled images of ``source``'s ``split``, as served
-    (or ``raw``: uncalibrated), and their labels (M,)."""
+def raw_split_logits(adapter: Any, source: Any, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``adapter``'s uncalibrated logits (M, C) on the labelled images of ``source``'s
+    ``split``, and their labels (M,)."""
     from inca.methods.open_inca.classes import raw_logits
 
     out, labels = [], []
     for x, y in source.evaluate(split):
         keep = y >= 0
-        tokens = x[0][keep.to(x.device)].float()
-        if raw:
-            out.append(raw_logits(adapter, tokens))
-        else:
-            with torch.no_grad():
-                out.append(adapter(tokens.to(adapter.queries.device)).float().cpu())
+        out.append(raw_logits(adapter, x[0][keep.to(x.device)].float()))
         labels.append(y[keep].cpu())
     return torch.cat(out), torch.cat(labels)
 

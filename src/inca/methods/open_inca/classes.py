@@ -148,29 +148,28 @@ def fit_calibration_on_logits(
     ``inca classes add`` puts its new classes on the old ones' scale without touching them)."""
     logits, labels = logits.float().cpu(), labels.long().cpu()
     fixed_scale, fixed_shift = adapter.calib_scale.cpu().clone(), adapter.calib_shift.cpu().clone()
-    free = torch.ones(adapter.num_classes, dtype=torch.bool)
-    if only is not None:
-        free = torch.zeros_like(free)
-        free[only] = True
-    scale = torch.where(free, 1.0, fixed_scale).requires_grad_(True)
-    shift = torch.where(free, 0.0, fixed_shift).requires_grad_(True)
+    rows = torch.arange(adapter.num_classes) if only is None else torch.as_tensor(only)
+    scale = torch.ones(len(rows), requires_grad=True)  # the fitted classes' pairs only
+    shift = torch.zeros(len(rows), requires_grad=True)
     opt = torch.optim.LBFGS([scale, shift], max_iter=steps, line_search_fn="strong_wolfe")
-    before = (logits * fixed_scale + fixed_shift).argmax(-1)
+
+    def pairs() -> tuple[Tensor, Tensor]:
+        return fixed_scale.index_put((rows,), scale), fixed_shift.index_put((rows,), shift)
 
     def closure() -> Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(logits * scale + shift, labels)
+        s, b = pairs()
+        loss = F.cross_entropy(logits * s + b, labels)
         loss.backward()
-        scale.grad[~free] = 0  # the fixed classes' pairs never move
-        shift.grad[~free] = 0
         return loss
 
     opt.step(closure)
-    before = (before == labels).float().mean().item()
-    after = ((logits * scale + shift).argmax(-1) == labels).float().mean().item()
     if not (torch.isfinite(scale).all() and torch.isfinite(shift).all()):
         raise IncaError("the calibration diverged; give more held-out images")
     with torch.no_grad():
-        adapter.calib_scale.copy_(torch.where(free, scale, fixed_scale))
-        adapter.calib_shift.copy_(torch.where(free, shift, fixed_shift))
+        s, b = pairs()
+    before = ((logits * fixed_scale + fixed_shift).argmax(-1) == labels).float().mean().item()
+    after = ((logits * s + b).argmax(-1) == labels).float().mean().item()
+    adapter.calib_scale.copy_(s)
+    adapter.calib_shift.copy_(b)
     return {"acc_before": before, "acc_after": after, "images": len(labels)}
