@@ -247,7 +247,9 @@ def test_csv_with_split_column_and_numeric_labels(tmp_path):
     train = load_dataset(f"csv:{tmp_path / 'list.csv'}", "train")
     test = load_dataset(f"csv:{tmp_path / 'list.csv'}", "test")
     assert train.class_names == ["2", "10"]  # numeric order, not "10" < "2"
-    assert train.labels.tolist() == [1, 0, 0] and test.labels.tolist() == [1, 0]
+    # beside test rows, val rows are the validation split: inside train, as fixed_val
+    assert train.labels.tolist() == [1, 0, 0, 0] and test.labels.tolist() == [1]
+    assert train.fixed_val.tolist() == [3] and test.fixed_val is None
     assert train.paths[2] == absolute and train.load(2).size == (6, 5)
 
 

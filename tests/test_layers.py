@@ -40,6 +40,7 @@ LAYERS = [
         "inca.bench_scaling",
         "inca.bench_serve",
         "inca.bench_classes",
+        "inca.bench_detail",
     ],  # benchmarks  # fmt: skip
     ["inca.cli", "inca.__main__"],  # the command line (python -m inca)
 ]

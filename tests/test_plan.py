@@ -18,9 +18,28 @@ def test_the_issue_example_is_one_line() -> None:
 
 
 def test_default_plan() -> None:
-    specs = parse_plan(DEFAULT_PLAN, TAPS)
+    specs = parse_plan(DEFAULT_PLAN, TAPS, widths=dict.fromkeys(TAPS, 384))
     assert {s.kind for s in specs} == {"inca", "linear"} and len(specs) == 6 * 8 + 6
     assert sorted({s.tap for s in specs}) == sorted(f"block.{i}" for i in (1, 3, 5, 7, 9, 11))
+    # on DINOv2-S (width 384) heads=D/64,D/32 are 6 and 12: the names runs resume by
+    names = [s.name for s in specs]
+    assert names[:4] == [
+        "inca.block.1.lr1e-3.wd1e-4.heads6",
+        "inca.block.1.lr1e-3.wd1e-4.heads12",
+        "inca.block.1.lr1e-3.wd0.05.heads6",
+        "inca.block.1.lr1e-3.wd0.05.heads12",
+    ]
+    assert "inca.block.5.lr1e-3.wd1e-4.heads6" in names
+    assert {s.config.heads for s in specs if s.kind == "inca"} == {6, 12}
+
+
+def test_width_relative_heads_need_the_widths() -> None:
+    with pytest.raises(IncaError, match="relative to the taps' widths"):
+        parse_plan("inca taps=final heads=D/64", TAPS)
+    with pytest.raises(IncaError, match="only heads takes a width-relative"):
+        parse_plan("inca taps=final queries=D/64", TAPS, widths=dict.fromkeys(TAPS, 384))
+    with pytest.raises(IncaError, match="divides by 0"):
+        parse_plan("inca taps=final heads=D/0", TAPS, widths=dict.fromkeys(TAPS, 384))
 
 
 def test_solved_probes_have_no_learning_rate_in_their_names() -> None:

@@ -9,7 +9,15 @@ import pytest
 from PIL import Image
 
 from inca.errors import IncaError
-from inca.report import best_per_tap, plot_accuracy_by_layer, results_table, write_report
+from inca.report import (
+    TABLE_CLASSES,
+    best_per_tap,
+    imbalance_warning,
+    plot_accuracy_by_layer,
+    plot_confusion,
+    results_table,
+    write_report,
+)
 
 TAPS = ["embed", "block.0", "block.1", "block.2", "final"]
 BACKBONE_PARAMS = 22_056_576
@@ -147,6 +155,7 @@ def check_png(path: Path) -> None:
 
 
 def test_write_report_writes_markdown_and_png(tmp_path: Path) -> None:
+    """An old run: no balanced accuracy, recall or confusion recorded, so none is shown."""
     md_path, png = write_report(make_results(), tmp_path / "out")
     assert md_path == tmp_path / "out" / "report.md" and png.name == "accuracy_by_layer.png"
     check_png(png)
@@ -154,6 +163,8 @@ def test_write_report_writes_markdown_and_png(tmp_path: Path) -> None:
     assert md.startswith("# inca: tiny-vit on fashion-mnist")
     assert "80.2 training images/s" in md and "112px" in md and "11m 40s" in md
     assert "(accuracy_by_layer.png)" in md
+    assert "bal acc" not in md and "Recall per class" not in md and "Confusion" not in md
+    assert "confusion.png" not in md and "flatters" not in md
     # atomic writes leave no temporary files behind
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"accuracy_by_layer.png", "report.md"}
 
@@ -185,3 +196,145 @@ def test_no_adapters_is_a_clear_error() -> None:
     results["adapters"] = []
     with pytest.raises(IncaError, match="no adapters"):
         results_table(results)
+
+
+# --------------------------------------------------------------------------- imbalanced classes
+CLASSES = ["cat", "dog", "eel"]
+BEST_CM = [[66, 2, 1], [14, 6, 1], [6, 1, 3]]  # 75 of 100 right; recall 95.7%, 28.6%, 30%
+ENS_CM = [[67, 1, 1], [10, 10, 1], [4, 1, 5]]  # 82 of 100 right; recall 97.1%, 47.6%, 50%
+
+
+def recall_of(cm: list[list[int]]) -> dict[str, float]:
+    return {n: row[i] / sum(row) for i, (n, row) in enumerate(zip(CLASSES, cm, strict=True))}
+
+
+def with_classes(metric: str = "accuracy") -> dict[str, Any]:
+    """make_results as a run now records it: 69% of the test images are cats, and balanced
+    accuracy is far below accuracy for the best adapter and the ensemble."""
+    results = copy.deepcopy(make_results())
+    for a in results["adapters"]:
+        a["val_balanced_acc"], a["test_balanced_acc"] = a["val_acc"] - 0.2, a["test_acc"] - 0.25
+    results["classes"] = {"names": CLASSES, "test_counts": [69, 21, 10]}
+    selection = results["selection"]
+    selection["metric"] = metric
+    for record, cm in ((selection["best"], BEST_CM), (selection["ensemble"], ENS_CM)):
+        recall = recall_of(cm)
+        record |= {
+            "test_acc": sum(row[i] for i, row in enumerate(cm)) / 100,
+            "val_balanced_acc": 0.6,
+            "test_balanced_acc": sum(recall.values()) / 3,
+            "test_recall": recall,
+            "test_confusion": cm,
+        }
+    selection["ensemble"] |= {"method": "greedy", "alternatives": {"top-k": 0.6, "greedy": 0.62}}
+    return results
+
+
+def summary_of(md: str) -> str:
+    return md.split("## Summary")[1].split("## ")[0]
+
+
+def test_summary_shows_balanced_accuracy_and_warns_plainly() -> None:
+    md = results_table(with_classes(), every_adapter=False)
+    summary = summary_of(md)
+    assert "| val acc | test acc | val bal acc | test bal acc |" in summary
+    best_row = next(line for line in summary.splitlines() if "best single adapter" in line)
+    assert f"| {pct(0.75)} | {pct(0.6)} | {pct(sum(recall_of(BEST_CM).values()) / 3)} |" in best_row
+    warning = imbalance_warning(with_classes())
+    assert warning is not None and f"**{warning}**" in summary
+    assert warning.startswith(
+        "Accuracy flatters this imbalanced test set: the majority class (cat, 69% of test) "
+        "dominates. Balanced accuracy 51.41% vs accuracy 75.00% for the best single adapter "
+        "`inca.final.lr0.001`; balanced accuracy 64.91% vs accuracy 82.00% for the greedy "
+        "ensemble of 3."
+    )
+    assert warning.endswith("Consider --metric balanced-accuracy.")
+    assert "Ensembles tried (validation accuracy): top-k 60.00%, greedy 62.00%" in summary
+
+
+def test_recall_and_confusion_tables_name_the_classes() -> None:
+    md = results_table(with_classes(), every_adapter=False)
+    recall = md.split("## Recall per class (test)")[1].split("## ")[0]
+    assert "| class | test images | recall: best single adapter `inca.final.lr0.001` | " in recall
+    assert "| dog | 21 | 28.57% | 47.62% |" in recall
+    confusion = md.split("## Confusion matrices (test)")[1].split("## ")[0]
+    assert confusion.count("| true \\ predicted | cat | dog | eel |") == 2
+    assert "| **dog** | 14 | **6** | 1 |" in confusion  # the best adapter's row
+    assert "| **dog** | 10 | **10** | 1 |" in confusion  # the ensemble's
+    assert "greedy ensemble of 3:" in confusion
+    assert "## Accuracy by layer" in md  # the sections after are still there
+
+
+def test_no_warning_when_balanced_accuracy_is_close_or_classes_balanced() -> None:
+    results = with_classes()
+    for record in results["selection"].values():
+        if isinstance(record, dict):
+            record["test_balanced_acc"] = record["test_acc"] - 0.01
+    assert imbalance_warning(results) is None
+    results = with_classes()
+    results["classes"]["test_counts"] = [34, 33, 33]  # a large gap, but no majority class
+    assert imbalance_warning(results) is None
+    assert "flatters" not in results_table(results)
+
+
+def test_chosen_by_balanced_accuracy_says_so() -> None:
+    md = results_table(with_classes("balanced-accuracy"))
+    summary = summary_of(md)
+    assert "chosen by validation balanced accuracy" in summary
+    assert "Ensembles tried (validation balanced accuracy)" in summary
+    assert "--metric balanced-accuracy" not in summary  # already chosen so
+    assert "Selection already ranks by balanced accuracy" in summary
+    full = md.split("## All adapters")[1]
+    assert "| val acc | test acc | test bal acc |" in full
+
+
+def test_write_report_writes_the_confusion_png(tmp_path: Path) -> None:
+    md_path, _ = write_report(with_classes(), tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {"accuracy_by_layer.png", "confusion.png", "report.md"}
+    with Image.open(tmp_path / "confusion.png") as im:
+        im.verify()
+    with Image.open(tmp_path / "confusion.png") as im:
+        w, h = im.size
+        assert im.format == "PNG" and w > 1.5 * h and 400 <= h <= 1200, im.size  # two panels
+    md = md_path.read_text()
+    assert "(confusion.png)" in md and "flatters" in md and "| **cat** | **66** | 2 | 1 |" in md
+
+
+def test_old_results_do_not_plot_confusion_and_a_lone_pick_does(tmp_path: Path) -> None:
+    assert plot_confusion(make_results(), tmp_path / "c.png") is None
+    assert not (tmp_path / "c.png").exists()
+    results = with_classes()
+    del results["selection"]["ensemble"]
+    del results["classes"]  # names from the recall, counts from the confusion matrix
+    assert plot_confusion(results, tmp_path / "c.png") == tmp_path / "c.png"
+    assert "the majority class (cat, 69% of test)" in (imbalance_warning(results) or "")
+
+
+def test_many_classes_point_to_the_plot_instead_of_a_table(tmp_path: Path) -> None:
+    k = TABLE_CLASSES + 20
+    names = [f"class{i}" for i in range(k)]
+    cm = [[10 if i == j else (1 if j == (i + 1) % k else 0) for j in range(k)] for i in range(k)]
+    results = with_classes()
+    results["classes"] = {"names": names, "test_counts": [11] * k}
+    for key in ("best", "ensemble"):
+        record = results["selection"][key]
+        record["test_confusion"] = cm
+        record["test_recall"] = {n: 10 / 11 for n in names}
+    md = results_table(results)
+    assert f"{k} classes are too many for a table" in md
+    assert len(md.split("## Recall per class (test)")[1].split("## ")[0].splitlines()) < k
+    assert plot_confusion(results, tmp_path / "c.png") is not None
+
+
+def test_seeds_table_shows_balanced_accuracy_when_recorded() -> None:
+    results = with_classes()
+    stats = {"mean": 0.7, "std": 0.01, "values": [0.69, 0.71]}
+    results["seeds"] = {
+        "seeds": [0, 1],
+        "best": {"val_acc": stats, "test_acc": stats, "test_balanced_acc": stats},
+        "ensemble": {"val_acc": stats, "test_acc": stats},
+    }
+    md = results_table(results)
+    assert "|  | val acc | test acc | test bal acc |" in md
+    assert "| ensemble | 70.00 ± 1.00% | 70.00 ± 1.00% | — |" in md

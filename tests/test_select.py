@@ -9,9 +9,12 @@ from inca.select import (
     choose_ensemble,
     ensemble_probs,
     rank,
+    score_all,
+    scorer,
     select_ensemble,
     select_greedy,
 )
+from inca.train.metrics import balanced_accuracy
 
 
 def one_hot(labels: list[int], c: int = 3) -> torch.Tensor:
@@ -120,37 +123,48 @@ def test_greedy_ties_are_reproducible() -> None:
     assert select_greedy(probs, torch.zeros(2, dtype=torch.long), max_steps=1).members == ["b"]
 
 
-def naive_score(probs: dict[str, torch.Tensor], labels: torch.Tensor, members: list[str]):
-    """(-accuracy, NLL) of the uniform mean of ``members`` (repeats count): lower is better."""
+def naive_score(
+    probs: dict[str, torch.Tensor], labels: torch.Tensor, members: list[str], metric: str
+):
+    """(-metric, NLL) of the uniform mean of ``members`` (repeats count): lower is better. The
+    metric is rounded so that one value computed two ways ties with itself."""
     mean = torch.stack([probs[m] for m in members]).double().mean(0)
     nll = -mean[torch.arange(len(labels)), labels].log().mean().item()
-    return (-accuracy(mean, labels), nll)
+    return (-round(scorer(metric)(mean, labels), 9), nll)
 
 
-def naive_greedy(probs: dict[str, torch.Tensor], labels: torch.Tensor, steps: int) -> list[str]:
+def naive_greedy(
+    probs: dict[str, torch.Tensor], labels: torch.Tensor, steps: int, metric: str = "accuracy"
+) -> list[str]:
     """The definition, one candidate at a time: the reference for the batched version."""
     picks: list[str] = []
     for _ in range(steps):
-        scores = {n: naive_score(probs, labels, [*picks, n]) for n in probs}
+        scores = {n: naive_score(probs, labels, [*picks, n], metric) for n in probs}
         picks.append(min(probs, key=lambda n: (*scores[n], n)))
     return picks
 
 
-def test_greedy_matches_the_naive_definition() -> None:
+@pytest.mark.parametrize("metric", ["accuracy", "balanced-accuracy"])
+def test_greedy_matches_the_naive_definition(metric: str) -> None:
     g = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, 4, (60,), generator=g)
+    # imbalanced, so that the two metrics disagree: 60% class 0
+    labels = torch.where(
+        torch.rand(60, generator=g) < 0.6, 0, torch.randint(1, 4, (60,), generator=g)
+    )
     probs = {f"m{i}": torch.randn(60, 4, generator=g).mul(2).softmax(-1) for i in range(7)}
-    picks = naive_greedy(probs, labels, 6)
-    choice = select_greedy(probs, labels, max_steps=6)
+    picks = naive_greedy(probs, labels, 6, metric)
+    choice = select_greedy(probs, labels, max_steps=6, metric=metric)
+    key = "val_acc" if metric == "accuracy" else "val_score"
     steps = len(choice.k_curve)
-    best = max(range(steps), key=lambda i: (choice.k_curve[i]["val_acc"], -i))
+    best = max(range(steps), key=lambda i: (round(choice.k_curve[i][key], 9), -i))
     chosen = picks[: best + 1]
     assert choice.members == list(dict.fromkeys(chosen))
     assert choice.weights == pytest.approx([chosen.count(m) / len(chosen) for m in choice.members])
+    assert choice.metric == metric and choice.val_score == choice.k_curve[best][key]
     for i, row in enumerate(choice.k_curve):
-        assert row["val_acc"] == pytest.approx(
-            accuracy(ensemble_probs(probs, picks[: i + 1]), labels)
-        )
+        mean = ensemble_probs(probs, picks[: i + 1])
+        assert row["val_acc"] == pytest.approx(accuracy(mean, labels))
+        assert row[key] == pytest.approx(scorer(metric)(mean, labels))
 
 
 def test_choose_ensemble_takes_the_better_and_records_the_other() -> None:
@@ -176,3 +190,54 @@ def test_greedy_refuses_bad_inputs() -> None:
         select_greedy({"a": torch.zeros(0, 3)}, torch.zeros(0, dtype=torch.long))
     with pytest.raises(IncaError, match="2 validation predictions but 3 labels"):
         select_greedy({"a": one_hot([0, 1])}, torch.tensor([0, 1, 2]))
+
+
+# --------------------------------------------------------------------------- by balanced accuracy
+def imbalanced() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """80% class 0. "majority" always answers 0 (accuracy 0.8, balanced 0.5); "fair" misses
+    3 of the 8 class-0 images but finds both class-1 ones (accuracy 0.7, balanced 0.8125)."""
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    majority = one_hot([0] * 10, 2) * 0.6 + 0.2
+    fair = one_hot([0] * 5 + [1] * 3 + [1] * 2, 2) * 0.6 + 0.2
+    return {"majority": majority, "fair": fair}, labels
+
+
+def test_balanced_accuracy_picks_the_member_accuracy_misses() -> None:
+    probs, labels = imbalanced()
+    acc = score_all(probs, labels)
+    bal = score_all(probs, labels, "balanced-accuracy")
+    assert acc == pytest.approx({"majority": 0.8, "fair": 0.7})
+    assert bal == pytest.approx({"majority": 0.5, "fair": 0.8125})
+    assert rank(acc)[0] == "majority" and rank(bal)[0] == "fair"
+    for builder in (select_ensemble, select_greedy, choose_ensemble):
+        by_acc = builder(probs, labels)
+        by_bal = builder(probs, labels, metric="balanced-accuracy")
+        assert by_acc.members == ["majority"] and by_acc.val_score == by_acc.val_acc
+        assert by_acc.val_acc == pytest.approx(0.8)
+        assert by_bal.members == ["fair"] and by_bal.metric == "balanced-accuracy"
+        assert by_bal.val_score == pytest.approx(0.8125) and by_bal.val_acc == pytest.approx(0.7)
+        assert balanced_accuracy(by_bal.probs(probs), labels) == pytest.approx(by_bal.val_score)
+    choice = choose_ensemble(probs, labels, metric="balanced-accuracy")
+    assert choice.method == "top-k"  # a tie: the simpler one
+    assert choice.alternatives == pytest.approx({"top-k": 0.8125, "greedy": 0.8125})
+    assert all("val_score" in row and "val_acc" in row for row in choice.k_curve)
+    assert all("val_score" not in row for row in choose_ensemble(probs, labels).k_curve)
+
+
+def test_greedy_candidates_rank_by_the_metric() -> None:
+    probs, labels = imbalanced()
+    probs["never"] = one_hot([1] * 10, 2) * 0.6 + 0.2  # accuracy 0.2, balanced 0.5
+    choice = select_greedy(probs, labels, candidates=1, metric="balanced-accuracy")
+    assert choice.members == ["fair"]
+    assert select_greedy(probs, labels, candidates=1).members == ["majority"]
+
+
+def test_an_unknown_metric_is_refused() -> None:
+    probs, labels = imbalanced()
+    for call in (
+        lambda: select_ensemble(probs, labels, metric="f1"),
+        lambda: select_greedy(probs, labels, metric="f1"),
+        lambda: score_all(probs, labels, "f1"),
+    ):
+        with pytest.raises(IncaError, match="unknown metric 'f1'"):
+            call()

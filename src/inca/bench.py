@@ -77,7 +77,7 @@ def trainer_for(
     out: Path,
     caches: dict | None = None,
 ) -> Trainer:
-    specs = parse_plan(plan, list(backbone.taps))
+    specs = parse_plan(plan, backbone.taps)
     return adapter_trainer(backbone, splits, specs, cfg, out, {}, caches)
 
 

@@ -3,27 +3,52 @@
 Each row of the result is one image::
 
     {"path": "photos/cat.jpg",
-     "predictions": {"pets": {"label": "cat", "index": 3, "prob": 0.91}, ...}}
+     "predictions": {"pets": {"label": "cat", "index": 3, "prob": 0.91,
+                              "probs": [0.02, 0.01, 0.06, 0.91]}, ...}}
 
-(predictions nested under their own key, so a task may be called anything, "path" included).
+(predictions nested under their own key, so a task may be called anything, "path" included;
+``probs`` holds every class's probability, in the task's class order).
+
+``write_predictions_csv`` writes rows as a CSV, one line per image::
+
+    path,pets:class,pets:p:cat,pets:p:dog,weather:class,weather:p:sunny,...
+    0.png,dog,0.0731,0.9269,sunny,...
+
+Columns always carry the task's name (also with one task), so a script reads the same
+columns whatever tasks ran beside it.
 """
 
 from __future__ import annotations
 
+import csv
 import os
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from inca.data import IMAGE_EXTENSIONS, images_in
 from inca.data.preprocess import ImageTransform
 from inca.errors import IncaError
+from inca.io import atomic_write
 from inca.tasks import MultiTask
 
 Row = dict[str, Any]
+
+
+class UnreadableImage(IncaError):
+    """An image file that cannot be decoded or preprocessed; ``path`` and ``reason`` say which
+    and why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(
+            f"cannot read image {path} ({reason}); remove it or replace it with a valid image"
+        )
 
 
 def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -47,46 +72,142 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def open_image(path: Path) -> Image.Image:
-    """The decoded image; an unreadable file is an ``IncaError`` that names it."""
+    """The decoded image; an unreadable file is an ``UnreadableImage`` (an ``IncaError``) that
+    names it."""
     try:
         with Image.open(path) as img:
             img.load()
             return img.copy()  # detached from the file, which the `with` closes
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise IncaError(
-            f"cannot read image {path} ({e}); remove it or replace it with a valid image"
-        ) from None
+        raise UnreadableImage(path, str(e)) from None
 
 
-def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def _pixels(path: Path, transform: ImageTransform) -> torch.Tensor:
+    """(3, S, S): the image decoded and preprocessed; ``UnreadableImage`` if it cannot be."""
+    img = open_image(path)
+    try:
+        return transform(img)
+    except IncaError as e:  # e.g. a float image with values no scaling explains
+        raise UnreadableImage(path, str(e)) from None
 
 
-def predict_images(
-    multitask: MultiTask, paths: Sequence[str | os.PathLike], batch_size: int = 32
-) -> list[Row]:
-    """One row per image (see the module docstring), in the order of ``image_files(paths)``.
+def iter_predictions(
+    multitask: MultiTask,
+    files: Sequence[Path],
+    batch_size: int = 32,
+    *,
+    progress: bool = False,
+    skipped: list[UnreadableImage] | None = None,
+) -> Iterator[Row]:
+    """Rows (see the module docstring) of ``files``, in order, a batch at a time.
 
-    Images are read and preprocessed as the backbone asks, then each batch is one
-    ``MultiTask`` pass: one backbone forward for all tasks.
+    Each batch is one ``MultiTask`` pass: one backbone forward for all tasks. An unreadable
+    file raises ``UnreadableImage``, or, when ``skipped`` is a list, is appended to it and
+    gets no row; if every file is unreadable, that is an ``IncaError``. ``progress``: a bar
+    over images (on stderr).
     """
     if batch_size < 1:
         raise IncaError(f"batch size must be at least 1, got {batch_size}")
-    files = image_files(paths)
     transform = ImageTransform(multitask.backbone.preprocess)
-    rows: list[Row] = []
-    for batch in _batches(files, batch_size):
-        pixels = torch.stack([transform(open_image(f)) for f in batch])  # (B, 3, S, S)
-        probs = {n: p.float().cpu() for n, p in multitask.predict_proba(pixels).items()}
-        for i, f in enumerate(batch):
-            preds = {}
-            for name, p in probs.items():
-                k = int(p[i].argmax())
-                label = multitask.tasks[name].class_names[k]
-                preds[name] = {"label": label, "index": k, "prob": float(p[i, k])}
-            rows.append({"path": str(f), "predictions": preds})
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)
+    try:
+        batch: list[tuple[Path, torch.Tensor]] = []
+        seen = 0  # files read since the bar last moved, skipped ones included
+        unread: list[UnreadableImage] = []
+        for i, f in enumerate(files):
+            try:
+                batch.append((f, _pixels(f, transform)))
+            except UnreadableImage as e:
+                if skipped is None:
+                    raise
+                skipped.append(e)
+                unread.append(e)
+            seen += 1
+            if len(batch) == batch_size or i == len(files) - 1:
+                yield from _predict_batch(multitask, batch)
+                bar.update(seen)
+                batch, seen = [], 0
+    finally:
+        bar.close()
+    if files and len(unread) == len(files):
+        raise IncaError(
+            f"none of the {len(files)} images could be read (the first: {unread[0].path}: "
+            f"{unread[0].reason}); point at image files"
+        )
+
+
+def _predict_batch(multitask: MultiTask, batch: list[tuple[Path, torch.Tensor]]) -> list[Row]:
+    if not batch:
+        return []
+    pixels = torch.stack([x for _, x in batch])  # (B, 3, S, S)
+    probs = {n: p.float().cpu() for n, p in multitask.predict_proba(pixels).items()}
+    rows = []
+    for i, (f, _) in enumerate(batch):
+        preds = {}
+        for name, p in probs.items():
+            k = int(p[i].argmax())
+            preds[name] = {
+                "label": multitask.tasks[name].class_names[k],
+                "index": k,
+                "prob": float(p[i, k]),
+                "probs": p[i].tolist(),
+            }
+        rows.append({"path": str(f), "predictions": preds})
     return rows
+
+
+def predict_images(
+    multitask: MultiTask,
+    paths: Sequence[str | os.PathLike],
+    batch_size: int = 32,
+    *,
+    progress: bool = False,
+    skipped: list[UnreadableImage] | None = None,
+) -> list[Row]:
+    """One row per image (see the module docstring), in the order of ``image_files(paths)``;
+    ``progress`` and ``skipped`` as in ``iter_predictions``."""
+    files = image_files(paths)
+    return list(iter_predictions(multitask, files, batch_size, progress=progress, skipped=skipped))
+
+
+def csv_header(multitask: MultiTask) -> list[str]:
+    """``path``, then per task ``<task>:class`` and ``<task>:p:<class>`` for every class."""
+    header = ["path"]
+    for name in multitask.task_names:
+        header += [f"{name}:class"] + [f"{name}:p:{c}" for c in multitask.tasks[name].class_names]
+    repeated = sorted(h for h, n in Counter(header).items() if n > 1)
+    if repeated:
+        raise IncaError(
+            f"the CSV would have repeated columns {repeated} (task and class names with ':' "
+            "run together); rename a task (task.name = ..., or the 'name' field of its task.json)"
+        )
+    return header
+
+
+def write_predictions_csv(
+    path: str | os.PathLike,
+    rows: Iterable[Row],
+    multitask: MultiTask,
+    relative_to: str | os.PathLike | None = None,
+) -> int:
+    """Write ``rows`` (consumed as they come) as a CSV at ``path``, atomically: the file appears,
+    complete, only once every row is written; an error or Ctrl-C leaves any older file as it
+    was. Paths are relative to ``relative_to`` (with "/") when given. Returns the row count."""
+    header = csv_header(multitask)  # before any image is read: a naming error costs nothing
+    root = Path(relative_to).expanduser() if relative_to is not None else None
+    n = 0
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(header)
+        for row in rows:
+            where = Path(row["path"])
+            cells = [where.relative_to(root).as_posix() if root is not None else row["path"]]
+            for name in multitask.task_names:
+                pred = row["predictions"][name]
+                cells += [pred["label"]] + [f"{p:.6g}" for p in pred["probs"]]
+            writer.writerow(cells)
+            n += 1
+    return n
 
 
 def format_predictions(rows: Sequence[Row], task_names: Sequence[str] | None = None) -> str:

@@ -1,11 +1,16 @@
-"""A human report of one run: markdown tables and an accuracy-by-layer plot from results.json.
+"""A human report of one run: markdown tables, an accuracy-by-layer plot and the confusion
+matrices of the picks, from results.json.
 
 The report reads only the results dict the training engine writes, so it can be regenerated
-from an old run without the model or data. Like selection, it chooses by validation accuracy
-only: test accuracy is shown beside every pick, never used to make one.
+from an old run without the model or data (a run from before balanced accuracy, recall per class
+and confusion matrices were recorded renders without them). Like selection, it chooses by
+validation accuracy only: test accuracy is shown beside every pick, never used to make one.
 
-matplotlib is imported inside :func:`plot_accuracy_by_layer` (through its object API and the
-Agg canvas, no pyplot global state), so the markdown tables work where it is not installed.
+On imbalanced data accuracy flatters: a model that always answers a class holding 69% of the
+test images scores 69%. The summary then says so, in words, beside the balanced accuracy.
+
+matplotlib is imported inside the plotting functions (through its object API and the Agg
+canvas, no pyplot global state), so the markdown tables work where it is not installed.
 """
 
 from __future__ import annotations
@@ -18,9 +23,27 @@ from typing import Any
 
 from inca.errors import IncaError
 from inca.io import atomic_write
-from inca.report_format import DASH, _acc, _duration, _int, _num, _pct, _share, _table
+from inca.report_format import (
+    DASH,
+    _acc,
+    _confusion_table,
+    _duration,
+    _int,
+    _num,
+    _pct,
+    _share,
+    markdown_table,
+)
 
 Adapter = Mapping[str, Any]
+
+# the summary warns when balanced accuracy is this far below accuracy on test, and the
+# majority class holds at least min(1/2, 2/K) of the test images
+IMBALANCE_GAP = 0.05
+TABLE_CLASSES = 20  # more classes: no confusion table in markdown (the PNG and JSON have it)
+RECALL_CLASSES = 30  # more classes: the recall table lists the worst of the best adapter's
+ANNOTATE_CLASSES = 25  # more classes: the confusion plot has no counts written in its cells
+TICK_CLASSES = 50  # more classes: the confusion plot has no class names on its axes
 
 
 # --- reading the results dict -------------------------------------------------------------
@@ -68,6 +91,120 @@ def best_per_tap(results: Mapping[str, Any]) -> dict[tuple[str, str], Adapter]:
     return picks
 
 
+def _metric_words(results: Mapping[str, Any]) -> str:
+    """What ranked the members, in words: "accuracy" or "balanced accuracy"."""
+    return str(results.get("selection", {}).get("metric") or "accuracy").replace("-", " ")
+
+
+def _ensemble_label(ens: Mapping[str, Any]) -> str:
+    k = ens.get("k", len(ens.get("members", [])))
+    return f"greedy ensemble of {k}" if ens.get("method") == "greedy" else f"top-{k} ensemble"
+
+
+def _picks(results: Mapping[str, Any], key: str) -> list[tuple[str, Mapping[str, Any]]]:
+    """``(label, record)`` of the best adapter and the ensemble, those whose record has
+    ``key``."""
+    selection = results.get("selection", {})
+    found = []
+    if (best := selection.get("best")) and key in best:
+        found.append((f"best single adapter `{best.get('name', '?')}`", best))
+    if (ens := selection.get("ensemble")) and key in ens:
+        found.append((_ensemble_label(ens), ens))
+    return found
+
+
+def _class_names(results: Mapping[str, Any]) -> list[str] | None:
+    if names := results.get("classes", {}).get("names"):
+        return list(names)
+    for _, pick in _picks(results, "test_recall"):
+        return list(pick["test_recall"])
+    return None
+
+
+def _test_counts(results: Mapping[str, Any]) -> list[int] | None:
+    """Test images per class: recorded, or the row sums of a recorded confusion matrix."""
+    if counts := results.get("classes", {}).get("test_counts"):
+        return list(counts)
+    for _, pick in _picks(results, "test_confusion"):
+        return [sum(row) for row in pick["test_confusion"]]
+    return None
+
+
+def imbalance_warning(results: Mapping[str, Any]) -> str | None:
+    """A plain sentence when accuracy flatters: the majority class holds a large share of the
+    test images and the best adapter's or the ensemble's balanced accuracy is at least
+    :data:`IMBALANCE_GAP` below its accuracy; None otherwise (or for an old run)."""
+    counts = _test_counts(results)
+    if not counts or sum(counts) <= 0:
+        return None
+    share = max(counts) / sum(counts)
+    if share < min(0.5, 2 / len(counts)):
+        return None
+    gaps = []
+    for label, pick in _picks(results, "test_balanced_acc"):
+        acc, bal = _acc(pick.get("test_acc")), _acc(pick.get("test_balanced_acc"))
+        if acc is not None and bal is not None and acc - bal >= IMBALANCE_GAP:
+            gaps.append(f"balanced accuracy {_pct(bal)} vs accuracy {_pct(acc)} for the {label}")
+    if not gaps:
+        return None
+    names = _class_names(results)
+    majority = counts.index(max(counts))
+    name = f"{names[majority]}, " if names and len(names) == len(counts) else ""
+    advice = (
+        "Consider --metric balanced-accuracy."
+        if _metric_words(results) == "accuracy"
+        else "Selection already ranks by balanced accuracy: judge the run by it, not accuracy."
+    )
+    found = "; ".join(gaps)
+    return (
+        f"Accuracy flatters this imbalanced test set: the majority class ({name}"
+        f"{100 * share:.0f}% of test) dominates. {found[0].upper()}{found[1:]}. {advice}"
+    )
+
+
+def _recall_table(results: Mapping[str, Any]) -> str | None:
+    """Recall per class of the best adapter and the ensemble, with the test images per class;
+    beyond :data:`RECALL_CLASSES` classes, only the classes the best adapter recalls worst."""
+    picks = _picks(results, "test_recall")
+    names = _class_names(results)
+    if not picks or not names:
+        return None
+    counts = _test_counts(results)
+    counts = counts if counts and len(counts) == len(names) else [None] * len(names)
+    rows = [
+        [name, _int(n), *(_pct(p["test_recall"].get(name)) for _, p in picks)]
+        for name, n in zip(names, counts, strict=True)
+    ]
+    note = "The share of each class's test images predicted as that class."
+    if len(rows) > RECALL_CLASSES:
+
+        def worst(row: list[str]) -> float:
+            return _acc(picks[0][1]["test_recall"].get(row[0])) or 0.0
+
+        rows = sorted(rows, key=worst)[:RECALL_CLASSES]
+        note += f" The {RECALL_CLASSES} of {len(names)} classes the first column recalls worst."
+    header = ["class", "test images", *(f"recall: {label}" for label, _ in picks)]
+    return note + "\n\n" + markdown_table(header, rows)
+
+
+def _confusion_tables(results: Mapping[str, Any]) -> str | None:
+    """The test confusion matrix of the best adapter and of the ensemble (rows: true class,
+    columns: predicted), or a pointer to ``confusion.png`` when there are too many classes."""
+    picks = _picks(results, "test_confusion")
+    names = _class_names(results)
+    if not picks or not names:
+        return None
+    if len(names) > TABLE_CLASSES:
+        return (
+            f"{len(names)} classes are too many for a table: see `confusion.png`, and "
+            "`test_confusion` in `results.json`."
+        )
+    parts = ["Rows: the true class; columns: the predicted class; **bold**: correct."]
+    for label, pick in picks:
+        parts += [f"{label}:", _confusion_table(names, pick["test_confusion"])]
+    return "\n\n".join(parts)
+
+
 # --- formatting ---------------------------------------------------------------------------
 
 
@@ -81,18 +218,21 @@ def _summary_table(results: Mapping[str, Any], adapters: Sequence[Adapter]) -> s
         found = [by_name.get(n, {}).get("params") for n in names]
         return sum(found) if found and all(isinstance(p, int) for p in found) else None
 
+    picks = [selection.get("best"), selection.get("ensemble"), results.get("reference")]
+    balanced = any(p and "test_balanced_acc" in p for p in picks)
+
+    def scores(pick: Mapping[str, Any] | None) -> list[str]:
+        pick = pick or {}
+        shown = [_pct(pick.get("val_acc")), _pct(pick.get("test_acc"))]
+        if balanced:
+            shown += [_pct(pick.get("val_balanced_acc")), _pct(pick.get("test_balanced_acc"))]
+        return shown
+
     rows = []
     if best := selection.get("best"):
         p = params_of([best["name"]])
         rows.append(
-            [
-                "best single adapter",
-                best["name"],
-                _pct(best.get("val_acc")),
-                _pct(best.get("test_acc")),
-                _int(p),
-                _share(p, bb_params),
-            ]
+            ["best single adapter", best["name"], *scores(best), _int(p), _share(p, bb_params)]
         )
     if ens := selection.get("ensemble"):
         members = list(ens.get("members", []))
@@ -103,53 +243,36 @@ def _summary_table(results: Mapping[str, Any], adapters: Sequence[Adapter]) -> s
             if weights
             else ", ".join(members)
         )
-        label = (
-            f"greedy ensemble of {ens.get('k', len(members))}"
-            if ens.get("method") == "greedy"
-            else f"top-{ens.get('k', len(members))} ensemble"
-        )
-        rows.append(
-            [
-                label,
-                shown,
-                _pct(ens.get("val_acc")),
-                _pct(ens.get("test_acc")),
-                _int(p),
-                _share(p, bb_params),
-            ]
-        )
+        rows.append([_ensemble_label(ens), shown, *scores(ens), _int(p), _share(p, bb_params)])
     if ref := results.get("reference"):
         p = params_of([ref["name"]])
         label = "reference" + (f" ({ref['note']})" if ref.get("note") else "")
-        rows.append(
-            [
-                label,
-                ref["name"],
-                _pct(ref.get("val_acc")),
-                _pct(ref.get("test_acc")),
-                _int(p),
-                _share(p, bb_params),
-            ]
-        )
+        rows.append([label, ref["name"], *scores(ref), _int(p), _share(p, bb_params)])
     rows.append(
         [
             "frozen backbone (for scale)",
             backbone.get("name", "?"),
-            DASH,
-            DASH,
+            *[DASH] * len(scores(None)),
             _int(bb_params),
             "100%" if isinstance(bb_params, int) else DASH,
         ]
     )
-    header = ["", "adapter", "val acc", "test acc", "params", "% of backbone"]
-    text = _table(header, rows)
+    header = ["", "adapter", "val acc", "test acc"]
+    header += ["val bal acc", "test bal acc"] if balanced else []
+    text = markdown_table([*header, "params", "% of backbone"], rows)
+    metric = _metric_words(results)
+    if metric != "accuracy":
+        text += f"\n\nThe best adapter and the ensemble were chosen by validation {metric}."
+    if warning := imbalance_warning(results):
+        text += f"\n\n**{warning}**"
     ens = selection.get("ensemble") or {}
     if alternatives := ens.get("alternatives"):
         tried = ", ".join(f"{k} {_pct(v)}" for k, v in alternatives.items())
-        text += f"\n\nEnsembles tried (validation accuracy): {tried}; the better one is kept."
+        text += f"\n\nEnsembles tried (validation {metric}): {tried}; the better one is kept."
     elif curve := ens.get("k_curve"):
-        steps = ", ".join(f"k={c['k']} {_pct(c.get('val_acc'))}" for c in curve)
-        text += f"\n\nEnsemble validation accuracy by k: {steps}."
+        key = "val_acc" if metric == "accuracy" else "val_score"
+        steps = ", ".join(f"k={c['k']} {_pct(c.get(key, c.get('val_acc')))}" for c in curve)
+        text += f"\n\nEnsemble validation {metric} by k: {steps}."
     if seeds := results.get("seeds"):
         text += "\n\n" + _seeds_table(seeds)
     return text
@@ -157,14 +280,22 @@ def _summary_table(results: Mapping[str, Any], adapters: Sequence[Adapter]) -> s
 
 def _seeds_table(seeds: Mapping[str, Any]) -> str:
     """Mean ± std over the training seeds (same splits, same cache)."""
+    keys = ["val_acc", "test_acc"]
+    if any("test_balanced_acc" in seeds.get(k, {}) for k in ("best", "ensemble", "linear")):
+        keys.append("test_balanced_acc")
+
+    def mean_std(stats: Mapping[str, Any] | None) -> str:
+        if not stats:
+            return DASH
+        return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}%"
+
     rows = []
     for key, label in (("best", "best single"), ("ensemble", "ensemble"), ("linear", "linear")):
         if key in seeds:
-            v, t = seeds[key]["val_acc"], seeds[key]["test_acc"]
-            rows.append([label, f"{100 * v['mean']:.2f} ± {100 * v['std']:.2f}%",
-                         f"{100 * t['mean']:.2f} ± {100 * t['std']:.2f}%"])  # fmt: skip
+            rows.append([label, *(mean_std(seeds[key].get(k)) for k in keys)])
     n = len(seeds.get("seeds", []))
-    return f"Over {n} training seeds (mean ± std):\n\n" + _table(["", "val acc", "test acc"], rows)
+    header = ["", "val acc", "test acc", "test bal acc"][: len(keys) + 1]
+    return f"Over {n} training seeds (mean ± std):\n\n" + markdown_table(header, rows)
 
 
 def _per_layer_table(results: Mapping[str, Any], adapters: Sequence[Adapter]) -> str:
@@ -185,7 +316,7 @@ def _per_layer_table(results: Mapping[str, Any], adapters: Sequence[Adapter]) ->
         "Each cell is the adapter of that kind on that tap with the best *validation* accuracy, "
         "and its test accuracy; **bold** marks the selected best adapter."
     )
-    return note + "\n\n" + _table(header, rows)
+    return note + "\n\n" + markdown_table(header, rows)
 
 
 def _all_adapters_table(adapters: Sequence[Adapter]) -> str:
@@ -193,7 +324,9 @@ def _all_adapters_table(adapters: Sequence[Adapter]) -> str:
         val = _acc(a.get("val_acc"))
         return (-val if val is not None else math.inf, a["name"])
 
+    balanced = any("test_balanced_acc" in a for a in adapters)
     header = ["name", "kind", "tap", "lr", "wd", "params", "best epoch", "val acc", "test acc"]
+    header += ["test bal acc"] if balanced else []
     rows = [
         [
             a["name"],
@@ -207,21 +340,23 @@ def _all_adapters_table(adapters: Sequence[Adapter]) -> str:
             _pct(a.get("val_acc")),
             _pct(a.get("test_acc")),
         ]
+        + ([_pct(a.get("test_balanced_acc"))] if balanced else [])
         for a in sorted(adapters, key=key)
     ]
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def results_table(results: Mapping[str, Any], every_adapter: bool = True) -> str:
-    """Markdown: the summary, the best adapter of each kind per tap, and (``every_adapter``)
-    every adapter by validation accuracy."""
+    """Markdown: the summary, recall per class and confusion matrices of the picks (when the run
+    recorded them), the best adapter of each kind per tap, and (``every_adapter``) every
+    adapter by validation accuracy."""
     adapters = _adapters(results)
-    parts = [
-        "## Summary",
-        _summary_table(results, adapters),
-        "## Accuracy by layer",
-        _per_layer_table(results, adapters),
-    ]
+    parts = ["## Summary", _summary_table(results, adapters)]
+    if recall := _recall_table(results):
+        parts += ["## Recall per class (test)", recall]
+    if confusion := _confusion_tables(results):
+        parts += ["## Confusion matrices (test)", confusion]
+    parts += ["## Accuracy by layer", _per_layer_table(results, adapters)]
     if every_adapter:
         parts += [
             f"## All adapters ({len(adapters)}, by validation accuracy)",
@@ -342,14 +477,67 @@ def plot_accuracy_by_layer(results: Mapping[str, Any], path: str | os.PathLike) 
     return Path(path)
 
 
+def plot_confusion(results: Mapping[str, Any], path: str | os.PathLike) -> Path | None:
+    """PNG of the test confusion matrices of the best adapter and the ensemble, side by side:
+    each cell coloured by its share of the true class's images (rows sum to 1), its count
+    written in it (up to :data:`ANNOTATE_CLASSES` classes). None, and no file, when the run
+    recorded no confusion matrix."""
+    picks = _picks(results, "test_confusion")
+    names = _class_names(results)
+    if not picks or not names:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k = len(names)
+    side = min(max(4.5, 0.35 * k), 9.0)  # inches per panel: room for class names, within reason
+    fig = Figure(figsize=(side * len(picks) + 1.2, side + 0.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(picks), squeeze=False)[0]
+    image = None
+    for ax, (label, pick) in zip(axes, picks, strict=True):
+        counts = pick["test_confusion"]
+        totals = [sum(row) for row in counts]
+        shares = [[c / t if t else 0.0 for c in row] for row, t in zip(counts, totals, strict=True)]
+        image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+        if k <= ANNOTATE_CLASSES:
+            size = "small" if k <= 10 else "x-small"
+            for i, row in enumerate(counts):
+                for j, c in enumerate(row):
+                    color = "white" if shares[i][j] > 0.5 else "black"
+                    ax.text(j, i, str(c), ha="center", va="center", color=color, fontsize=size)
+        if k <= TICK_CLASSES:
+            tilt, font = k > 4, "medium" if k <= 20 else "x-small"
+            ax.set_xticks(range(k), names, rotation=45 if tilt else 0,
+                          ha="right" if tilt else "center", fontsize=font)  # fmt: skip
+            ax.set_yticks(range(k), names, fontsize=font)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(
+            f"{label.replace('`', '')}\ntest accuracy {_pct(pick.get('test_acc'))}, "
+            f"balanced {_pct(pick.get('test_balanced_acc'))}",
+            fontsize="medium",
+        )
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="share of the true class")
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    return Path(path)
+
+
 def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``out_dir/report.md`` and ``out_dir/accuracy_by_layer.png``; return both paths."""
+    """Write ``out_dir/report.md``, ``out_dir/accuracy_by_layer.png`` and, when the run recorded
+    confusion matrices, ``out_dir/confusion.png``; return the first two paths."""
     out_dir = Path(out_dir)
     png = plot_accuracy_by_layer(results, out_dir / "accuracy_by_layer.png")
+    confusion = plot_confusion(results, out_dir / "confusion.png")
     run = results.get("run", {})
     title = f"# inca: {run.get('backbone', {}).get('name', '?')} on {run.get('data', '?')}"
-    md = "\n\n".join([title, run_summary(results), f"![accuracy by layer]({png.name})"])
-    md += "\n\n" + results_table(results)
+    parts = [title, run_summary(results), f"![accuracy by layer]({png.name})"]
+    if confusion is not None:
+        parts.append(
+            f"![confusion matrices of the best adapter and the ensemble]({confusion.name})"
+        )
+    md = "\n\n".join(parts) + "\n\n" + results_table(results)
     md_path = out_dir / "report.md"
     with atomic_write(md_path) as tmp:
         tmp.write_text(md)

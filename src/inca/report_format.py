@@ -34,10 +34,21 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _confusion_table(names: Sequence[str], matrix: Sequence[Sequence[int]]) -> str:
+    """A confusion matrix as markdown: a row per true class, a column per predicted class, the
+    diagonal (correct) counts in bold."""
+    header = ["true \\ predicted", *(_cell(n) for n in names)]
+    rows = [
+        [f"**{n}**", *(f"**{c}**" if i == j else c for j, c in enumerate(row))]
+        for i, (n, row) in enumerate(zip(names, matrix, strict=True))
+    ]
+    return markdown_table(header, rows)
 
 
 def _share(params: int | None, backbone: Any) -> str:

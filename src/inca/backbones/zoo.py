@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from inca.backbones.base import Backbone
@@ -17,8 +18,9 @@ register_backbone(
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, patch_size=8, image_size=32)
 
 
-def tiny_hf(model_type: str, seed: int = 0) -> Any:
-    """A randomly initialised 4-block, width-32 transformers model of the given family."""
+def tiny_hf(model_type: str, seed: int = 0, **config: Any) -> Any:
+    """A randomly initialised 4-block, width-32 transformers model of the given family;
+    ``config`` overrides its config (``hidden_size=1024, num_hidden_layers=2``: a wide one)."""
     import torch
     from transformers import (
         CLIPVisionConfig,
@@ -39,18 +41,25 @@ def tiny_hf(model_type: str, seed: int = 0) -> Any:
     }
     config_cls, model_cls, extra = classes[model_type]
     torch.manual_seed(seed)
-    return model_cls(config_cls(**TINY, **extra))
+    return model_cls(config_cls(**(TINY | extra | config)))
+
+
+def tiny_factory(model_type: str, name: str, **config: Any) -> Callable[..., Backbone]:
+    """``factory(**options) -> Backbone`` of a tiny random model (``tiny_hf``) at 32 px, for
+    ``register_backbone`` (tests register wide ones: ``hidden_size=1280``)."""
+
+    def factory(**options: Any) -> Backbone:
+        options.setdefault("image_size", 32)
+        return hf_backbone(tiny_hf(model_type, **config), name=name, **options)
+
+    return factory
 
 
 def _register_tiny(model_type: str) -> None:
-    def factory(**options: Any) -> Backbone:
-        options.setdefault("image_size", 32)
-        return hf_backbone(tiny_hf(model_type), name=f"tiny-{model_type}", **options)
-
     register_backbone(
         f"tiny-{model_type}",
         f"random-init {model_type} (4 blocks x 32, 32 px): for tests and trying the tools",
-    )(factory)
+    )(tiny_factory(model_type, f"tiny-{model_type}"))
 
 
 for _t in ("vit", "deit", "dinov2", "clip"):

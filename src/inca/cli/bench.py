@@ -29,6 +29,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="benchmarks/results/class_incremental.json")
     p.set_defaults(func=run_classes)
 
+    p = sub.add_parser(
+        "bench-detail", help="small details: the main job on a made folder at auto vs 112 px"
+    )
+    p.add_argument("--folder", default="runs/small-detail/data", help="where the set is made")
+    p.add_argument("--runs", default="runs/small-detail", help="run directories (resumable)")
+    p.add_argument("--out", default="benchmarks/results/small_detail.json")
+    p.set_defaults(func=run_detail)
+
     p = sub.add_parser("bench", help="measure the one-to-many claims (R1-R4, the curve)")
     p.add_argument("--model", default="dinov2-small")
     p.add_argument("--data", default="fashion-mnist")
@@ -81,3 +89,9 @@ def run_classes(args: argparse.Namespace) -> None:
     train, val, test = (int(x) for x in args.sizes.split(","))
     run_class_incremental(args.model, args.data, args.image_size, args.tap, (train, val, test),
                           epochs=args.epochs, out=args.out)  # fmt: skip
+
+
+def run_detail(args: argparse.Namespace) -> None:
+    from inca.bench_detail import run_small_detail
+
+    run_small_detail(args.folder, args.runs, out=args.out)

@@ -11,19 +11,19 @@ from inca.cli.options import (
     backbone_of,
     non_negative_int,
     positive_int,
+    resolve_image_size,
     splits_of,
 )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cache", help="write activation caches of a dataset's splits to disk")
-    add_backbone_options(p)
-    p.set_defaults(image_size=112)
+    add_backbone_options(p, auto_size=True)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--out", required=True, help="cache root: writes OUT/{train,val,test}")
     p.add_argument("--taps", default="block.*", help="tap names/globs (default: %(default)s)")
     p.add_argument("--splits", default="train,val,test")
-    add_split_options(p, train_size=10_000, val_size=2_000)
+    add_split_options(p)
     p.add_argument(
         "--views", type=positive_int, default=1, help="augmented views per training image"
     )
@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> None:
     from inca.cache.format import row_bytes
     from inca.train.plan import select_taps
 
+    resolve_image_size(args)
     backbone = backbone_of(args)
     taps = select_taps(args.taps, list(backbone.taps))
     splits = splits_of(args)

@@ -14,8 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     names = [m.name for m in list_methods()]
 
     p = sub.add_parser("compare", help="InCA against linear probing, VQT and fine-tuning methods")
-    add_backbone_options(p)
-    p.set_defaults(image_size=112)
+    add_backbone_options(p, auto_size=True)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument(
         "--methods",
@@ -23,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"comma-separated, from: {', '.join(names)}",
     )
     p.add_argument("--out", default="runs/compare")
-    add_split_options(p, train_size=10_000, val_size=2_000)
+    add_split_options(p)
     add_training_options(p)  # the same budget and schedule for every method
     p.add_argument(
         "--plans",

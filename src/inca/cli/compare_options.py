@@ -67,8 +67,11 @@ def parse_plans(text: str) -> dict[str, str]:
 def compare_options(args: argparse.Namespace, plans: dict[str, str]) -> CompareOptions:
     """What `inca compare` (or `inca train` with a pixel method's plan) hands each method:
     data, splits, budgets, precision and the plans."""
+    from inca.cli.options import fill_default_sizes, resolve_image_size
     from inca.recipes.compare_options import CompareOptions
 
+    fill_default_sizes(args)
+    resolve_image_size(args)
     return CompareOptions(
         model=args.model,
         data=args.data,

@@ -47,18 +47,36 @@ def count_or_fraction(text: str) -> float:
     return value
 
 
-def add_backbone_options(p: argparse.ArgumentParser, model: str = "dinov2-small") -> None:
+def size_or_auto(text: str) -> int | str:
+    """argparse type of --image-size where there is data: pixels, or "auto"."""
+    return "auto" if text.strip().lower() == "auto" else positive_int(text)
+
+
+def add_backbone_options(
+    p: argparse.ArgumentParser, model: str = "dinov2-small", auto_size: bool = False
+) -> None:
+    """--model, --image-size, --precision, --device. With ``auto_size`` (commands that read a
+    dataset) the image size defaults to "auto": chosen from the data (resolve_image_size)."""
     p.add_argument(
         "--model",
         default=model,
         help="backbone name, HF folder or hf:<id> (default: %(default)s; see `inca models`)",
     )
-    p.add_argument(
-        "--image-size",
-        type=positive_int,
-        default=None,
-        help="square input size in pixels (default: the backbone's own)",
-    )
+    if auto_size:
+        p.add_argument(
+            "--image-size",
+            type=size_or_auto,
+            default="auto",
+            help="square input size in pixels, or auto (the default): the backbone's native "
+            "size, or the images' own when they are smaller (never below half the native)",
+        )
+    else:
+        p.add_argument(
+            "--image-size",
+            type=positive_int,
+            default=None,
+            help="square input size in pixels (default: the backbone's own)",
+        )
     p.add_argument(
         "--precision",
         default="auto",
@@ -68,18 +86,27 @@ def add_backbone_options(p: argparse.ArgumentParser, model: str = "dinov2-small"
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
 
-def add_split_options(p: argparse.ArgumentParser, train_size: int | None, val_size: float) -> None:
+def count_or_all(text: str) -> int | str:
+    """argparse type of --train-size: a whole count, or "all" (every image)."""
+    return "all" if text.strip().lower() == "all" else positive_int(text)
+
+
+def add_split_options(p: argparse.ArgumentParser) -> None:
+    """--train-size, --val-size, --test-size and --seed. Left out, a size is the data's own:
+    every image of a folder (its val/ and test/ folders, or 15% and 20% held out per class),
+    Fashion-MNIST's measured 10k / 2k / 10k (``inca.data.sources.default_sizes``)."""
     p.add_argument(
         "--train-size",
-        type=positive_int,
-        default=train_size,
-        help="stratified training subset (default: %(default)s)",
+        type=count_or_all,
+        default=None,
+        help="stratified training subset, or 'all' (default: every image; 10000 for fashion-mnist)",
     )
     p.add_argument(
         "--val-size",
         type=count_or_fraction,
-        default=val_size,
-        help="count, or fraction, carved from train for validation (default: %(default)s)",
+        default=None,
+        help="count, or fraction, of train for validation (default: the data's own val/ "
+        "split, else 15%% of train with a few images of every class; 2000 for fashion-mnist)",
     )
     p.add_argument(
         "--test-size",
@@ -88,6 +115,14 @@ def add_split_options(p: argparse.ArgumentParser, train_size: int | None, val_si
         help="stratified test subset (default: the whole test split)",
     )
     p.add_argument("--seed", type=non_negative_int, default=0)
+
+
+def fill_default_sizes(args: argparse.Namespace) -> None:
+    """Sizes left out that the dataset fixes as counts (Fashion-MNIST's 10k / 2k) written into
+    ``args``, so that saved options say what ran (``inca.recipes.data_fit.fixed_sizes``)."""
+    from inca.recipes.data_fit import fixed_sizes
+
+    args.train_size, args.val_size = fixed_sizes(args.data, args.train_size, args.val_size)
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
@@ -109,6 +144,14 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         "--workers", type=non_negative_int, default=None, help="loader processes (default: 2)"
     )
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--metric",
+        default=None,
+        choices=["accuracy", "balanced-accuracy"],  # inca.train.metrics.METRICS
+        help="what ranks members on validation (best epoch, halving, the best adapter and "
+        "ensemble): accuracy, or balanced-accuracy (the mean recall per class, for imbalanced "
+        "data; default: accuracy)",
+    )
     g = p.add_argument_group("the budget of frozen-feature methods (adapter plans)")
     g.add_argument(
         "--min-steps",
@@ -136,14 +179,15 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-TRAIN_FLAGS = ("epochs", "batch_size", "warmup", "label_smoothing", "min_steps", "patience",
-               "halving_epochs", "halving_keep", "halving_min")  # fmt: skip
+TRAIN_FLAGS = ("epochs", "batch_size", "warmup", "label_smoothing", "metric", "min_steps",
+               "patience", "halving_epochs", "halving_keep", "halving_min")  # fmt: skip
 
 
 def splits_of(args: argparse.Namespace) -> Splits:
     """The splits that add_split_options asked for."""
     from inca.data import make_splits
 
+    fill_default_sizes(args)
     return make_splits(
         args.data,
         train_size=args.train_size,
@@ -159,7 +203,7 @@ def train_config(args: argparse.Namespace, frozen: bool = False) -> TrainConfig:
     anyway); cached training reads one view per image, unaugmented."""
     from inca.train import FROZEN_DEFAULTS, TrainConfig
 
-    flags = TRAIN_FLAGS if frozen else TRAIN_FLAGS[:4]  # the budget flags are frozen-only
+    flags = TRAIN_FLAGS if frozen else TRAIN_FLAGS[:5]  # the budget flags are frozen-only
     given = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
     base = dict(FROZEN_DEFAULTS) if frozen else {}
     if frozen and getattr(args, "no_cache", False):
@@ -172,6 +216,15 @@ def train_config(args: argparse.Namespace, frozen: bool = False) -> TrainConfig:
         workers=args.workers,
         progress=not args.no_progress,
     )
+
+
+def resolve_image_size(args: argparse.Namespace) -> None:
+    """``--image-size auto`` made a number from the data and the backbone (printed, with why
+    and the cost per image: ``inca.recipes.data_fit``)."""
+    if args.image_size == "auto":
+        from inca.recipes.data_fit import auto_image_size
+
+        args.image_size = auto_image_size(args.model, args.data, args.precision, args.device)
 
 
 def backbone_of(args: argparse.Namespace, name: str | None = None) -> Backbone:

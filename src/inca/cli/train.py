@@ -12,7 +12,9 @@ from inca.cli.options import (
     add_backbone_options,
     add_split_options,
     add_training_options,
+    fill_default_sizes,
     positive_int,
+    resolve_image_size,
     train_config,
 )
 from inca.errors import IncaError
@@ -22,8 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from inca.train.plan import DEFAULT_PLAN
 
     p = sub.add_parser("train", help="one-to-many training of many adapters (the main job)")
-    add_backbone_options(p)
-    p.set_defaults(image_size=112)
+    add_backbone_options(p, auto_size=True)
     p.add_argument("--data", default="fashion-mnist", help="dataset (see `inca datasets`)")
     p.add_argument(
         "--plan",
@@ -35,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/train", help="run directory (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     add_replaced_options(p, "--method", "--lrs", "--finetune", "--lr", "--wd")
-    add_split_options(p, train_size=10_000, val_size=2_000)
+    add_split_options(p)
     p.add_argument(
         "--max-ensemble", type=positive_int, default=10, help="largest top-k ensemble tried"
     )
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace) -> None:
     from inca.methods import get_method
     from inca.train.plan import plan_method
 
+    fill_default_sizes(args)
+    resolve_image_size(args)
     if not get_method(plan_method(args.plan)).from_tokens:
         return train_method(args)
     from inca.recipes.plan_run import train
@@ -122,7 +125,10 @@ def run(args: argparse.Namespace) -> None:
     print()
     print(results_table(results, every_adapter=False))
     print(run_summary(results))
-    print(f"report (every adapter): {args.out}/report.md, plot: {args.out}/accuracy_by_layer.png")
+    print(
+        f"report (every adapter): {args.out}/report.md, plots: {args.out}/accuracy_by_layer.png"
+        + (f", {args.out}/confusion.png" if (Path(args.out) / "confusion.png").exists() else "")
+    )
     print(
         f"saved tasks: {args.out}/tasks/best, {args.out}/tasks/ensemble "
         f"(try: inca predict {args.out}/tasks/best IMAGE...)"

@@ -17,7 +17,8 @@ from inca.errors import IncaError
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 )  # compared lower-case
-TEST_SPLIT_NAMES = ("test", "val")  # a folder or CSV split named like this is the test split
+VAL_SPLIT_NAMES = ("val", "validation")
+ROLES = ("train", "val", "test")  # FileTable.role values
 
 
 @dataclass
@@ -28,7 +29,17 @@ class FileTable:
     paths: list[Path]  # (N,)
     labels: np.ndarray  # (N,) int64 positions into class_names
     class_names: list[str]
-    is_test: np.ndarray | None  # (N,) bool; None when the files say nothing about splits
+    role: np.ndarray | None  # (N,) "train" | "val" | "test"; None when the files say nothing
+
+
+def held_out_roles(names: set[str]) -> dict[str, str]:
+    """What the split names a dataset's files give mean: "test" is the test split and
+    "val"/"validation" the validation split; with no "test", the held-out "val" split is the
+    test split (ImageNet's train/ + val/), and validation is carved from train."""
+    val_is_test = "test" not in names
+    return {"train": "train", "test": "test"} | {
+        v: "test" if val_is_test else "val" for v in VAL_SPLIT_NAMES
+    }
 
 
 def _visible(path: Path) -> bool:
@@ -75,23 +86,39 @@ def _scan_classes(folder: Path, class_names: list[str]) -> tuple[list[Path], lis
 
 
 def scan_imagefolder(path: str | Path) -> FileTable:
-    """One sub-folder per class (sorted names are the classes); ``train/`` + ``test/`` (or
-    ``val/``) sub-folders, when present, are the splits and must hold the same class folders."""
+    """One sub-folder per class (sorted names are the classes), or split folders of class
+    folders: ``train/`` with ``test/`` and ``val/`` (or ``validation/``), as Hugging Face's
+    imagefolder and per-split torchvision ImageFolder trees lay them out. ``train/`` with only
+    ``val/`` makes ``val/`` the test split (ImageNet's layout); ``train/`` alone is the class
+    folders. Every split folder must hold class folders named like train's."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise IncaError(f"image folder {root} does not exist; check the path after 'imagefolder:'")
-    test_dir = next((root / n for n in TEST_SPLIT_NAMES if (root / n).is_dir()), None)
-    if (root / "train").is_dir() and test_dir is not None:
-        class_names = [d.name for d in _class_dirs(root / "train")]
-        train_paths, train_labels = _scan_classes(root / "train", class_names)
-        test_paths, test_labels = _scan_classes(test_dir, class_names)
-        is_test = np.array([False] * len(train_paths) + [True] * len(test_paths))
-        paths, labels = train_paths + test_paths, train_labels + test_labels
-    else:
+    split_dirs = {
+        d.name.lower(): d
+        for d in sorted(root.iterdir())
+        if d.is_dir() and d.name.lower() in ("train", "test", *VAL_SPLIT_NAMES)
+    }
+    if "train" not in split_dirs:
         class_names = [d.name for d in _class_dirs(root)]
         paths, labels = _scan_classes(root, class_names)
-        is_test = None
-    return FileTable(root, paths, np.asarray(labels, dtype=np.int64), class_names, is_test)
+        return FileTable(root, paths, np.asarray(labels, dtype=np.int64), class_names, None)
+    vals = [n for n in VAL_SPLIT_NAMES if n in split_dirs]
+    if len(vals) > 1:
+        raise IncaError(
+            f"image folder {root} has both val/ and validation/; keep one as the validation "
+            "split (merge or rename the other)"
+        )
+    class_names = [d.name for d in _class_dirs(split_dirs["train"])]
+    meaning = held_out_roles(set(split_dirs))
+    paths, labels, roles = [], [], []
+    for name, folder in split_dirs.items():
+        found, found_labels = _scan_classes(folder, class_names)
+        paths += found
+        labels += found_labels
+        roles += [meaning[name]] * len(found)
+    role = np.array(roles) if len(split_dirs) > 1 else None
+    return FileTable(root, paths, np.asarray(labels, dtype=np.int64), class_names, role)
 
 
 def _sort_names(names: set[str]) -> list[str]:
@@ -126,13 +153,14 @@ def read_csv_table(file: str | Path) -> FileTable:
         if not cells["path"] or not cells["label"]:
             raise IncaError(f"CSV file {file}, line {line}: empty path or label; fill it in")
         split = cells.get("split", "train").lower()
-        if split not in ("train", *TEST_SPLIT_NAMES):
+        if split not in ("train", "test", *VAL_SPLIT_NAMES):
             raise IncaError(
-                f"CSV file {file}, line {line}: split {cells['split']!r} is not train, test or val"
+                f"CSV file {file}, line {line}: split {cells['split']!r} is not train, val "
+                "(or validation) or test"
             )
         paths.append(file.parent / cells["path"])  # absolute paths stay absolute
         names.append(cells["label"])
-        splits.append(split != "train")
+        splits.append(split)
     absent = [p for p in paths if not p.is_file()]
     if absent:
         shown = ", ".join(str(p) for p in absent[:5])
@@ -144,5 +172,8 @@ def read_csv_table(file: str | Path) -> FileTable:
     class_names = _sort_names(set(names))
     index = {n: i for i, n in enumerate(class_names)}
     labels = np.array([index[n] for n in names], dtype=np.int64)
-    is_test = np.array(splits) if "split" in col else None
-    return FileTable(file.parent, paths, labels, class_names, is_test)
+    role = None
+    if "split" in col:
+        meaning = held_out_roles(set(splits))
+        role = np.array([meaning[s] for s in splits])
+    return FileTable(file.parent, paths, labels, class_names, role)

@@ -10,27 +10,50 @@ import numpy as np
 
 from inca.errors import IncaError
 
+FEW = 3  # "a few": what every class gives a held-out split when the class and the size allow
 
-def _allocate(counts: np.ndarray, size: int, caps: np.ndarray) -> np.ndarray:
+
+def few_each(counts: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """The images each class gives a held-out split when the size allows: a few (up to
+    ``FEW``), one per four of its images beyond the first (at least one), never above ``caps``.
+    A class of 4 gives 1, of 10 gives 2, of 13 or more gives 3; a class of one gives none."""
+    return np.minimum(np.minimum(FEW, np.maximum(1, (counts - 1) // 4)), caps)
+
+
+def _allocate(counts: np.ndarray, size: int, caps: np.ndarray, held_out: bool) -> np.ndarray:
     """How many items to take from each class: proportional to ``counts``, at most ``caps``.
 
-    Floors of the proportional quotas first; then, if ``size`` allows, every class that may give
-    at least one item gives one (rare classes would otherwise vanish); then single items are
-    moved to or from the classes furthest from their quota until the total is ``size``.
-    Ties go to the lower class index, so the result is deterministic.
+    Floors of the proportional quotas first; then, if ``size`` allows, every class gives at
+    least one (rare classes would otherwise vanish), and a ``held_out`` split (validation,
+    test) at least :func:`few_each`, so that it can judge every class; then single items are
+    moved to or from the classes furthest from their quota until the total is ``size``. Ties
+    go to the lower class index, so the result is deterministic: a function of the class
+    counts and ``size`` alone.
     """
     quota = size * counts / counts.sum()  # (K,) ideal, fractional
     take = np.minimum(np.floor(quota).astype(np.int64), caps)
     eligible = caps > 0
-    if size >= eligible.sum():
-        take[eligible] = np.maximum(take[eligible], 1)
-    while take.sum() > size:  # only after the at-least-one rule; some class then has >= 2
-        over = np.where(take > 1, take - quota, -np.inf)
+    few = few_each(counts, caps) if held_out else np.minimum(eligible, 1)  # (K,)
+    if size < few.sum():
+        few = np.minimum(eligible, 1)  # a few of each do not fit: at least one, if that fits
+    floor = few if size >= few.sum() else np.zeros_like(few)  # (K,) what trimming keeps
+    take = np.maximum(take, floor)
+    while take.sum() > size:  # only after a floor rule; some class is then above its floor
+        over = np.where(take > np.maximum(floor, 1), take - quota, -np.inf)
         take[int(np.argmax(over))] -= 1
     while take.sum() < size:  # size <= caps.sum() was checked by the caller
         under = np.where(take < caps, quota - take, -np.inf)
         take[int(np.argmax(under))] += 1
     return take
+
+
+def holdout_size(labels: np.ndarray, fraction: float) -> int:
+    """The size of a held-out split carved by default: ``fraction`` of the items, raised so that
+    every class can give :func:`few_each`, at most what leaves one item of every class behind."""
+    counts = np.unique(np.asarray(labels), return_counts=True)[1]
+    caps = counts - 1
+    few = few_each(counts, caps)
+    return int(min(max(round(fraction * len(labels)), few.sum()), caps.sum()))
 
 
 def _select(labels: np.ndarray, size: int, seed: int, keep_one: bool) -> np.ndarray:
@@ -47,7 +70,7 @@ def _select(labels: np.ndarray, size: int, seed: int, keep_one: bool) -> np.ndar
         )
     if size == 0:
         return np.zeros(0, dtype=np.int64)
-    take = _allocate(counts, size, caps)  # (K,)
+    take = _allocate(counts, size, caps, held_out=keep_one)  # (K,)
     # One seeded random order of all items; each class keeps its first take[k] items in it.
     # Sorting raw PCG64 output (a stream numpy keeps stable across versions, unlike
     # Generator.permutation) keeps the fixed splits identical on every machine.
@@ -83,12 +106,10 @@ def carve_indices(labels: np.ndarray, size: int, seed: int = 0) -> tuple[np.ndar
 def carve_fraction(
     labels: np.ndarray, fraction: float, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`carve_indices` with a size of ``round(fraction * N)``, clipped to what can be carved.
+    """:func:`carve_indices` with the size :func:`holdout_size` gives: ``fraction`` of the
+    items, a few of every class, clipped to what can be carved.
 
-    Used for the fixed test splits of datasets that ship without one; clipping (instead of an
-    error) lets tiny datasets load, with a smaller test split.
+    Used for the fixed test splits of datasets that ship without one and for default validation
+    splits; clipping (instead of an error) lets tiny datasets load, with smaller held-out splits.
     """
-    labels = np.asarray(labels)
-    counts = np.unique(labels, return_counts=True)[1]
-    size = min(round(fraction * len(labels)), int((counts - 1).sum()))
-    return carve_indices(labels, size, seed)
+    return carve_indices(labels, holdout_size(labels, fraction), seed)

@@ -14,7 +14,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -48,6 +48,7 @@ class ImageDataset(ABC):
     class_names: list[str]
     labels: np.ndarray  # (N,) int64
     allow_hflip: bool
+    fixed_val: np.ndarray | None = None  # (n_val,) positions the data gives as validation
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,6 +68,10 @@ class ImageDataset(ABC):
     def unreadable(self, indices: Sequence[int]) -> list[str]:
         """Messages for images among ``indices`` that cannot be decoded (none: in memory)."""
         return []
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        """(width, height) of image ``i``; subclasses answer without decoding the pixels."""
+        return self.load(i).size
 
     def __repr__(self) -> str:
         return (
@@ -129,6 +134,9 @@ class ArrayDataset(ImageDataset):
     def load(self, i: int) -> Image.Image:
         return Image.fromarray(self.images[i])  # "L" for (H, W), "RGB" for (H, W, 3)
 
+    def image_size(self, i: int) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[1])
+
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             meta = json.dumps([list(self.images.shape), self.class_names]).encode()
@@ -155,8 +163,13 @@ class FileDataset(ImageDataset):
         name: str = "files",
         split: str = "train",
         allow_hflip: bool = True,
+        fixed_val: np.ndarray | None = None,
     ) -> None:
         self.paths = [Path(p) for p in paths]
+        if fixed_val is not None:
+            fixed_val = np.asarray(fixed_val, dtype=np.int64)
+            fixed_val.setflags(write=False)
+        self.fixed_val = fixed_val
         self.labels = _check_labels(labels, len(self.paths), class_names)
         self.class_names = list(class_names)
         self.root = Path(root)
@@ -173,6 +186,14 @@ class FileDataset(ImageDataset):
                 f"image file {path} is unreadable or corrupt ({type(exc).__name__}: {exc}); "
                 "replace or remove it"
             ) from exc
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        """Read from the file's header: no pixel is decoded."""
+        try:
+            with Image.open(self.paths[i]) as img:
+                return img.size
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return self.load(i).size  # raises the clear unreadable-file error
 
     def unreadable(self, indices: Sequence[int]) -> list[str]:
         """Messages for the images among ``indices`` that cannot be decoded (each fully loaded:
@@ -197,6 +218,9 @@ class FileDataset(ImageDataset):
                 f"{os.path.relpath(path, self.root)}\t{st.st_size}\t{st.st_mtime_ns}\t{label}"
             )
         meta = json.dumps(self.class_names)
+        if self.fixed_val is not None:  # which images validate is part of what the data is
+            for i in self.fixed_val.tolist():
+                rows[i] += "\tval"
         return _digest(b"files\0", meta.encode(), "\n".join(sorted(rows)).encode())
 
 
@@ -231,16 +255,21 @@ def _load_digits(arg: str, split: str, spec: str) -> ImageDataset:
 
 
 def _from_table(table: FileTable, split: str, spec: str) -> ImageDataset:
-    is_test = table.is_test
-    if is_test is None:
-        _, test = carve_fraction(table.labels, FILES_TEST_FRACTION, CARVE_SEED)
-        is_test = np.zeros(len(table.labels), dtype=bool)
-        is_test[test] = True
-    keep = np.flatnonzero(is_test == (split == "test"))
+    """The ``split`` of a file table. Without a test split in the files, a fixed stratified 20%
+    is carved (seed 0). A validation split the files give (``val/`` beside ``test/``) travels
+    inside the train dataset as ``fixed_val``: make_splits takes it instead of carving one."""
+    role = table.role.copy() if table.role is not None else np.full(len(table.labels), "train")
+    if not (role == "test").any():
+        pool = np.flatnonzero(role == "train")
+        _, test = carve_fraction(table.labels[pool], FILES_TEST_FRACTION, CARVE_SEED)
+        role[pool[test]] = "test"
+    keep = np.flatnonzero((role == "test") == (split == "test"))
     paths = [table.paths[i] for i in keep]
+    fixed_val = np.flatnonzero(role[keep] == "val") if (role == "val").any() else None
     return FileDataset(
-        paths, table.labels[keep], table.class_names, root=table.root, name=spec, split=split
-    )
+        paths, table.labels[keep], table.class_names, root=table.root, name=spec, split=split,
+        fixed_val=fixed_val if split == "train" else None,
+    )  # fmt: skip
 
 
 def _needs_arg(kind: str, what: str, arg: str) -> str:
@@ -257,19 +286,34 @@ def _load_csv(arg: str, split: str, spec: str) -> ImageDataset:
     return _from_table(read_csv_table(_needs_arg("csv", "file", arg)), split, spec)
 
 
+VAL_FRACTION = 0.15  # of the train split, a few images of every class at least
+
+
+@dataclass(frozen=True)
+class DefaultSizes:
+    """The split sizes a source is used at when none are asked for. ``train``: a count, or None
+    for every image; ``val``: a count or a fraction of the train split (a validation split that
+    the data gives itself takes precedence over a fraction)."""
+
+    train: int | None = None
+    val: int | float = VAL_FRACTION
+
+
 @dataclass(frozen=True)
 class _Source:
     usage: str
     description: str
     load: Callable[[str, str, str], ImageDataset]  # (argument after ':', split, spec)
+    sizes: DefaultSizes = field(default_factory=lambda: DefaultSizes())
 
 
 _SOURCES = {
     "fashion-mnist": _Source(
         "fashion-mnist[:DIR]",
         "Fashion-MNIST, 60k/10k 28x28 grey, 10 classes (Debian dataset-fashion-mnist or "
-        "$INCA_FASHION_MNIST_DIR)",
+        "$INCA_FASHION_MNIST_DIR); used at 10k train / 2k val / 10k test unless sizes are given",
         _load_fashion,
+        DefaultSizes(train=10_000, val=2_000),  # the main job's measured sizes
     ),
     "digits": _Source(
         "digits",
@@ -278,17 +322,31 @@ _SOURCES = {
     ),
     "imagefolder": _Source(
         "imagefolder:PATH",
-        "a folder per class, or train/ and test/ (or val/) folders of class folders; "
-        "otherwise a fixed stratified 20% test split",
+        "a folder per class, or train/, val/ (or validation/) and test/ folders of class "
+        "folders; otherwise a fixed stratified 20% test split and 15% of the rest for val",
         _load_imagefolder,
     ),
     "csv": _Source(
         "csv:FILE",
-        "a CSV with header path,label[,split]; paths relative to the CSV; "
-        "without split, a fixed stratified 20% test split",
+        "a CSV with header path,label[,split] (split: train, val, test); paths relative to "
+        "the CSV; without split, a fixed stratified 20% test split and 15% of the rest for val",
         _load_csv,
     ),
 }
+
+
+def _source(spec: str) -> _Source:
+    kind = spec.partition(":")[0]
+    source = _SOURCES.get(kind.strip().lower())
+    if source is None:
+        valid = [s.usage for s in _SOURCES.values()]
+        raise UnknownNameError("dataset", spec, valid, hint=_unknown_hint(spec))
+    return source
+
+
+def default_sizes(spec: str) -> DefaultSizes:
+    """The split sizes dataset ``spec`` is used at when none are asked for."""
+    return _source(spec).sizes
 
 
 def list_datasets() -> list[tuple[str, str]]:
@@ -315,12 +373,8 @@ def load_dataset(spec: str, split: str = "train") -> ImageDataset:
         raise UnknownNameError(
             "split", split, SPLITS, hint="validation images are carved from train by make_splits"
         )
-    kind, _, arg = spec.partition(":")
-    source = _SOURCES.get(kind.strip().lower())
-    if source is None:
-        valid = [s.usage for s in _SOURCES.values()]
-        raise UnknownNameError("dataset", spec, valid, hint=_unknown_hint(spec))
-    dataset = source.load(arg.strip(), split, spec)
+    arg = spec.partition(":")[2]
+    dataset = _source(spec).load(arg.strip(), split, spec)
     if len(dataset) == 0:
         raise IncaError(
             f"the {split} split of dataset {spec!r} is empty; add images to it (a carved test "

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from inca.data._stratify import carve_indices, stratified_indices
-from inca.data.sources import ImageDataset, load_dataset
+from inca.data._stratify import carve_indices, holdout_size, stratified_indices
+from inca.data.sources import ImageDataset, default_sizes, load_dataset
 from inca.errors import IncaError, warn
 
-__all__ = ["Splits", "Subset", "make_splits", "stratified_indices"]
+__all__ = ["ALL", "Splits", "Subset", "make_splits", "stratified_indices"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +79,10 @@ class Splits:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
-def _count(value: float | int | None, total: int, what: str) -> int | None:
+ALL = "all"  # a train_size that keeps every image, whatever the source's default
+
+
+def _count(value: float | int | str | None, total: int, what: str) -> int | None:
     """A whole count as is; a fraction 0 < f < 1 of ``total`` (at least 1); None stays None."""
     if value is None:
         return None
@@ -92,40 +95,74 @@ def _count(value: float | int | None, total: int, what: str) -> int | None:
     return int(value)
 
 
-def _check_fits(count: int | None, available: int, what: str, why: str) -> None:
+def _check_fits(count: int | None, available: int, what: str, why: str, hint: str = "") -> None:
     if count is not None and count > available:
+        flag = "--" + what.replace("_", "-")
         raise IncaError(
             f"{what} asks for {count} images but only {available} are available ({why}); "
-            "ask for fewer"
+            f"ask for at most {available} ({flag} {available}){hint}"
         )
+
+
+def _carve_val(
+    dataset: ImageDataset, val_size: float | int | None, default: float | int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pool, val) positions into the train dataset: the validation split the data gives, or
+    one carved stratified from it (by default ``default``: a fraction holds out a few images
+    of every class at least, see ``holdout_size``)."""
+    labels = dataset.labels
+    given = dataset.fixed_val
+    if given is not None:  # the data's own val/ split: all of it, or a stratified part
+        pool = np.setdiff1d(np.arange(len(labels), dtype=np.int64), given, assume_unique=True)
+        n_val = _count(val_size, len(given), "val_size")
+        if n_val is None or n_val == len(given):
+            return pool, given
+        _check_fits(n_val, len(given), "val_size", "the size of the data's own val/ split")
+        return pool, given[stratified_indices(labels[given], n_val, seed)]
+    n_classes = len(np.unique(labels))
+    if val_size is None and isinstance(default, float):
+        return carve_indices(labels, holdout_size(labels, default), seed)
+    n_val = _count(default if val_size is None else val_size, len(labels), "val_size") or 0
+    why = f"{len(labels)} train images, one per class ({n_classes}) stays in train"
+    _check_fits(n_val, len(labels) - n_classes, "val_size", why)
+    return carve_indices(labels, n_val, seed)
 
 
 def make_splits(
     spec: str,
-    train_size: int | None = None,
-    val_size: float | int | None = 0.1,
+    train_size: int | str | None = None,
+    val_size: float | int | None = None,
     test_size: int | None = None,
     seed: int = 0,
 ) -> Splits:
     """Stratified train / val / test subsets of dataset ``spec``.
 
-    val_size: a fraction (0 < f < 1) or a count of the official train split, carved stratified
-        by class (never the last image of a class, so train keeps every class). 0 or None
-        means no validation set (an empty ``val``).
-    train_size: how many of the remaining training images to keep (stratified); None keeps all.
+    None for a size means the source's default (``inca.data.sources.default_sizes``): every
+    image of a user's folder, with 15% of its train split held out for validation (a few of
+    every class at least); Fashion-MNIST's measured 10k / 2k.
+
+    val_size: a fraction (0 < f < 1) or a count, carved from the official train split
+        stratified by class (never the last image of a class, so train keeps every class); 0
+        means no validation set (an empty ``val``). A validation split the data gives itself
+        (``val/`` beside ``test/``) is used instead of carving; a count then takes part of it.
+    train_size: how many of the remaining training images to keep (stratified); "all" keeps
+        every one.
     test_size: a stratified subsample of the official test split; None keeps all of it.
     seed: drives every random choice. Changing ``train_size`` or ``test_size`` never changes
         ``val``, so results with different training budgets are validated on the same images.
     """
+    defaults = default_sizes(spec)
     train_set = load_dataset(spec, "train")
     test_set = load_dataset(spec, "test")
-    n_val = _count(val_size, len(train_set), "val_size") or 0
-    n_classes = len(np.unique(train_set.labels))
-    why = f"{len(train_set)} train images, one per class ({n_classes}) stays in train"
-    _check_fits(n_val, len(train_set) - n_classes, "val_size", why)
-    pool, val = carve_indices(train_set.labels, n_val, seed)  # (n_pool,), (n_val,) positions
+    pool, val = _carve_val(train_set, val_size, defaults.val, seed)  # (n_pool,), (n_val,)
+    if train_size is None:
+        train_size = defaults.train
+    elif train_size == ALL:
+        train_size = None
     n_train = _count(train_size, len(pool), "train_size")
-    _check_fits(n_train, len(pool), "train_size", f"the train split minus {n_val} for val")
+    if n_train is not None and n_train > len(pool) and train_size == defaults.train:
+        n_train = None  # the source's default is a cap: a smaller copy of it still loads
+    _check_fits(n_train, len(pool), "train_size", f"the train split minus {len(val)} for val")
     if n_train is not None:
         pool = pool[stratified_indices(train_set.labels[pool], n_train, seed)]
     n_test = _count(test_size, len(test_set), "test_size")
@@ -134,7 +171,7 @@ def make_splits(
     if n_test is not None:
         test = stratified_indices(test_set.labels, n_test, seed)
     splits = Splits(Subset(train_set, pool), Subset(train_set, val), Subset(test_set, test))
-    empty = [k for k, n in splits.sizes().items() if n == 0 and not (k == "val" and n_val == 0)]
+    empty = [k for k, n in splits.sizes().items() if n == 0 and not (k == "val" and val_size == 0)]
     if empty:
         raise IncaError(
             f"the {' and '.join(empty)} split of {spec!r} would be empty "

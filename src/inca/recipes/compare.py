@@ -21,9 +21,10 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inca.distributed import on_main, world
 from inca.errors import IncaError
@@ -33,9 +34,15 @@ from inca.recipes.compare_options import CompareOptions
 from inca.recipes.method_run import COMMON, method_options, plan_of, run_method
 from inca.run_lock import exclusive
 
+if TYPE_CHECKING:
+    from inca.backbones.base import TapInfo
 
-def cache_taps(methods: list[str], options: CompareOptions, taps: list[str]) -> list[str]:
-    """Every tap any frozen-feature method of the comparison reads: their one shared cache."""
+
+def cache_taps(
+    methods: list[str], options: CompareOptions, taps: Mapping[str, TapInfo]
+) -> list[str]:
+    """Every tap any frozen-feature method of the comparison reads: their one shared cache.
+    ``taps``: the backbone's (name -> TapInfo; their widths resolve ``heads=D/64``)."""
     from inca.train.plan import parse_plan
 
     wanted = {t for m in methods if get_method(m).from_tokens
@@ -75,7 +82,7 @@ def _compare(
     if options.cache_taps is None and any(get_method(m).from_tokens for m in methods):
         from inca.backbones import load_backbone
 
-        taps = list(load_backbone(options.model, image_size=options.image_size).taps)
+        taps = load_backbone(options.model, image_size=options.image_size).taps
         options = replace(options, cache_taps=tuple(cache_taps(methods, options, taps)))
     w = world()
     if w.is_main:
@@ -134,13 +141,31 @@ def finished(method: str, options: CompareOptions, out: Path, saved: Path) -> bo
         return False
     done = json.loads(result_file.read_text())
     made_with = done.get("options") or legacy_options(method, json.loads(saved.read_text()))
-    if made_with == method_options(method, options):
+    now = method_options(method, options)
+    if made_with == now or same_adapters(made_with, now, options):
         print(f"{method}: done before, not rerun ({result_file})")
         return True
     kept = out / f"{method}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
     (out / method).rename(kept)  # its run directory would refuse the new options
     print(f"{method}: done before with other options (kept in {kept}); running it again")
     return False
+
+
+def same_adapters(before: dict[str, Any], now: dict[str, Any], options: CompareOptions) -> bool:
+    """Whether two frozen-feature plans differing only in their text ask for the same adapters
+    on this backbone: a result made with the old default ``heads=6,12`` stands for the new
+    ``heads=D/64,D/32`` on a 384-wide backbone (both are heads 6 and 12 there)."""
+    if {k for k in before.keys() | now.keys() if before.get(k) != now.get(k)} != {"plan"}:
+        return False
+    from inca.backbones import load_backbone
+    from inca.train.plan import parse_plan
+
+    taps = load_backbone(options.model, image_size=options.image_size).taps
+    try:
+        plans = [[s.to_dict() for s in parse_plan(o["plan"], taps)] for o in (before, now)]
+    except IncaError:  # "legacy", or a plan this backbone cannot read
+        return False
+    return plans[0] == plans[1]
 
 
 def legacy_options(method: str, saved: dict[str, Any]) -> dict[str, Any]:

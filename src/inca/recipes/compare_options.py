@@ -25,8 +25,8 @@ class CompareOptions:
     model: str = "dinov2-small"
     data: str = "fashion-mnist"
     image_size: int | None = 112
-    train_size: int | None = 10_000
-    val_size: float = 2_000
+    train_size: int | str | None = None  # None: the data's default (make_splits)
+    val_size: float | None = None
     test_size: int | None = None
     precision: str = "auto"
     device: str = "auto"

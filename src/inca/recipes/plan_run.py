@@ -9,11 +9,13 @@ ensemble (top-k or greedy with replacement). Test accuracy is computed once.
 
 The run directory holds ``plan.json`` (what was asked), ``log.jsonl`` (per-epoch metrics),
 ``checkpoint.safetensors`` (resume), ``probes.json`` (the linear probes' fits),
-``results.json`` (every member: tap, kind, params, val and test accuracy, and the run's cost and
-validation curve), ``tasks/best`` and ``tasks/ensemble`` (loadable with ``inca.load_task``), and
-``report.md`` + ``accuracy_by_layer.png``. With ``seeds`` > 1 the plan is repeated with other
-training seeds (same splits, same cache) under ``seeds/seed<k>`` and ``results.json`` gains the
-mean ± std over seeds.
+``results.json`` (every member: tap, kind, params, val and test accuracy and balanced accuracy,
+and the run's cost and validation curve; for the picks, recall per class and the test confusion
+matrix), ``tasks/best`` and ``tasks/ensemble`` (loadable with ``inca.load_task``), and
+``report.md`` + ``accuracy_by_layer.png`` + ``confusion.png``. ``TrainConfig.metric`` says what
+ranks members in selection: accuracy, or balanced accuracy for imbalanced data. With ``seeds``
+> 1 the plan is repeated with other training seeds (same splits, same cache) under
+``seeds/seed<k>`` and ``results.json`` gains the mean ± std over seeds.
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ from inca.data.splits import data_record, scan_images
 from inca.distributed import agree, world
 from inca.errors import IncaError
 from inca.io import write_json
+from inca.recipes.data_fit import auto_image_size
 from inca.recipes.run_options import RunOptions
 from inca.run_lock import exclusive
-from inca.select import accuracy, choose_ensemble, rank
-from inca.train.config import TrainConfig
+from inca.select import accuracy, choose_ensemble, rank, score_all
+from inca.train.budget import fitted_batch_size
+from inca.train.config import FROZEN_DEFAULTS, TrainConfig
 from inca.train.grid_shard import gather_on_main
 from inca.train.member import Member
+from inca.train.metrics import balanced_accuracy, metrics_summary
 from inca.train.one_to_many import adapter_trainer
 from inca.train.plan import AdapterSpec, parse_plan
 from inca.train.probes import fit_linear_probes
@@ -79,13 +84,16 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
             f"{out} already holds a run; pass --resume to continue it, or choose another --out"
         )
     if backbone is None:
-        size = {"image_size": o.image_size} if o.image_size else {}
+        image_size = o.image_size
+        if image_size == "auto":
+            image_size = auto_image_size(o.model, data, o.precision, o.device)
+        size = {"image_size": image_size} if image_size else {}
         backbone = load_backbone(o.model, precision=o.precision, device=o.device, **size)
     splits = make_splits(
         data, train_size=o.train_size, val_size=o.val_size, test_size=o.test_size,
         seed=config.seed,
     )  # fmt: skip
-    specs = parse_plan(plan, list(backbone.taps), lr=o.lr, weight_decay=o.weight_decay)
+    specs = parse_plan(plan, backbone.taps, lr=o.lr, weight_decay=o.weight_decay)
     scan_images(splits)  # a corrupt val/test image stops the run now, not after an epoch
     data_info = {
         "data": data,
@@ -105,6 +113,11 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
         f"{len({t for s in specs for t in s.taps})} taps"
     )
 
+    batch = fitted_batch_size(len(splits.train), config.batch_size)
+    if config.batch_size == FROZEN_DEFAULTS["batch_size"] and batch != config.batch_size:
+        print(f"batch size {batch}: {len(splits.train)} training images hold fewer than 8 "
+              f"batches of {config.batch_size} (--batch-size sets it)")  # fmt: skip
+        config = replace(config, batch_size=batch)
     caches, cache_info = None, None
     if cache is not None:
         if cache_views == 1 and config.augment:
@@ -159,7 +172,7 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
         runs.append(
             finish(
                 backbone, splits, members, trainer, run_out, o.max_ensemble, started, data_info,
-                cache_info,
+                cache_info, metric=config.metric,
             )
         )  # fmt: skip
     if not runs:
@@ -226,19 +239,36 @@ def finish(
     started: float,
     data_info: dict,
     cache_info: dict | None = None,
+    metric: str = "accuracy",
 ) -> dict[str, Any]:
-    """Select on validation, compute test accuracy once, save tasks, results and report."""
+    """Select on validation by ``metric``, compute test metrics once (accuracy and balanced
+    accuracy of every member; recall per class and the confusion matrix of the picks), save
+    tasks, results and report."""
     val_labels = torch.as_tensor(splits.val.labels, dtype=torch.long)  # split order, as the
     test_labels = torch.as_tensor(splits.test.labels, dtype=torch.long)  # probabilities' rows
     if not members:
         raise IncaError("every member of the plan diverged: lower the learning rates")
-    val_acc = {n: m.val_acc for n, m in members.items()}
-    best = rank(val_acc)[0]
-    ensemble = choose_ensemble(
-        {n: m.val_probs for n, m in members.items()}, val_labels, max_k=max_ensemble
+    val_probs = {n: m.val_probs for n, m in members.items()}
+    test_probs = {n: m.test_probs for n, m in members.items()}
+    # Member.val_acc is the value of the metric that picked its best epoch: accuracy only when
+    # that metric is accuracy, so under another it is computed again here
+    val_acc = (
+        {n: m.val_acc for n, m in members.items()}
+        if metric == "accuracy"
+        else score_all(val_probs, val_labels, "accuracy")
     )
-    test_acc = {n: accuracy(m.test_probs, test_labels) for n, m in members.items()}
-    ens_test = accuracy(ensemble.probs({n: m.test_probs for n, m in members.items()}), test_labels)
+    val_bal = score_all(val_probs, val_labels, "balanced-accuracy")
+    val_score = val_acc if metric == "accuracy" else score_all(val_probs, val_labels, metric)
+    best = rank(val_score)[0]
+    ensemble = choose_ensemble(val_probs, val_labels, max_k=max_ensemble, metric=metric)
+    test_acc = {n: accuracy(p, test_labels) for n, p in test_probs.items()}
+    test_bal = {n: balanced_accuracy(p, test_labels) for n, p in test_probs.items()}
+    ens_val_bal = balanced_accuracy(ensemble.probs(val_probs), val_labels)
+    ens_test_probs = ensemble.probs(test_probs)  # (N_test, C)
+    ens_test = accuracy(ens_test_probs, test_labels)
+    names = list(splits.class_names)
+    best_detail = _test_detail(metrics_summary(test_probs[best], test_labels, names))
+    ens_detail = _test_detail(metrics_summary(ens_test_probs, test_labels, names))
     taps_order = list(backbone.taps)
 
     adapters = []
@@ -248,20 +278,24 @@ def finish(
             | {
                 "tap_index": depth_index(m.spec.tap, taps_order),
                 "params": m.adapter.num_params(),
-                "val_acc": m.val_acc,
+                "val_acc": val_acc[n],
                 "test_acc": test_acc[n],
+                "val_balanced_acc": val_bal[n],
+                "test_balanced_acc": test_bal[n],
             }
             | {k: v for k, v in m.info.items() if v is not None}
         )
     linear = [a for a in adapters if a["kind"] == "linear"]
     reference = None
     if linear:
-        ref = max(linear, key=lambda a: (a["val_acc"], a["tap_index"]))
+        ref = max(linear, key=lambda a: (val_score[a["name"]], a["tap_index"]))
         reference = {
             "name": ref["name"],
             "val_acc": ref["val_acc"],
             "test_acc": ref["test_acc"],
-            "note": "the linear probe with the best validation accuracy",
+            "val_balanced_acc": ref["val_balanced_acc"],
+            "test_balanced_acc": ref["test_balanced_acc"],
+            "note": f"the linear probe with the best validation {metric.replace('-', ' ')}",
         }
     wall = time.perf_counter() - started
     run: dict[str, Any] = {
@@ -301,29 +335,54 @@ def finish(
         "k": ensemble.k,
         "val_acc": ensemble.val_acc,
         "test_acc": ens_test,
+        "val_balanced_acc": ens_val_bal,
+        **ens_detail,
         "k_curve": ensemble.k_curve,
-        "alternatives": ensemble.alternatives,
+        "alternatives": ensemble.alternatives,  # each method's validation metric
+    }
+    best_record = {
+        "name": best,
+        "val_acc": val_acc[best],
+        "test_acc": test_acc[best],
+        "val_balanced_acc": val_bal[best],
+        **best_detail,
     }
     results = {
         "run": run,
         "adapters": adapters,
-        "selection": {
-            "best": {"name": best, "val_acc": val_acc[best], "test_acc": test_acc[best]},
-            "ensemble": ensemble_record,
+        "classes": {
+            "names": names,
+            "test_counts": torch.bincount(test_labels, minlength=len(names)).tolist(),
         },
+        "selection": {"metric": metric, "best": best_record, "ensemble": ensemble_record},
     }
     if reference:
         results["reference"] = reference
     task_data = data_record(data_info["data"], splits, data_info["seed"])
     _task(backbone, splits, members, f"{data_info['data']}-{best}", members[best].spec.kind,
-          [best], None, {"val_acc": val_acc[best], "test_acc": test_acc[best]},
+          [best], None, {"val_acc": val_acc[best], "test_acc": test_acc[best],
+                         "test_balanced_acc": test_bal[best]},
           task_data).save(out / "tasks" / "best")  # fmt: skip
     _task(backbone, splits, members, f"{data_info['data']}-ensemble{ensemble.k}", "ensemble",
           ensemble.members, ensemble.weights,
-          {"val_acc": ensemble.val_acc, "test_acc": ens_test}, task_data,
+          {"val_acc": ensemble.val_acc, "test_acc": ens_test,
+           "test_balanced_acc": ens_detail["test_balanced_acc"]}, task_data,
           ).save(out / "tasks" / "ensemble")  # fmt: skip
     write_results(results, out)
     return results
+
+
+# a confusion matrix of more classes is left out of results.json (K² counts; the recall per class
+# stays): 1000 ImageNet classes would make two matrices of a million counts each
+MAX_CONFUSION_CLASSES = 100
+
+
+def _test_detail(summary: dict[str, Any]) -> dict[str, Any]:
+    """The test record of a pick beyond its accuracy, from ``metrics_summary``."""
+    detail = {"test_balanced_acc": summary["balanced_accuracy"], "test_recall": summary["recall"]}
+    if len(summary["recall"]) <= MAX_CONFUSION_CLASSES:
+        detail["test_confusion"] = summary["confusion"]
+    return detail
 
 
 def write_results(results: dict[str, Any], out: Path) -> None:
@@ -382,4 +441,6 @@ def seed_summary(runs: list[dict[str, Any]], first_seed: int) -> dict[str, Any]:
                 "val_acc": stats([p["val_acc"] for p in picked]),
                 "test_acc": stats([p["test_acc"] for p in picked]),
             }
+            if all("test_balanced_acc" in p for p in picked):
+                out[key]["test_balanced_acc"] = stats([p["test_balanced_acc"] for p in picked])
     return out

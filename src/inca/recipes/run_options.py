@@ -18,7 +18,8 @@ SHARDS = ("data", "adapters")  # what torchrun ranks split: every batch, or the 
 class RunOptions:
     """model: backbone name (see ``inca models``); data: dataset (``inca datasets``); plan: the
     adapters (``inca.train.plan``); train/val/test_size: the splits (val a count or fraction);
-    image_size: pixels (None: the backbone's); lr, weight_decay: for plan entries without their
+    image_size: pixels (None: the backbone's; "auto": chosen from the data, see
+    ``inca.recipes.data_fit``); lr, weight_decay: for plan entries without their
     own; max_ensemble: the largest top-k tried; train: budget and schedule; cache: the
     activation-cache root (None: online, a backbone pass per epoch); cache_views: augmented
     views per training image; cache_dtype: auto, float16, bfloat16 or float32; seeds: repeats
@@ -29,10 +30,10 @@ class RunOptions:
     model: str = "dinov2-small"
     data: str = "fashion-mnist"
     plan: str = DEFAULT_PLAN
-    train_size: int | None = 10_000
-    val_size: float = 2_000
+    train_size: int | str | None = None  # None: the data's default (make_splits)
+    val_size: float | None = None
     test_size: int | None = None
-    image_size: int | None = 112
+    image_size: int | str | None = "auto"  # 112 px for Fashion-MNIST's 28 px images
     precision: str = "auto"
     device: str = "auto"
     lr: float = 1e-3

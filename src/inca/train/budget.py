@@ -6,10 +6,13 @@ steps an epoch). The budget is therefore counted in optimizer steps where it mat
 
 * ``epochs`` caps the run; ``min_steps`` raises that cap on small sets so every run gets at
   least that many optimizer steps (the lr schedule spans the raised cap).
-* ``patience``: stop when no member has improved its best validation accuracy for that many
-  steps (never fewer than two epochs, since validation runs once an epoch). Adapters can sit on a
-  plateau (the majority class) for several epochs and then jump: patience is generous by default
-  and counted in steps, so it scales with the set's size instead of a fixed few epochs.
+* ``patience``: stop when no member has improved its best validation score (accuracy, or
+  the ``--metric``) nor its validation loss (by ``LOSS_MIN_DELTA``) for that many steps, and at
+  most ``PATIENCE_MAX_EPOCHS`` epochs (never fewer than two, since validation runs once an
+  epoch). Adapters can sit on a plateau (the majority class) for several epochs and then jump;
+  on the plateau their loss still falls, which keeps the run going. The cap in epochs is what
+  ends small sets: 800 steps are 10 epochs of 10k images but 57 epochs of 1,800, and runs
+  whose best epoch was 20 went on to their caps of 77-250 epochs.
 * successive halving (the InCA paper's two-stage training): every member trains for the first
   rung, then only the best ``halving_keep`` fraction (at least ``halving_min``) continues; rungs
   repeat at doubling epochs. A grid of a hundred adapters then costs little more than a dozen.
@@ -20,6 +23,22 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+PATIENCE_MAX_EPOCHS = 10  # patience never waits longer than this many epochs
+LOSS_MIN_DELTA = 0.01  # a validation loss 1% below a member's last counted best is progress
+
+
+SMALLEST_BATCH = 16
+
+
+def fitted_batch_size(num_train: int, batch_size: int) -> int:
+    """``batch_size`` halved (not below ``SMALLEST_BATCH``) until the training split holds 8
+    batches: an epoch drops its last partial batch, and 500 images at batch 128 would train on
+    384 of them in 3 steps an epoch (at 32: 15 steps, 20 images left out). A split smaller
+    than one batch trains in one batch of every image."""
+    while batch_size > SMALLEST_BATCH and num_train < 8 * batch_size:
+        batch_size //= 2
+    return max(1, min(batch_size, num_train))
 
 
 @dataclass(frozen=True)
@@ -55,11 +74,13 @@ def resolve_budget(
     halving_keep: float = 0.25,
     halving_min: int = 8,
 ) -> Budget:
-    """The cap raised to ``min_steps``, patience of at least two epochs, and the halving rungs:
+    """The cap raised to ``min_steps``, patience of two to ``PATIENCE_MAX_EPOCHS`` epochs, and
+    the halving rungs:
     the first after ``halving_epochs`` epochs (and at least min_steps/4 steps, so a small set is
     not judged after a handful of steps), then at doubling epochs, below the cap."""
     max_epochs = max(epochs, math.ceil(min_steps / steps_per_epoch)) if min_steps else epochs
-    patience_steps = max(patience, 2 * steps_per_epoch) if patience else 0
+    longest = PATIENCE_MAX_EPOCHS * steps_per_epoch
+    patience_steps = max(min(patience, longest), 2 * steps_per_epoch) if patience else 0
     rungs: list[int] = []
     if halving_epochs:
         first = max(halving_epochs, math.ceil(min_steps / 4 / steps_per_epoch))

@@ -12,6 +12,7 @@ from typing import Any
 
 from inca.errors import IncaError
 from inca.train.budget import Budget, resolve_budget
+from inca.train.metrics import check_metric
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class TrainConfig:
     halving_epochs: int = 0  # adapter plans: first successive-halving rung (0: no halving)
     halving_keep: float = 0.25  # fraction of members that continue after each rung
     halving_min: int = 8  # never fewer members than this after a rung
+    metric: str = "accuracy"  # what ranks members: their best epoch, halving, selection
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -44,6 +46,7 @@ class TrainConfig:
             raise IncaError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if min(self.min_steps, self.patience, self.halving_epochs) < 0:
             raise IncaError("min_steps, patience and halving_epochs must be >= 0 (0: off)")
+        check_metric(self.metric)
         if not 0 < self.halving_keep <= 1 or self.halving_min < 1:
             raise IncaError(
                 f"halving keeps a fraction in (0, 1] and at least 1 member, got "
@@ -94,4 +97,6 @@ FROZEN_DEFAULTS: dict[str, Any] = {
     "halving_min": 12,
 }
 
-LATER_FIELDS = ("min_steps", "patience", "halving_epochs", "halving_keep", "halving_min")
+LATER_FIELDS = (
+    "min_steps", "patience", "halving_epochs", "halving_keep", "halving_min", "metric"
+)  # fmt: skip

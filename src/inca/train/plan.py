@@ -12,6 +12,13 @@ names or globs, each optionally followed by a Python slice over its matches in d
 multi-tap adapter reading all of them at once (``taps=block.5+block.8``,
 ``taps=block.*[-2:]+block.5``; attention adapters only). ``lr`` and ``wd`` set the optimiser;
 every other key is an option of the adapter kind (``queries``, ``heads``, ``pool``...).
+
+``heads`` may be relative to the width: ``heads=D/64,D/32`` resolves on each tap to the divisor
+of its token width D (a group's common width; the entry's ``dim`` when it sets one) nearest
+D/64 resp. D/32, at least 1; a value whose count an earlier value of the sweep already took
+moves up to the next divisor (width 32: heads 1 and 2; 384: 6 and 12; 1024: 16 and 32). Names
+carry the resolved count (``inca.block.5.lr1e-3.heads6``). A literal ``heads=6`` is kept as
+written (and must divide the width).
 """
 
 from __future__ import annotations
@@ -20,16 +27,21 @@ import fnmatch
 import itertools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inca.adapters import AdapterConfig, adapter_config
-from inca.adapters.tap_groups import SEP, is_group, join_taps, tap_parts
+from inca.adapters.tap_groups import SEP, group_width, is_group, join_taps, tap_parts
 from inca.errors import IncaError
 from inca.methods.inca import DEFAULT_PLAN
+from inca.methods.inca.adapter import nearest_divisor
+
+if TYPE_CHECKING:
+    from inca.backbones.base import TapInfo
 
 _SLICE = re.compile(r"^(?P<glob>[^\[\]]+)\[(?P<slice>-?\d*(?::-?\d*){0,2})\]$")
+_PER_WIDTH = re.compile(r"^D/(?P<per>\d+)$", re.IGNORECASE)  # heads=D/64: one per 64 channels
 
 
 @dataclass(frozen=True)
@@ -153,10 +165,75 @@ def _split_entry(entry: str) -> tuple[str, dict[str, list[str]]]:
     return kind, options
 
 
+def width_heads(values: Sequence[Any], width: int) -> list[Any]:
+    """A sweep's ``heads`` values on tokens of width ``width``: each ``D/k`` becomes the
+    divisor of the width nearest width/k (at least 1), moved up to the next divisor while an
+    earlier value of the sweep has its count; literals stay as written.
+    ``["D/64", "D/32"]``: 32 -> [1, 2], 384 -> [6, 12], 1280 -> [20, 40]."""
+    divisors = [k for k in range(1, width + 1) if width % k == 0]
+    out: list[Any] = []
+    for value in values:
+        m = _PER_WIDTH.match(value) if isinstance(value, str) else None
+        if m:
+            i = divisors.index(nearest_divisor(width, width / int(m["per"])))
+            while divisors[i] in out and i + 1 < len(divisors):
+                i += 1
+            value = divisors[i]
+        out.append(value)
+    return out
+
+
+def _per_width(value: Any) -> bool:
+    return isinstance(value, str) and _PER_WIDTH.match(value) is not None
+
+
+def _check_per_width(swept: dict[str, list[Any]], entry: str) -> None:
+    """``D/k`` only for ``heads``, with k >= 1."""
+    for key, values in swept.items():
+        for value in filter(_per_width, values):
+            if key != "heads":
+                raise IncaError(
+                    f"plan: only heads takes a width-relative value (heads=D/64), got "
+                    f"{key}={value} in {entry!r}"
+                )
+            if int(_PER_WIDTH.match(value)["per"]) < 1:
+                raise IncaError(f"plan: heads={value} divides by 0 in {entry!r}; e.g. D/64")
+
+
+def _resolve_heads(
+    opts: dict[str, Any],
+    swept: dict[str, list[Any]],
+    tap: str,
+    widths: Mapping[str, int] | None,
+    entry: str,
+) -> dict[str, Any]:
+    """``opts`` with a width-relative ``heads`` resolved for ``tap`` (see ``width_heads``)."""
+    if not _per_width(opts.get("heads")):
+        return opts
+    if widths is None:
+        raise IncaError(
+            f"plan: heads={opts['heads']} in {entry!r} is relative to the taps' widths; "
+            "parse the plan with widths= (tap -> D), or give heads as numbers"
+        )
+    dim = opts.get("dim")
+    width = dim if isinstance(dim, int) else group_width(tap, widths, "plan: ")
+    counts = width_heads(swept["heads"], width)
+    return opts | {"heads": counts[swept["heads"].index(opts["heads"])]}
+
+
 def parse_plan(
-    text: str, taps: Sequence[str], lr: float = 1e-3, weight_decay: float = 1e-4
+    text: str,
+    taps: Sequence[str] | Mapping[str, TapInfo],
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    widths: Mapping[str, int] | None = None,
 ) -> list[AdapterSpec]:
-    """The adapters a plan line asks for, over the backbone's ``taps`` (in depth order)."""
+    """The adapters a plan line asks for, over the backbone's ``taps`` (in depth order): tap
+    names, or ``backbone.taps`` itself (name -> TapInfo), whose widths then resolve
+    width-relative values (``heads=D/64``). ``widths``: tap -> token width D, for names."""
+    if isinstance(taps, Mapping):
+        widths = widths or {t: info.dim for t, info in taps.items()}
+    taps = list(taps)
     specs: list[AdapterSpec] = []
     for entry in filter(None, (e.strip() for e in text.split(";"))):
         kind, options = _split_entry(entry)
@@ -165,10 +242,12 @@ def parse_plan(
         lrs = numbers(options.pop("lr", str(lr)), "lr", entry, positive=True)
         wds = numbers(options.pop("wd", str(weight_decay)), "wd", entry, positive=False)
         swept = {k: [parse_value(v) for v in vs.split(",")] for k, vs in options.items()}
+        _check_per_width(swept, entry)
         for tap, lr_, wd, combo in itertools.product(
             tap_list, lrs, wds, itertools.product(*swept.values())
         ):
             opts = dict(zip(swept, combo, strict=True))
+            opts = _resolve_heads(opts, swept, tap, widths, entry)
             config = adapter_config(kind, opts)
             if is_group(tap) and not config.multi_tap:
                 raise IncaError(

@@ -16,6 +16,7 @@ frozen-feature members optionally patience and successive halving, which needs `
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -29,11 +30,12 @@ from tqdm.auto import tqdm
 from inca.distributed import World, all_reduce_mean_, gather_rows, world
 from inca.errors import DivergedError, IncaError
 from inca.io import json_safe
-from inca.select import accuracy, rank
+from inca.select import rank
 from inca.train import checkpoint, trainer_state
-from inca.train.budget import survivors
+from inca.train.budget import LOSS_MIN_DELTA, survivors
 from inca.train.config import TrainConfig
 from inca.train.grid_shard import Standing, resume_file, save_shard
+from inca.train.metrics import score
 from inca.train.predict import predict_all
 from inca.train.protocols import BatchSource, Members
 from inca.train.resume import refuse_other_signature, signed, truncate_log
@@ -273,10 +275,13 @@ class Trainer:
         if broken:
             self._diverge(broken, "non-finite validation output")
         probs = {n: p for n, p in probs.items() if n not in self.diverged}
-        accs = {n: accuracy(p, labels) for n, p in probs.items()}
+        accs = {n: score(self.config.metric, p, labels) for n, p in probs.items()}
         for n, p in probs.items():  # the tie-breaker of halving: plateaus share an accuracy
             picked = p.gather(1, labels.view(-1, 1)).clamp_min(1e-12)
-            self.last_val_loss[n] = -picked.log().mean().item()
+            loss = self.last_val_loss[n] = -picked.log().mean().item()
+            if loss < self.best_loss.get(n, math.inf) * (1 - LOSS_MIN_DELTA):
+                self.best_loss[n] = loss  # progress on a plateau, before accuracy moves
+                self.last_improved_step = self.step
         for n, acc in accs.items():
             if acc > self.best_acc[n]:
                 self.best_acc[n], self.best_epoch[n] = acc, self.epoch

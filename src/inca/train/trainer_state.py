@@ -27,6 +27,7 @@ PROGRESS: dict[str, Any] = {
     "val_seconds": 0.0,
     "dropped_at": {},
     "last_val_loss": {},
+    "best_loss": {},
     "last_improved_step": "step",
     "stopped": "",
     "curve": [],

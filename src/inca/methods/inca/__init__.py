@@ -6,10 +6,11 @@ from inca.methods.inca.adapter import InCAAdapter, InCAConfig
 from inca.methods.registry import Method, register_method
 
 # The main job's grid: InCA on every other block (the cache then holds six taps, not twelve),
-# two learning rates x two weight decays x 6 or 12 heads (48 adapters, halved after two epochs),
-# and a converged linear probe on each of those blocks.
+# two learning rates x two weight decays x heads = width/64 and width/32, divisors of each
+# tap's width (6 and 12 on DINOv2-S, 16 and 32 on ViT-L; 48 adapters on a 12-block backbone,
+# halved after two epochs), and a converged linear probe on each of those blocks.
 DEFAULT_PLAN = (
-    "inca taps=block.*[1::2] lr=1e-3,3e-3 wd=1e-4,0.05 heads=6,12; "
+    "inca taps=block.*[1::2] lr=1e-3,3e-3 wd=1e-4,0.05 heads=D/64,D/32; "
     "linear taps=block.*[1::2] pool=cls+mean solver=lbfgs"
 )
 

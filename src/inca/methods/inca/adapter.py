@@ -40,8 +40,9 @@ PATHS = ("auto", "plain", "folded")
 @dataclass(frozen=True)
 class InCAConfig(AdapterConfig):
     """queries: m learned queries; dim: their width d (None: the tap's width D); heads: h
-    (None: d/64, at least 1); mlp_ratio: hidden width of the residual MLP as a multiple of d
-    (0: no MLP); dropout: on the attention weights while training."""
+    (None: d/64, at least 1, or the divisor of d nearest it; a plan may write ``D/64``);
+    mlp_ratio: hidden width of the residual MLP as a multiple of d (0: no MLP); dropout: on
+    the attention weights while training."""
 
     kind: ClassVar[str] = "inca"
     multi_tap: ClassVar[bool] = True  # attention pools any number of tokens, of any depths
@@ -69,13 +70,26 @@ class InCAConfig(AdapterConfig):
     def resolved(self, in_dim: int) -> tuple[int, int]:
         """(d, h) for tokens of width ``in_dim``, checked: d must split evenly into h heads."""
         d = self.dim or in_dim
-        h = self.heads or max(1, d // 64)
+        h = self.heads or default_heads(d)
         if d % h:
             raise IncaError(
                 f"inca adapter: width {d} does not split into {h} heads; choose heads that "
                 f"divide {d} (e.g. {', '.join(str(k) for k in range(1, 17) if d % k == 0)})"
             )
         return d, h
+
+
+def nearest_divisor(width: int, target: float) -> int:
+    """The divisor of ``width`` nearest ``target`` (the smaller on a tie): a head count that
+    splits the width evenly."""
+    return min((k for k in range(1, width + 1) if width % k == 0), key=lambda k: abs(k - target))
+
+
+def default_heads(width: int) -> int:
+    """Heads when none are given: width/64, at least 1 (what saved adapters were built with);
+    for a width that does not split into that many, the divisor nearest width/64."""
+    h = max(1, width // 64)
+    return h if width % h == 0 else nearest_divisor(width, width / 64)
 
 
 @register_adapter(InCAConfig)
