@@ -81,3 +81,15 @@ def test_loss_creeping_below_one_percent_does_not_hold_the_run(setup, tmp_path) 
     """A loss that improves by 0.3% an epoch is not progress: the run still ends."""
     t, _ = scripted(setup, tmp_path, lambda e, y: plateau_probs(y, 0.3 * 1.003**e, False))
     assert t.stopped and t.epoch == 3
+
+
+def test_the_default_batch_fits_small_training_sets(capsys) -> None:
+    from inca.train.budget import fitted_batch_size
+
+    assert fitted_batch_size(10_000, 128) == 128 and fitted_batch_size(1836, 128) == 128
+    assert fitted_batch_size(500, 128) == 32  # 15 steps an epoch, not 3
+    assert fitted_batch_size(60, 128) == 16 and fitted_batch_size(10, 128) == 10
+    config = TrainConfig(batch_size=128)
+    assert config.fitted_to(60, default_batch=128).batch_size == 16
+    assert "batch size 16" in capsys.readouterr().out
+    assert TrainConfig(batch_size=100).fitted_to(60, default_batch=128).batch_size == 100

@@ -33,6 +33,7 @@ from inca.methods import get_method
 from inca.recipes.compare_options import CompareOptions
 from inca.recipes.method_run import COMMON, method_options, plan_of, run_method
 from inca.run_lock import exclusive
+from inca.train.budget import PATIENCE_MAX_EPOCHS
 
 if TYPE_CHECKING:
     from inca.backbones.base import TapInfo
@@ -121,8 +122,10 @@ def _compare(
         "options": options.to_dict(),
         "budget": (
             f"fine-tuning and VQT: {options.train.epochs} epochs; frozen-feature methods: "
-            f"from the activation cache until {frozen.get('patience', 0)} optimizer steps pass "
-            f"without a better validation accuracy (at most {frozen.get('epochs', '?')} epochs)"
+            f"from the activation cache until {frozen.get('patience', 0)} optimizer steps (at "
+            f"most {PATIENCE_MAX_EPOCHS} epochs) pass without a better validation "
+            f"{frozen.get('metric', 'accuracy')} or a 1% lower validation loss (at most "
+            f"{frozen.get('epochs', '?')} epochs, more on small sets: --min-steps)"
         ),
         "rows": rows,
     }

@@ -147,6 +147,7 @@ def finetune_rows(
     from inca.data.splits import data_record, scan_images
     from inca.select import accuracy
     from inca.tasks.finetuned import FineTunedTask
+    from inca.train.config import TrainConfig
     from inca.train.finetune_run import fine_tune_sweep, predict_model
     from inca.train.plan import parse_sweep_plan
 
@@ -157,6 +158,7 @@ def finetune_rows(
                          val_size=options.val_size, test_size=options.test_size,
                          seed=cfg.seed)  # fmt: skip
     scan_images(splits)
+    cfg = cfg.fitted_to(len(splits.train), TrainConfig.batch_size)
     base = plan.config()
     trained = fine_tune_sweep(backbone, splits, base, lrs, cfg, out, resume)
     best_model, best = max(trained, key=lambda t: t[1]["val_acc"])  # first of ties

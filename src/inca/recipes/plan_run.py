@@ -41,7 +41,6 @@ from inca.recipes.data_fit import auto_image_size
 from inca.recipes.run_options import RunOptions
 from inca.run_lock import exclusive
 from inca.select import accuracy, choose_ensemble, rank, score_all
-from inca.train.budget import fitted_batch_size
 from inca.train.config import FROZEN_DEFAULTS, TrainConfig
 from inca.train.grid_shard import gather_on_main
 from inca.train.member import Member
@@ -113,11 +112,7 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
         f"{len({t for s in specs for t in s.taps})} taps"
     )
 
-    batch = fitted_batch_size(len(splits.train), config.batch_size)
-    if config.batch_size == FROZEN_DEFAULTS["batch_size"] and batch != config.batch_size:
-        print(f"batch size {batch}: {len(splits.train)} training images hold fewer than 8 "
-              f"batches of {config.batch_size} (--batch-size sets it)")  # fmt: skip
-        config = replace(config, batch_size=batch)
+    config = config.fitted_to(len(splits.train), FROZEN_DEFAULTS["batch_size"])
     caches, cache_info = None, None
     if cache is not None:
         if cache_views == 1 and config.augment:

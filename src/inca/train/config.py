@@ -7,11 +7,11 @@ may stop early or halve its grid (``inca.train.budget``); fine-tuning methods tr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from inca.errors import IncaError
-from inca.train.budget import Budget, resolve_budget
+from inca.train.budget import Budget, fitted_batch_size, resolve_budget
 from inca.train.metrics import check_metric
 
 
@@ -69,6 +69,17 @@ class TrainConfig:
         at their defaults, so options saved before them still compare equal."""
         later = {f: getattr(TrainConfig, f) for f in LATER_FIELDS}
         return {k: v for k, v in asdict(self).items() if not (k in later and v == later[k])}
+
+    def fitted_to(self, num_train: int, default_batch: int) -> TrainConfig:
+        """This config with its batch fitted to a training split of ``num_train`` images
+        (``budget.fitted_batch_size``, said aloud) when the batch is the default one; a batch
+        the user chose is kept (and refused later if it holds no step)."""
+        batch = fitted_batch_size(num_train, self.batch_size)
+        if self.batch_size != default_batch or batch == self.batch_size:
+            return self
+        print(f"batch size {batch}: {num_train} training images hold fewer than 8 batches of "
+              f"{self.batch_size} (--batch-size sets it)")  # fmt: skip
+        return replace(self, batch_size=batch)
 
     def budget(self, steps_per_epoch: int) -> Budget:
         return resolve_budget(
