@@ -12,7 +12,7 @@ from PIL import Image
 
 from inca.data import make_splits
 from inca.data._stratify import few_each, holdout_size
-from inca.data.image_size import choose_image_size, typical_size
+from inca.data.image_size import choose_image_size, typical_short_side
 from inca.data.sources import load_dataset
 from inca.errors import IncaError
 from tests.test_data_sources import make_fashion
@@ -92,6 +92,27 @@ def test_a_lone_train_folder_is_the_class_folders(tmp_path) -> None:
     assert load_dataset(f"imagefolder:{tmp_path / 'd'}").class_names == ["a", "b"]
 
 
+def test_a_class_called_train_is_a_class(tmp_path) -> None:
+    """PASCAL VOC and COCO have a class "train": beside other class folders it is one."""
+    root = folder(tmp_path / "d", {"bus": 10, "car": 10, "train": 10})
+    assert load_dataset(f"imagefolder:{root}").class_names == ["bus", "car", "train"]
+
+
+def test_rule_one_rebuilds_splits_made_before_the_rule(tmp_path) -> None:
+    """Runs and tasks from before record no split rule: rebuilt by rule 1, they get the very
+    indices they had (a validation count carved at least one of each class, val/ beside test/
+    ignored); new ones carve a few of each class."""
+    root = tmp_path / "w"
+    folder(root / "train", {"a": 40, "b": 9})
+    folder(root / "val", {"a": 3, "b": 3})
+    folder(root / "test", {"a": 5, "b": 5})
+    old = make_splits(f"imagefolder:{root}", val_size=5, rule=1)
+    assert per_class(old.val) == [4, 1] and len(old.train) == 44  # val/ ignored by rule 1
+    assert old.val.indices.tolist() == [3, 11, 13, 20, 48]  # what the old code carved
+    new = make_splits(f"imagefolder:{root}", val_size=5)
+    assert per_class(new.val) == [3, 2]  # the data's own val/, a stratified 5 of its 6
+
+
 def test_counts_that_do_not_fit_name_the_counts_that_do(tmp_path) -> None:
     root = folder(tmp_path / "d", {"a": 60, "b": 60})
     with pytest.raises(IncaError, match=r"asks for 10000 .* at most 82 \(--train-size 82\)"):
@@ -131,9 +152,13 @@ def test_auto_image_size(side, native, patch, size) -> None:
     assert chosen == size and chosen % patch == 0 and why
 
 
-def test_typical_size_reads_headers(tmp_path) -> None:
+def test_typical_short_side_is_per_image(tmp_path) -> None:
     root = folder(tmp_path / "d", {"a": 5, "b": 5}, size=(300, 200))
-    assert typical_size(load_dataset(f"imagefolder:{root}")) == (300, 200)
+    assert typical_short_side(load_dataset(f"imagefolder:{root}")) == 200
+    mixed = tmp_path / "m"
+    for i, size in enumerate([(400, 100), (100, 400), (300, 300)]):
+        folder(mixed, {f"c{i}": 2}, size=size)
+    assert typical_short_side(load_dataset(f"imagefolder:{mixed}")) == 100
 
 
 def test_auto_size_from_the_cli_prints_the_choice_and_cost(tmp_path, capsys) -> None:
@@ -146,3 +171,12 @@ def test_auto_size_from_the_cli_prints_the_choice_and_cost(tmp_path, capsys) -> 
     assert args.image_size == 24  # 20 px images on tiny-vit's 8 px patches (native 32)
     out = capsys.readouterr().out
     assert "image size 24 px (auto)" in out and "GFLOP per image" in out
+
+
+def test_single_image_classes_say_what_to_do_about_validation(tmp_path) -> None:
+    root = tmp_path / "d"
+    folder(root / "train", {"a": 1, "b": 1})
+    folder(root / "test", {"a": 1, "b": 1})
+    with pytest.raises(IncaError, match="single training image.*--val-size 0"):
+        make_splits(f"imagefolder:{root}")
+    assert len(make_splits(f"imagefolder:{root}", val_size=0).val) == 0

@@ -19,6 +19,8 @@ def test_patience_never_waits_more_than_ten_epochs() -> None:
     # the main job's 10k images (79 steps an epoch): 800 steps is about 10 epochs already
     assert resolve_budget(79, 20, 1000, 800).patience_steps == 790
     assert resolve_budget(500, 20, 1000, 800).patience_steps == 1000  # at least two epochs
+    # a patience the user gives is not capped
+    assert resolve_budget(14, 20, 1000, 800, patience_cap_epochs=0).patience_steps == 800
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +90,21 @@ def test_the_default_batch_fits_small_training_sets(capsys) -> None:
 
     assert fitted_batch_size(10_000, 128) == 128 and fitted_batch_size(1836, 128) == 128
     assert fitted_batch_size(500, 128) == 32  # 15 steps an epoch, not 3
-    assert fitted_batch_size(60, 128) == 16 and fitted_batch_size(10, 128) == 10
+    assert fitted_batch_size(60, 128) == 16
+    assert fitted_batch_size(21, 128) == 21  # one batch of every image, not 16 of 21
     config = TrainConfig(batch_size=128)
-    assert config.fitted_to(60, default_batch=128).batch_size == 16
+    assert config.fitted_to(60).batch_size == 16
     assert "batch size 16" in capsys.readouterr().out
-    assert TrainConfig(batch_size=100).fitted_to(60, default_batch=128).batch_size == 100
+    assert TrainConfig(batch_size=128, fit_batch=False).fitted_to(60).batch_size == 128
+
+
+def test_a_batch_or_patience_the_user_gives_is_kept() -> None:
+    from inca.cli import build_parser
+    from inca.cli.options import train_config
+
+    parse = build_parser().parse_args
+    plain = train_config(parse(["train"]), frozen=True)
+    assert plain.fit_batch and plain.patience_cap_epochs == PATIENCE_MAX_EPOCHS
+    chosen = train_config(parse(["train", "--batch-size", "128", "--patience", "2000"]), True)
+    assert not chosen.fit_batch and chosen.patience_cap_epochs == 0
+    assert chosen.budget(14).patience_steps == 2000

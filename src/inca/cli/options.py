@@ -163,8 +163,9 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         "--patience",
         type=non_negative_int,
         default=None,
-        help="stop after this many optimizer steps (at least two epochs) without a better "
-        "validation accuracy; 0: run to the cap (default 800)",
+        help="stop after this many optimizer steps without a member improving its validation "
+        "accuracy (or --metric) or its validation loss by 1%%; 0: run to the cap (default 800, "
+        "at most 10 epochs; a value given here is not capped, and never below two epochs)",
     )
     g.add_argument(
         "--halving-epochs",
@@ -205,6 +206,10 @@ def train_config(args: argparse.Namespace, frozen: bool = False) -> TrainConfig:
 
     flags = TRAIN_FLAGS if frozen else TRAIN_FLAGS[:5]  # the budget flags are frozen-only
     given = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
+    if "batch_size" in given:
+        given["fit_batch"] = False  # a chosen batch is kept as chosen
+    if frozen and "patience" in given:
+        given["patience_cap_epochs"] = 0  # a chosen patience waits as long as it says
     base = dict(FROZEN_DEFAULTS) if frozen else {}
     if frozen and getattr(args, "no_cache", False):
         base["augment"] = True

@@ -18,6 +18,7 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 )  # compared lower-case
 VAL_SPLIT_NAMES = ("val", "validation")
+SPLIT_NAMES = ("train", "test", *VAL_SPLIT_NAMES)  # compared lower-case
 ROLES = ("train", "val", "test")  # FileTable.role values
 
 
@@ -30,6 +31,9 @@ class FileTable:
     labels: np.ndarray  # (N,) int64 positions into class_names
     class_names: list[str]
     role: np.ndarray | None  # (N,) "train" | "val" | "test"; None when the files say nothing
+    # what split rule 1 (before data-given validation splits) made of "val" images beside a
+    # test split: "drop" (an image folder ignored its val/) or "test" (a CSV's val rows)
+    legacy_val: str = "drop"
 
 
 def held_out_roles(names: set[str]) -> dict[str, str]:
@@ -90,16 +94,14 @@ def scan_imagefolder(path: str | Path) -> FileTable:
     folders: ``train/`` with ``test/`` and ``val/`` (or ``validation/``), as Hugging Face's
     imagefolder and per-split torchvision ImageFolder trees lay them out. ``train/`` with only
     ``val/`` makes ``val/`` the test split (ImageNet's layout); ``train/`` alone is the class
-    folders. Every split folder must hold class folders named like train's."""
+    folders. A root holding any folder besides these names is a folder per class (a class may
+    be called "train"). Every split folder must hold class folders named like train's."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise IncaError(f"image folder {root} does not exist; check the path after 'imagefolder:'")
-    split_dirs = {
-        d.name.lower(): d
-        for d in sorted(root.iterdir())
-        if d.is_dir() and d.name.lower() in ("train", "test", *VAL_SPLIT_NAMES)
-    }
-    if "train" not in split_dirs:
+    subdirs = [d for d in sorted(root.iterdir()) if d.is_dir() and _visible(d)]
+    split_dirs = {d.name.lower(): d for d in subdirs if d.name.lower() in SPLIT_NAMES}
+    if "train" not in split_dirs or len(split_dirs) < len(subdirs):  # "train" is a class here
         class_names = [d.name for d in _class_dirs(root)]
         paths, labels = _scan_classes(root, class_names)
         return FileTable(root, paths, np.asarray(labels, dtype=np.int64), class_names, None)
@@ -176,4 +178,4 @@ def read_csv_table(file: str | Path) -> FileTable:
     if "split" in col:
         meaning = held_out_roles(set(splits))
         role = np.array([meaning[s] for s in splits])
-    return FileTable(file.parent, paths, labels, class_names, role)
+    return FileTable(file.parent, paths, labels, class_names, role, legacy_val="test")

@@ -11,6 +11,10 @@ import numpy as np
 from inca.errors import IncaError
 
 FEW = 3  # "a few": what every class gives a held-out split when the class and the size allow
+# Which rule carved a held-out split: 1, at least one image of every class (runs and tasks made
+# before the rule had a number); 2, a few of every class (``few_each``). Saved with every run
+# and task, so that a split is rebuilt by the rule that made it.
+SPLIT_RULE = 2
 
 
 def few_each(counts: np.ndarray, caps: np.ndarray) -> np.ndarray:
@@ -47,16 +51,18 @@ def _allocate(counts: np.ndarray, size: int, caps: np.ndarray, held_out: bool) -
     return take
 
 
-def holdout_size(labels: np.ndarray, fraction: float) -> int:
+def holdout_size(labels: np.ndarray, fraction: float, rule: int = SPLIT_RULE) -> int:
     """The size of a held-out split carved by default: ``fraction`` of the items, raised so that
     every class can give :func:`few_each`, at most what leaves one item of every class behind."""
     counts = np.unique(np.asarray(labels), return_counts=True)[1]
     caps = counts - 1
-    few = few_each(counts, caps)
-    return int(min(max(round(fraction * len(labels)), few.sum()), caps.sum()))
+    few = few_each(counts, caps).sum() if rule >= 2 else 0
+    return int(min(max(round(fraction * len(labels)), few), caps.sum()))
 
 
-def _select(labels: np.ndarray, size: int, seed: int, keep_one: bool) -> np.ndarray:
+def _select(
+    labels: np.ndarray, size: int, seed: int, keep_one: bool, rule: int = SPLIT_RULE
+) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise IncaError(f"labels must be one-dimensional, got shape {labels.shape}")
@@ -70,7 +76,7 @@ def _select(labels: np.ndarray, size: int, seed: int, keep_one: bool) -> np.ndar
         )
     if size == 0:
         return np.zeros(0, dtype=np.int64)
-    take = _allocate(counts, size, caps, held_out=keep_one)  # (K,)
+    take = _allocate(counts, size, caps, held_out=keep_one and rule >= 2)  # (K,)
     # One seeded random order of all items; each class keeps its first take[k] items in it.
     # Sorting raw PCG64 output (a stream numpy keeps stable across versions, unlike
     # Generator.permutation) keeps the fixed splits identical on every machine.
@@ -92,19 +98,21 @@ def stratified_indices(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarr
     return _select(labels, int(size), seed, keep_one=False)
 
 
-def carve_indices(labels: np.ndarray, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def carve_indices(
+    labels: np.ndarray, size: int, seed: int = 0, rule: int = SPLIT_RULE
+) -> tuple[np.ndarray, np.ndarray]:
     """Split positions into ``(kept, carved)`` with ``len(carved) == size``, carved stratified.
 
     Unlike :func:`stratified_indices`, never carves the last item of a class: a class with a
     single example stays whole in ``kept`` (the training side), so training sees every class.
     """
-    carved = _select(labels, int(size), seed, keep_one=True)
+    carved = _select(labels, int(size), seed, keep_one=True, rule=rule)
     kept = np.setdiff1d(np.arange(len(labels), dtype=np.int64), carved, assume_unique=True)
     return kept, carved
 
 
 def carve_fraction(
-    labels: np.ndarray, fraction: float, seed: int = 0
+    labels: np.ndarray, fraction: float, seed: int = 0, rule: int = SPLIT_RULE
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`carve_indices` with the size :func:`holdout_size` gives: ``fraction`` of the
     items, a few of every class, clipped to what can be carved.
@@ -112,4 +120,4 @@ def carve_fraction(
     Used for the fixed test splits of datasets that ship without one and for default validation
     splits; clipping (instead of an error) lets tiny datasets load, with smaller held-out splits.
     """
-    return carve_indices(labels, holdout_size(labels, fraction), seed)
+    return carve_indices(labels, holdout_size(labels, fraction, rule), seed, rule)

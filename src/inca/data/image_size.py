@@ -18,13 +18,13 @@ from inca.data.sources import ImageDataset
 SAMPLE = 200  # images whose sizes are read (headers only): enough for a median
 
 
-def typical_size(dataset: ImageDataset, sample: int = SAMPLE) -> tuple[int, int]:
-    """(width, height): the medians over up to ``sample`` images spread over ``dataset``."""
+def typical_short_side(dataset: ImageDataset, sample: int = SAMPLE) -> int:
+    """The median shorter side, in pixels, of up to ``sample`` images spread over ``dataset``
+    (per image: a mix of 400x100 and 100x400 images is 100 px, not 400)."""
     n = len(dataset)
     picks = np.unique(np.linspace(0, n - 1, num=min(n, sample)).round().astype(np.int64))
-    sizes = np.array([dataset.image_size(int(i)) for i in picks])  # (k, 2)
-    w, h = np.median(sizes, axis=0)
-    return int(w), int(h)
+    sides = [min(dataset.image_size(int(i))) for i in picks]
+    return int(np.median(sides))
 
 
 def choose_image_size(short_side: int, native: int, patch: int | None) -> tuple[int, str]:

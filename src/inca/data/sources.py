@@ -24,7 +24,7 @@ from PIL import Image
 from inca.data._fashion_mnist import CLASS_NAMES as FASHION_CLASSES
 from inca.data._fashion_mnist import read_fashion_mnist
 from inca.data._files import FileTable, read_csv_table, scan_imagefolder
-from inca.data._stratify import carve_fraction
+from inca.data._stratify import SPLIT_RULE, carve_fraction
 from inca.data.preprocess import to_8bit
 from inca.errors import IncaError, UnknownNameError
 
@@ -227,7 +227,7 @@ class FileDataset(ImageDataset):
 # --- the named sources -------------------------------------------------------------------------
 
 
-def _load_fashion(arg: str, split: str, spec: str) -> ImageDataset:
+def _load_fashion(arg: str, split: str, spec: str, rule: int) -> ImageDataset:
     images, labels = read_fashion_mnist(split, root=arg or None)  # (N, 28, 28), (N,)
     return ArrayDataset(images, labels, FASHION_CLASSES, name=spec, split=split)
 
@@ -243,7 +243,7 @@ def _digits_split() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     return images, labels, {"train": train, "test": test}
 
 
-def _load_digits(arg: str, split: str, spec: str) -> ImageDataset:
+def _load_digits(arg: str, split: str, spec: str, rule: int) -> ImageDataset:
     if arg:
         raise IncaError(f"dataset 'digits' takes no argument, got {spec!r}; write just 'digits'")
     images, labels, index = _digits_split()
@@ -254,16 +254,24 @@ def _load_digits(arg: str, split: str, spec: str) -> ImageDataset:
     )
 
 
-def _from_table(table: FileTable, split: str, spec: str) -> ImageDataset:
+def _from_table(table: FileTable, split: str, spec: str, rule: int) -> ImageDataset:
     """The ``split`` of a file table. Without a test split in the files, a fixed stratified 20%
     is carved (seed 0). A validation split the files give (``val/`` beside ``test/``) travels
-    inside the train dataset as ``fixed_val``: make_splits takes it instead of carving one."""
+    inside the train dataset as ``fixed_val``: make_splits takes it instead of carving one.
+    ``rule``: the split rule (``_stratify.SPLIT_RULE``); rule 1 rebuilds splits made before
+    data-given validation splits and a few held-out images of every class."""
     role = table.role.copy() if table.role is not None else np.full(len(table.labels), "train")
+    if rule < 2 and (role == "val").any():
+        role[role == "val"] = "test" if table.legacy_val == "test" else "ignored"
     if not (role == "test").any():
         pool = np.flatnonzero(role == "train")
-        _, test = carve_fraction(table.labels[pool], FILES_TEST_FRACTION, CARVE_SEED)
+        _, test = carve_fraction(table.labels[pool], FILES_TEST_FRACTION, CARVE_SEED, rule)
         role[pool[test]] = "test"
-    keep = np.flatnonzero((role == "test") == (split == "test"))
+    keep = (
+        np.flatnonzero(role == "test")
+        if split == "test"
+        else np.flatnonzero((role == "train") | (role == "val"))
+    )
     paths = [table.paths[i] for i in keep]
     fixed_val = np.flatnonzero(role[keep] == "val") if (role == "val").any() else None
     return FileDataset(
@@ -278,12 +286,13 @@ def _needs_arg(kind: str, what: str, arg: str) -> str:
     return arg
 
 
-def _load_imagefolder(arg: str, split: str, spec: str) -> ImageDataset:
-    return _from_table(scan_imagefolder(_needs_arg("imagefolder", "path", arg)), split, spec)
+def _load_imagefolder(arg: str, split: str, spec: str, rule: int) -> ImageDataset:
+    table = scan_imagefolder(_needs_arg("imagefolder", "path", arg))
+    return _from_table(table, split, spec, rule)
 
 
-def _load_csv(arg: str, split: str, spec: str) -> ImageDataset:
-    return _from_table(read_csv_table(_needs_arg("csv", "file", arg)), split, spec)
+def _load_csv(arg: str, split: str, spec: str, rule: int) -> ImageDataset:
+    return _from_table(read_csv_table(_needs_arg("csv", "file", arg)), split, spec, rule)
 
 
 VAL_FRACTION = 0.15  # of the train split, a few images of every class at least
@@ -303,7 +312,7 @@ class DefaultSizes:
 class _Source:
     usage: str
     description: str
-    load: Callable[[str, str, str], ImageDataset]  # (argument after ':', split, spec)
+    load: Callable[[str, str, str, int], ImageDataset]  # (argument after ':', split, spec, rule)
     sizes: DefaultSizes = field(default_factory=lambda: DefaultSizes())
 
 
@@ -362,7 +371,7 @@ def _unknown_hint(spec: str) -> str:
     return "your own images load as imagefolder:PATH (a folder per class) or csv:FILE"
 
 
-def load_dataset(spec: str, split: str = "train") -> ImageDataset:
+def load_dataset(spec: str, split: str = "train", rule: int = SPLIT_RULE) -> ImageDataset:
     """The ``split`` ("train" or "test") of the dataset named by ``spec``.
 
     ``spec`` is a source name, optionally followed by ``:`` and an argument: ``fashion-mnist``,
@@ -374,7 +383,7 @@ def load_dataset(spec: str, split: str = "train") -> ImageDataset:
             "split", split, SPLITS, hint="validation images are carved from train by make_splits"
         )
     arg = spec.partition(":")[2]
-    dataset = _source(spec).load(arg.strip(), split, spec)
+    dataset = _source(spec).load(arg.strip(), split, spec, rule)
     if len(dataset) == 0:
         raise IncaError(
             f"the {split} split of dataset {spec!r} is empty; add images to it (a carved test "

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from inca.data._stratify import carve_indices, holdout_size, stratified_indices
+from inca.data._stratify import SPLIT_RULE, carve_indices, holdout_size, stratified_indices
 from inca.data.sources import ImageDataset, default_sizes, load_dataset
 from inca.errors import IncaError, warn
 
-__all__ = ["ALL", "Splits", "Subset", "make_splits", "stratified_indices"]
+__all__ = ["ALL", "SPLIT_RULE", "Splits", "Subset", "make_splits", "stratified_indices"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,7 +105,11 @@ def _check_fits(count: int | None, available: int, what: str, why: str, hint: st
 
 
 def _carve_val(
-    dataset: ImageDataset, val_size: float | int | None, default: float | int, seed: int
+    dataset: ImageDataset,
+    val_size: float | int | None,
+    default: float | int,
+    seed: int,
+    rule: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(pool, val) positions into the train dataset: the validation split the data gives, or
     one carved stratified from it (by default ``default``: a fraction holds out a few images
@@ -121,11 +125,11 @@ def _carve_val(
         return pool, given[stratified_indices(labels[given], n_val, seed)]
     n_classes = len(np.unique(labels))
     if val_size is None and isinstance(default, float):
-        return carve_indices(labels, holdout_size(labels, default), seed)
+        return carve_indices(labels, holdout_size(labels, default, rule), seed, rule)
     n_val = _count(default if val_size is None else val_size, len(labels), "val_size") or 0
     why = f"{len(labels)} train images, one per class ({n_classes}) stays in train"
     _check_fits(n_val, len(labels) - n_classes, "val_size", why)
-    return carve_indices(labels, n_val, seed)
+    return carve_indices(labels, n_val, seed, rule)
 
 
 def make_splits(
@@ -134,6 +138,7 @@ def make_splits(
     val_size: float | int | None = None,
     test_size: int | None = None,
     seed: int = 0,
+    rule: int = SPLIT_RULE,
 ) -> Splits:
     """Stratified train / val / test subsets of dataset ``spec``.
 
@@ -152,9 +157,9 @@ def make_splits(
         ``val``, so results with different training budgets are validated on the same images.
     """
     defaults = default_sizes(spec)
-    train_set = load_dataset(spec, "train")
-    test_set = load_dataset(spec, "test")
-    pool, val = _carve_val(train_set, val_size, defaults.val, seed)  # (n_pool,), (n_val,)
+    train_set = load_dataset(spec, "train", rule)
+    test_set = load_dataset(spec, "test", rule)
+    pool, val = _carve_val(train_set, val_size, defaults.val, seed, rule)  # (n_pool,), (n_val,)
     if train_size is None:
         train_size = defaults.train
     elif train_size == ALL:
@@ -171,7 +176,13 @@ def make_splits(
     if n_test is not None:
         test = stratified_indices(test_set.labels, n_test, seed)
     splits = Splits(Subset(train_set, pool), Subset(train_set, val), Subset(test_set, test))
-    empty = [k for k, n in splits.sizes().items() if n == 0 and not (k == "val" and val_size == 0)]
+    if len(val) == 0 and val_size != 0:
+        raise IncaError(
+            f"no validation image can be held out of {spec!r}: every class has a single "
+            "training image, and a class's last image stays in train; add images, give a val/ "
+            "folder, or pass --val-size 0 to train without validation (selection is then blind)"
+        )
+    empty = [k for k, n in splits.sizes().items() if n == 0 and k != "val"]
     if empty:
         raise IncaError(
             f"the {' and '.join(empty)} split of {spec!r} would be empty "
@@ -208,10 +219,13 @@ def check_classes(splits: Splits, spec: str) -> None:
             f"{2 * len(names)})"
         )
     elif absent:
-        warn(
-            f"class(es) {absent[:5]} have no validation image: selection cannot judge them; "
-            "raise --val-size"
-        )
+        if splits.train.dataset.fixed_val is not None:
+            fix = "add images of them to the data's val/ split"
+        elif all((splits.train.labels == names.index(c)).sum() < 2 for c in absent):
+            fix = "each has a single training image, which stays in train: add images of them"
+        else:
+            fix = "raise --val-size"
+        warn(f"class(es) {absent[:5]} have no validation image: selection cannot judge them; {fix}")
 
 
 SCAN_LIMIT = 50_000  # images: above this the scan would cost more than it saves
@@ -241,7 +255,7 @@ def absolute_spec(spec: str) -> str:
     return f"{kind}:{Path(arg).resolve()}"
 
 
-def data_record(spec: str, splits: Splits, seed: int) -> dict[str, Any]:
+def data_record(spec: str, splits: Splits, seed: int, rule: int = SPLIT_RULE) -> dict[str, Any]:
     """What a saved task records of its data: enough to rebuild its splits exactly
     (``inca eval``), and fingerprints to refuse other data under the same name."""
     return {
@@ -249,6 +263,7 @@ def data_record(spec: str, splits: Splits, seed: int) -> dict[str, Any]:
         "data_resolved": absolute_spec(spec),
         "sizes": splits.sizes(),
         "seed": seed,
+        "split_rule": rule,
         "fingerprint": splits.train.dataset.fingerprint(),
         "test_fingerprint": splits.test.dataset.fingerprint(),
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from inca.backbones import load_backbone
 from inca.backbones.cost import gflops_per_image
 from inca.data import load_dataset
-from inca.data.image_size import choose_image_size, typical_size
+from inca.data.image_size import choose_image_size, typical_short_side
 from inca.data.sources import default_sizes
 
 
@@ -33,8 +33,8 @@ def auto_image_size(model: str, data: str, precision: str = "auto", device: str 
     printed with why and what an image costs at it and at the other candidate."""
     native = load_backbone(model, precision=precision, device=device)  # at its own size
     pre = native.preprocess
-    width, height = typical_size(load_dataset(data, "train"))
-    size, why = choose_image_size(min(width, height), pre.image_size, pre.patch_size)
+    side = typical_short_side(load_dataset(data, "train"))
+    size, why = choose_image_size(side, pre.image_size, pre.patch_size)
     half, _ = choose_image_size(1, pre.image_size, pre.patch_size)  # the smallest candidate
     other_size = half if size == pre.image_size else pre.image_size
     costs = {}

@@ -147,7 +147,6 @@ def finetune_rows(
     from inca.data.splits import data_record, scan_images
     from inca.select import accuracy
     from inca.tasks.finetuned import FineTunedTask
-    from inca.train.config import TrainConfig
     from inca.train.finetune_run import fine_tune_sweep, predict_model
     from inca.train.plan import parse_sweep_plan
 
@@ -158,10 +157,10 @@ def finetune_rows(
                          val_size=options.val_size, test_size=options.test_size,
                          seed=cfg.seed)  # fmt: skip
     scan_images(splits)
-    cfg = cfg.fitted_to(len(splits.train), TrainConfig.batch_size)
+    cfg = cfg.fitted_to(len(splits.train))
     base = plan.config()
     trained = fine_tune_sweep(backbone, splits, base, lrs, cfg, out, resume)
-    best_model, best = max(trained, key=lambda t: t[1]["val_acc"])  # first of ties
+    best_model, best = max(trained, key=lambda t: t[1].get("val_score", t[1]["val_acc"]))
     probs, labels = predict_model(best_model, backbone, splits, cfg, "test")  # test once
     test_acc = accuracy(probs, labels)
     task = FineTunedTask(

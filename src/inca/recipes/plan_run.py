@@ -20,6 +20,7 @@ ranks members in selection: accuracy, or balanced accuracy for imbalanced data. 
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import asdict, replace
@@ -33,7 +34,7 @@ from inca.backbones import Backbone, load_backbone
 from inca.cache import ActivationCache
 from inca.cache.splits import build_seconds, open_caches
 from inca.data import Splits, make_splits
-from inca.data.splits import data_record, scan_images
+from inca.data.splits import SPLIT_RULE, data_record, scan_images
 from inca.distributed import agree, world
 from inca.errors import IncaError
 from inca.io import write_json
@@ -41,7 +42,7 @@ from inca.recipes.data_fit import auto_image_size
 from inca.recipes.run_options import RunOptions
 from inca.run_lock import exclusive
 from inca.select import accuracy, choose_ensemble, rank, score_all
-from inca.train.config import FROZEN_DEFAULTS, TrainConfig
+from inca.train.config import TrainConfig
 from inca.train.grid_shard import gather_on_main
 from inca.train.member import Member
 from inca.train.metrics import balanced_accuracy, metrics_summary
@@ -74,6 +75,15 @@ def train(
         return _train(o, Path(out), resume, backbone)
 
 
+def split_rule_of(out: Path) -> int:
+    """The split rule a run in ``out`` was started with (its plan.json; 1 before the rule was
+    recorded), so a resumed run trains and validates on the very images it began with."""
+    saved = out / "plan.json"
+    if not saved.exists():
+        return SPLIT_RULE
+    return json.loads(saved.read_text()).get("data", {}).get("split_rule", 1)
+
+
 def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) -> dict[str, Any]:
     data, plan, config, cache, seeds = o.data, o.plan, o.train, o.cache, o.seeds
     cache_views, cache_dtype, cache_taps = o.cache_views, o.cache_dtype, o.cache_taps
@@ -88,9 +98,10 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
             image_size = auto_image_size(o.model, data, o.precision, o.device)
         size = {"image_size": image_size} if image_size else {}
         backbone = load_backbone(o.model, precision=o.precision, device=o.device, **size)
+    rule = split_rule_of(out) if resume else SPLIT_RULE
     splits = make_splits(
         data, train_size=o.train_size, val_size=o.val_size, test_size=o.test_size,
-        seed=config.seed,
+        seed=config.seed, rule=rule,
     )  # fmt: skip
     specs = parse_plan(plan, backbone.taps, lr=o.lr, weight_decay=o.weight_decay)
     scan_images(splits)  # a corrupt val/test image stops the run now, not after an epoch
@@ -99,7 +110,7 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
         "sizes": splits.sizes(),
         "seed": config.seed,
         "fingerprint": splits.train.dataset.fingerprint(),
-    }
+    } | ({"split_rule": rule} if rule != 1 else {})  # rule 1: signatures from before the rule
     signature = {
         "backbone": backbone.describe(),
         "plan": [s.to_dict() for s in specs],
@@ -112,7 +123,7 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
         f"{len({t for s in specs for t in s.taps})} taps"
     )
 
-    config = config.fitted_to(len(splits.train), FROZEN_DEFAULTS["batch_size"])
+    config = config.fitted_to(len(splits.train))
     caches, cache_info = None, None
     if cache is not None:
         if cache_views == 1 and config.augment:
@@ -151,7 +162,8 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
         check_resumable(out, signature, config, world().rank if grid else None)
     if world().is_main:  # under torchrun rank 0 alone writes the run directory
         write_json(out / "plan.json", signature | {"plan_text": plan, "train": config.signature()})
-        write_json(out / "run.json", replace(o, train=config).to_dict())  # resolved: as it ran
+        ran = replace(o, train=config, image_size=backbone.preprocess.image_size)
+        write_json(out / "run.json", ran.to_dict())  # resolved: as it ran
 
     runs = []
     for k in range(seeds):
@@ -353,7 +365,8 @@ def finish(
     }
     if reference:
         results["reference"] = reference
-    task_data = data_record(data_info["data"], splits, data_info["seed"])
+    task_data = data_record(data_info["data"], splits, data_info["seed"],
+                            data_info.get("split_rule", 1))  # fmt: skip
     _task(backbone, splits, members, f"{data_info['data']}-{best}", members[best].spec.kind,
           [best], None, {"val_acc": val_acc[best], "test_acc": test_acc[best],
                          "test_balanced_acc": test_bal[best]},

@@ -39,6 +39,7 @@ def run_split(task: Task | FineTunedTask, split: str) -> Subset:
         val_size=sizes["val"],
         test_size=sizes["test"],
         seed=info["seed"],
+        rule=info.get("split_rule", 1),  # tasks saved before the rule was recorded: rule 1
     )
     dataset = splits.test.dataset if split == "test" else splits.train.dataset
     recorded = info.get("test_fingerprint" if split == "test" else "fingerprint")

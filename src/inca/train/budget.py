@@ -34,11 +34,13 @@ SMALLEST_BATCH = 16
 def fitted_batch_size(num_train: int, batch_size: int) -> int:
     """``batch_size`` halved (not below ``SMALLEST_BATCH``) until the training split holds 8
     batches: an epoch drops its last partial batch, and 500 images at batch 128 would train on
-    384 of them in 3 steps an epoch (at 32: 15 steps, 20 images left out). A split smaller
-    than one batch trains in one batch of every image."""
+    384 of them in 3 steps an epoch (at 32: 15 steps, 20 images left out). A split of fewer
+    than two of the smallest batches trains in one batch of every image."""
+    if num_train < 2 * SMALLEST_BATCH:
+        return max(1, num_train)
     while batch_size > SMALLEST_BATCH and num_train < 8 * batch_size:
         batch_size //= 2
-    return max(1, min(batch_size, num_train))
+    return batch_size
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,14 @@ def resolve_budget(
     halving_epochs: int = 0,
     halving_keep: float = 0.25,
     halving_min: int = 8,
+    patience_cap_epochs: int = PATIENCE_MAX_EPOCHS,
 ) -> Budget:
-    """The cap raised to ``min_steps``, patience of two to ``PATIENCE_MAX_EPOCHS`` epochs, and
-    the halving rungs:
+    """The cap raised to ``min_steps``, patience of two to ``patience_cap_epochs`` epochs (0: no
+    cap), and the halving rungs:
     the first after ``halving_epochs`` epochs (and at least min_steps/4 steps, so a small set is
     not judged after a handful of steps), then at doubling epochs, below the cap."""
     max_epochs = max(epochs, math.ceil(min_steps / steps_per_epoch)) if min_steps else epochs
-    longest = PATIENCE_MAX_EPOCHS * steps_per_epoch
+    longest = patience_cap_epochs * steps_per_epoch if patience_cap_epochs else patience
     patience_steps = max(min(patience, longest), 2 * steps_per_epoch) if patience else 0
     rungs: list[int] = []
     if halving_epochs:

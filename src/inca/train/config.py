@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from inca.distributed import world
 from inca.errors import IncaError
-from inca.train.budget import Budget, fitted_batch_size, resolve_budget
+from inca.train.budget import PATIENCE_MAX_EPOCHS, Budget, fitted_batch_size, resolve_budget
 from inca.train.metrics import check_metric
 
 
@@ -36,6 +37,8 @@ class TrainConfig:
     halving_keep: float = 0.25  # fraction of members that continue after each rung
     halving_min: int = 8  # never fewer members than this after a rung
     metric: str = "accuracy"  # what ranks members: their best epoch, halving, selection
+    patience_cap_epochs: int = PATIENCE_MAX_EPOCHS  # patience waits at most this (0: no cap)
+    fit_batch: bool = True  # halve the batch for small training sets (False: a chosen batch)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -44,8 +47,10 @@ class TrainConfig:
             raise IncaError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         if not 0 <= self.label_smoothing < 1:
             raise IncaError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if min(self.min_steps, self.patience, self.halving_epochs) < 0:
-            raise IncaError("min_steps, patience and halving_epochs must be >= 0 (0: off)")
+        if min(self.min_steps, self.patience, self.halving_epochs, self.patience_cap_epochs) < 0:
+            raise IncaError(
+                "min_steps, patience, patience_cap_epochs and halving_epochs must be >= 0 (0: off)"
+            )
         check_metric(self.metric)
         if not 0 < self.halving_keep <= 1 or self.halving_min < 1:
             raise IncaError(
@@ -70,15 +75,16 @@ class TrainConfig:
         later = {f: getattr(TrainConfig, f) for f in LATER_FIELDS}
         return {k: v for k, v in asdict(self).items() if not (k in later and v == later[k])}
 
-    def fitted_to(self, num_train: int, default_batch: int) -> TrainConfig:
+    def fitted_to(self, num_train: int) -> TrainConfig:
         """This config with its batch fitted to a training split of ``num_train`` images
-        (``budget.fitted_batch_size``, said aloud) when the batch is the default one; a batch
-        the user chose is kept (and refused later if it holds no step)."""
+        (``budget.fitted_batch_size``, said aloud) unless the batch was chosen (``fit_batch``
+        False: kept, and refused later if it holds no step)."""
         batch = fitted_batch_size(num_train, self.batch_size)
-        if self.batch_size != default_batch or batch == self.batch_size:
+        if not self.fit_batch or batch == self.batch_size:
             return self
-        print(f"batch size {batch}: {num_train} training images hold fewer than 8 batches of "
-              f"{self.batch_size} (--batch-size sets it)")  # fmt: skip
+        if world().is_main:
+            print(f"batch size {batch}: {num_train} training images hold fewer than 8 batches "
+                  f"of {self.batch_size} (--batch-size sets it)")  # fmt: skip
         return replace(self, batch_size=batch)
 
     def budget(self, steps_per_epoch: int) -> Budget:
@@ -90,6 +96,7 @@ class TrainConfig:
             self.halving_epochs,
             self.halving_keep,
             self.halving_min,
+            self.patience_cap_epochs,
         )
 
 
@@ -108,6 +115,5 @@ FROZEN_DEFAULTS: dict[str, Any] = {
     "halving_min": 12,
 }
 
-LATER_FIELDS = (
-    "min_steps", "patience", "halving_epochs", "halving_keep", "halving_min", "metric"
-)  # fmt: skip
+LATER_FIELDS = ("min_steps", "patience", "halving_epochs", "halving_keep", "halving_min", "metric",
+                "patience_cap_epochs", "fit_batch")  # fmt: skip

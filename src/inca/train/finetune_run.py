@@ -215,17 +215,23 @@ def _record(
 ) -> dict[str, Any]:
     """A trained model's record; VQT's optional feature selection happens here."""
     ft, selection = model.config, {}
-    best_acc = trainer.best_acc[name]
+    score = trainer.best_acc[name]  # the --metric's value at the best epoch
+    best_acc = score
+    if config.metric != "accuracy" and name in trainer.best_val_probs:
+        best_acc = accuracy(trainer.best_val_probs[name], trainer.val_labels)
     if ft.selects_features() and name not in trainer.diverged:
         selection = select_vqt_features(model, splits, backbone, config)
         selection["val_acc_before_selection"] = best_acc
-        best_acc = selection.pop("val_acc")
+        best_acc = selection.pop("val_acc")  # feature selection judges by accuracy
+        score = best_acc if config.metric == "accuracy" else score
         print(f"vqt: kept {selection['selected_features']} features: val {100 * best_acc:.2f}%")
     if name in trainer.diverged:
         selection["diverged_at"] = trainer.diverged[name]
     return {
         **selection,
         "val_acc": best_acc,
+        "val_score": score,
+        "metric": config.metric,
         "best_epoch": trainer.best_epoch[name],
         "train_time_s": trainer.train_seconds,
         "train_images_per_s": trainer.images_seen / max(trainer.train_seconds, 1e-9),

@@ -367,19 +367,19 @@ class Trainer:
                 "best": {"name": best, "val_acc": standing.best_acc[best]},
                 "active": len(standing.active) - len(dropped),
             }
-            if dropped:
-                entry["dropped"] = dropped
-            if self.stopped:
-                entry["stopped"] = self.stopped
-            if self.diverged:
-                entry["diverged"] = self.diverged
+            metric = "" if self.config.metric == "accuracy" else self.config.metric
+            # metric: what "val_acc" holds when it is not accuracy
+            extra = {"metric": metric, "dropped": dropped, "stopped": self.stopped,
+                     "diverged": self.diverged}  # fmt: skip
+            entry |= {k: v for k, v in extra.items() if v}
             with open(log if self.world.is_main else os.devnull, "a") as f:
                 f.write(json.dumps(json_safe(entry), sort_keys=True, allow_nan=False) + "\n")
             self.save_checkpoint()  # after the log line: a resume drops lines past it
             kept = len(standing.active) - len(dropped)
             note = f"; halving kept {kept} of {len(standing.active)}"
             print(
-                f"epoch {self.epoch}/{cap}: best {best} {100 * standing.best_acc[best]:.2f}% val "
+                f"epoch {self.epoch}/{cap}: best {best} {100 * standing.best_acc[best]:.2f}% "
+                f"val{' ' + metric if metric else ''} "
                 f"({t_train:.0f} s train, {len(accs)} members{note if dropped else ''})"
                 + (f"; stopping: {self.stopped}" if self.stopped else "")
             )
