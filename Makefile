@@ -59,7 +59,7 @@ lint: setup-test
 	$(BIN)/ruff format --check src tests benchmarks
 
 bench: setup data
-	$(BIN)/python benchmarks/backbone_throughput.py
+	$(BIN)/python -m inca.bench.backbone_throughput
 	$(BIN)/inca bench
 
 clean:

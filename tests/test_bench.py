@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from inca.bench import adapter_compute
-from inca.bench_report import TARGETS, format_table, plot_curve
-from inca.process import peak_rss_mib
+from inca.bench.one_to_many import adapter_compute
+from inca.bench.report import TARGETS, format_table, plot_curve
+from inca.utils.process import peak_rss_mib
 
 
 def test_table_and_curve(tmp_path) -> None:
@@ -59,7 +59,7 @@ def test_folded_adapters_do_less_work_and_memory_is_read() -> None:
 
 @pytest.mark.integration  # a fresh process per mode
 def test_memory_benchmark_measures_each_mode(tmp_path) -> None:
-    from inca.bench_memory import measure, run_memory_benchmark
+    from inca.bench.memory import measure, run_memory_benchmark
 
     row = measure("vqt", "tiny-vit", 32, 4, steps=1)
     assert row["peak_mib"] >= row["in_use_before_step_mib"] > 0

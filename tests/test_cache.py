@@ -226,8 +226,8 @@ def test_probe_features_over_many_cached_batches_are_each_batchs_own(setup, tmp_
     held the last batch's values: linear probes fitted on fp16 caches read as fp32 lost 1.5
     points on Fashion-MNIST before this test.)"""
     from inca.methods.linear import pool_tokens
+    from inca.train.batch_sources import TokenSource
     from inca.train.probes import pooled_features
-    from inca.train.sources import TokenSource
 
     backbone, splits = setup
     cache = ActivationCache(build(setup, tmp_path, dtype=dtype))

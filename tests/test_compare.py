@@ -118,7 +118,7 @@ def test_results_made_before_options_were_recorded_are_kept_or_rerun() -> None:
 
 
 def test_wall_times_from_other_machines_are_not_compared() -> None:
-    from inca.compare_report import compare_table
+    from inca.report.compare import compare_table
 
     def row(method, seconds, cpu, bf16):
         machine = {"cpu": cpu, "cores": 2, "native_bf16": bf16}

@@ -3,12 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inca.device import Precision, resolve_device, resolve_precision
 from inca.errors import IncaError
+from inca.utils.device import Precision, resolve_device, resolve_precision
 
 
 def test_auto_device_and_precision(monkeypatch) -> None:
-    import inca.device as d
+    import inca.utils.device as d
 
     dev = resolve_device("auto")
     assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -21,7 +21,7 @@ def test_auto_device_and_precision(monkeypatch) -> None:
 
 
 def test_cpu_auto_precision_follows_the_hardware(monkeypatch) -> None:
-    import inca.device as d
+    import inca.utils.device as d
 
     monkeypatch.setattr(d, "cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", torch.device("cpu")) == "bf16"
@@ -57,7 +57,7 @@ def test_fine_tuning_trains_and_serves_at_the_users_precision(monkeypatch, preci
     in fp32 (it used to train under bf16 autocast whatever the user asked), and the saved task
     serves in the dtype it trained in."""
     import inca
-    import inca.device as d
+    import inca.utils.device as d
     from inca.methods.pixel_config import build_model, finetune_config
     from inca.tasks.finetuned import FineTunedTask
     from inca.train.finetune_run import ModelMembers

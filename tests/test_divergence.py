@@ -8,7 +8,7 @@ import json
 import pytest
 
 from inca.cli import main
-from inca.io import json_safe, write_json
+from inca.utils.io import json_safe, write_json
 
 pytestmark = pytest.mark.integration  # spawns processes or trains: the full tier
 

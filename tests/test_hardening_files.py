@@ -14,8 +14,8 @@ from inca.cli import main
 from inca.data import load_dataset, make_splits
 from inca.data.preprocess import to_8bit
 from inca.errors import IncaError
-from inca.io import atomic_write, write_json
-from inca.run_lock import exclusive
+from inca.utils.io import atomic_write, write_json
+from inca.utils.run_lock import exclusive
 from tests.test_data_sources import make_folder
 
 TINY = ["--model", "tiny-vit", "--image-size", "32", "--epochs", "1", "--batch-size", "8",

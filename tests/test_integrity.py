@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from inca.checked_tensors import save_checked, tensor_crc
 from inca.errors import IncaError
 from inca.tasks import load_task
 from inca.train import checkpoint
+from inca.utils.checked_tensors import save_checked, tensor_crc
 from tests.test_tasks import ENSEMBLE, make_task
 
 

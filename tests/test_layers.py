@@ -13,35 +13,17 @@ ROOT = Path(inca.__file__).parent
 
 # bottom to top; a module belongs to the longest prefix listed
 LAYERS = [
-    [
-        "inca._version",
-        "inca.errors",
-        "inca.io",
-        "inca.device",
-        "inca.process",
-        "inca.checked_tensors",
-        "inca.run_lock",
-        "inca.typed_fields",
-        "inca.distributed",
-    ],  # utilities
+    ["inca._version", "inca.errors", "inca.utils"],  # errors, atomic files, devices, processes
     ["inca.backbones"],  # frozen models and their taps
     ["inca.data"],  # datasets, splits, loaders
     ["inca.adapters"],  # what adapters on frozen taps are built from
     ["inca.methods"],  # the registry, one package per method
     ["inca.cache"],  # activation caches
-    ["inca.select", "inca.train"],  # the Trainer and what it trains with
-    ["inca.tasks", "inca.predict", "inca.serve"],  # saved tasks, serving, evaluation
-    ["inca.report", "inca.report_format", "inca.compare_report"],  # reports of runs and comparisons
+    ["inca.train"],  # the Trainer, what it trains with, selection
+    ["inca.tasks", "inca.serve"],  # saved tasks, prediction, serving, evaluation
+    ["inca.report"],  # reports of runs and comparisons
     ["inca.recipes"],  # the main job and the comparison
-    [
-        "inca.bench",
-        "inca.bench_report",
-        "inca.bench_memory",
-        "inca.bench_scaling",
-        "inca.bench_serve",
-        "inca.bench_classes",
-        "inca.bench_detail",
-    ],  # benchmarks  # fmt: skip
+    ["inca.bench"],  # benchmarks
     ["inca.cli", "inca.__main__"],  # the command line (python -m inca)
 ]
 

@@ -16,14 +16,14 @@ from inca.adapters import adapter_config, build_adapter
 from inca.cli import main
 from inca.data import ImageTransform
 from inca.errors import IncaError
-from inca.predict import (
+from inca.tasks import MultiTask, Task
+from inca.tasks.predict_images import (
     csv_header,
     format_predictions,
     image_files,
     predict_images,
     write_predictions_csv,
 )
-from inca.tasks import MultiTask, Task
 
 
 @pytest.fixture(scope="module")

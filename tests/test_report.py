@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from inca.errors import IncaError
-from inca.report import (
+from inca.report.run import (
     TABLE_CLASSES,
     best_per_tap,
     imbalance_warning,

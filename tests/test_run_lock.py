@@ -13,11 +13,11 @@ import pytest
 
 from inca.cli import main
 from inca.errors import IncaError
-from inca.run_lock import LOCK_FILE, exclusive
+from inca.utils.run_lock import LOCK_FILE, exclusive
 
 pytestmark = pytest.mark.integration  # spawns processes or trains: the full tier
 
-HOLD = ("import sys, time; from inca.run_lock import exclusive\n"
+HOLD = ("import sys, time; from inca.utils.run_lock import exclusive\n"
         "with exclusive(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)")  # fmt: skip
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from inca.errors import IncaError
-from inca.select import (
+from inca.train.metrics import balanced_accuracy
+from inca.train.select import (
     accuracy,
     choose_ensemble,
     ensemble_probs,
@@ -14,7 +15,6 @@ from inca.select import (
     select_ensemble,
     select_greedy,
 )
-from inca.train.metrics import balanced_accuracy
 
 
 def one_hot(labels: list[int], c: int = 3) -> torch.Tensor:

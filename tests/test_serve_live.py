@@ -20,7 +20,7 @@ pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 
-from inca.bench_serve import start_server  # noqa: E402
+from inca.bench.serve import start_server  # noqa: E402
 from inca.serve import ServeConfig, create_app  # noqa: E402
 from tests.conftest import require_or_skip  # noqa: E402
 from tests.test_serve import expected, png, probabilities, task_dirs  # noqa: E402, F401

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from inca.cli import main
-from inca.cli.compare_options import parse_plans
+from inca.cli.compare_flags import parse_plans
 from inca.errors import IncaError, UnknownNameError
 from inca.methods.pixel_config import finetune_config
 from inca.recipes.compare_options import CompareOptions, legacy_plans

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from inca.errors import IncaError
-from inca.typed_fields import typed_values
+from inca.utils.typed_fields import typed_values
 
 
 def normalize_tokens(tokens: Tensor) -> Tensor:

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from inca.backbones.preprocess_spec import Preprocess
-from inca.device import Precision, resolve_device
 from inca.errors import IncaError, UnknownNameError
+from inca.utils.device import Precision, resolve_device
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import torch
 from inca.backbones.base import Backbone
 from inca.backbones.hf import hf_backbone
 from inca.errors import IncaError
-from inca.io import atomic_write
+from inca.utils.io import atomic_write
 
 ONNX_RELPATH = "models/vit_s_focus.onnx"
 CACHE_NAME = "dinov2-small.safetensors"

@@ -37,9 +37,9 @@ from inca.cache.format import (
     write_header,
 )
 from inca.data import ImageTransform, Subset, make_loader
-from inca.distributed import agree, barrier, my_share, on_main, world
 from inca.errors import IncaError
-from inca.run_lock import exclusive
+from inca.utils.distributed import agree, barrier, my_share, on_main, world
+from inca.utils.run_lock import exclusive
 
 SAVE_EVERY_S = 20.0  # how often progress is made durable during extraction
 DISK_MARGIN = 1.05  # keep 5% headroom beyond the estimate

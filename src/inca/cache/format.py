@@ -152,6 +152,6 @@ def header_crc(header: dict[str, Any]) -> int:
 
 def write_header(directory: Path, header: dict[str, Any]) -> None:
     """``header.json``, atomically, with its checksum."""
-    from inca.io import write_json
+    from inca.utils.io import write_json
 
     write_json(Path(directory) / HEADER, header | {HEADER_CRC: header_crc(header)})

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (exit 2), without a traceback."""
     args = build_parser().parse_args(argv)
     quiet_other_ranks()
-    from inca.device import tune_cpu_allocator
+    from inca.utils.device import tune_cpu_allocator
 
     tune_cpu_allocator()
     try:

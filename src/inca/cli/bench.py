@@ -56,14 +56,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if args.world_size:
-        from inca.bench_scaling import run_scaling_benchmark
+        from inca.bench.scaling import run_scaling_benchmark
 
         run_scaling_benchmark(
             args.world_size, args.model, args.data, args.train_size, args.image_size,
             out=args.out,
         )  # fmt: skip
         return
-    from inca.bench import run_benchmark
+    from inca.bench.one_to_many import run_benchmark
 
     run_benchmark(
         model=args.model,
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def run_memory(args: argparse.Namespace) -> None:
-    from inca.bench_memory import run_memory_benchmark
+    from inca.bench.memory import run_memory_benchmark
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     run_memory_benchmark(modes, args.model, args.image_size, args.batch_size, args.out)
@@ -84,7 +84,7 @@ def run_memory(args: argparse.Namespace) -> None:
 
 
 def run_classes(args: argparse.Namespace) -> None:
-    from inca.bench_classes import run_class_incremental
+    from inca.bench.classes import run_class_incremental
 
     train, val, test = (int(x) for x in args.sizes.split(","))
     run_class_incremental(args.model, args.data, args.image_size, args.tap, (train, val, test),
@@ -92,6 +92,6 @@ def run_classes(args: argparse.Namespace) -> None:
 
 
 def run_detail(args: argparse.Namespace) -> None:
-    from inca.bench_detail import run_small_detail
+    from inca.bench.detail import run_small_detail
 
     run_small_detail(args.folder, args.runs, out=args.out)

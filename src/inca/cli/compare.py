@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from inca.cli.compare_options import add_replaced_options, compare_options, parse_plans
+from inca.cli.compare_flags import add_replaced_options, compare_options, parse_plans
 from inca.cli.options import add_backbone_options, add_split_options, add_training_options
 
 
@@ -37,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from inca.compare_report import compare_table
     from inca.recipes.compare import compare, parse_methods
+    from inca.report.compare import compare_table
 
     options = compare_options(args, parse_plans(args.plans or ""))
     summary = compare(parse_methods(args.methods), options, args.out)

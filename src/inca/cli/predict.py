@@ -1,7 +1,8 @@
 """`inca predict TASK... IMAGE...`: labels of images for one or more tasks, one backbone pass.
 
 A folder, more than ``TABLE_MAX_IMAGES`` images, or ``--out`` writes a CSV (one row per image:
-each task's class and every class's probability; ``inca.predict.write_predictions_csv``), by
+each task's class and every class's probability;
+``inca.tasks.predict_images.write_predictions_csv``), by
 default ``predictions.csv`` in the current directory; unreadable images there are skipped with
 a warning that lists them. A few single images print a table instead, and an unreadable one is
 an error.
@@ -46,13 +47,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from inca.predict import (
+    from inca.tasks import MultiTask, load_task
+    from inca.tasks.predict_images import (
         format_predictions,
         image_files,
         iter_predictions,
         write_predictions_csv,
     )
-    from inca.tasks import MultiTask, load_task
 
     tasks = [p for p in args.paths if (Path(p) / "task.json").is_file()]
     images = [p for p in args.paths if p not in tasks]

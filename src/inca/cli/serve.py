@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> None:
-    from inca.bench_serve import run_serve_benchmark
+    from inca.bench.serve import run_serve_benchmark
 
     run_serve_benchmark(
         model=args.model,

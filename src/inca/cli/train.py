@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from inca.cli.compare_options import add_replaced_options, compare_options
+from inca.cli.compare_flags import add_replaced_options, compare_options
 from inca.cli.options import (
     add_backbone_options,
     add_split_options,
@@ -90,9 +90,9 @@ def run(args: argparse.Namespace) -> None:
     resolve_image_size(args)
     if not get_method(plan_method(args.plan)).from_tokens:
         return train_method(args)
-    from inca.recipes.plan_run import train
+    from inca.recipes.plan_run import run_plan
     from inca.recipes.run_options import RunOptions
-    from inca.report import results_table, run_summary
+    from inca.report.run import results_table, run_summary
 
     if args.no_augment and args.cache_views > 1:
         raise IncaError(
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> None:
         cache_dtype=args.cache_dtype,
         shard=args.shard,
     )
-    results = train(options, args.out, resume=args.resume)
+    results = run_plan(options, args.out, resume=args.resume)
     if not results:
         return  # a torchrun rank other than 0: rank 0 reports
     print()
@@ -138,11 +138,11 @@ def run(args: argparse.Namespace) -> None:
 def train_method(args: argparse.Namespace) -> None:
     """A plan of a method trained from pixels: its sweep as the comparison runs it, in this
     process."""
-    from inca.compare_report import compare_table
-    from inca.distributed import world
-    from inca.io import write_json
     from inca.recipes.method_run import run_method
+    from inca.report.compare import compare_table
     from inca.train.plan import parse_sweep_plan
+    from inca.utils.distributed import world
+    from inca.utils.io import write_json
 
     method = parse_sweep_plan(args.plan).method
     if args.shard == "adapters":

@@ -21,7 +21,7 @@ from torch import nn
 
 from inca.errors import IncaError, UnknownNameError
 from inca.methods.registry import get_method, list_methods
-from inca.typed_fields import typed_values
+from inca.utils.typed_fields import typed_values
 
 
 @dataclass(frozen=True)

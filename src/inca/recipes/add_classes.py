@@ -24,8 +24,8 @@ import torch
 from inca.data import Splits, make_splits
 from inca.data.splits import Subset
 from inca.errors import IncaError
-from inca.select import accuracy, rank
 from inca.train.config import TrainConfig
+from inca.train.select import accuracy, rank
 
 DEFAULT_LRS = (1e-3, 3e-3)
 
@@ -94,14 +94,14 @@ def add_classes(
     the new classes' logits sit on the old ones' scale (BiC's bias correction). Off by default:
     measured on the protocol of ``inca bench-classes`` it moves errors between classes (-1.3
     to +0.3 points a step) rather than removing them."""
-    from inca.cache.splits import open_caches
+    from inca.cache.split_caches import open_caches
     from inca.methods.open_inca.classes import fit_calibration_on_logits, with_token_means
     from inca.methods.open_inca.increment import NewClasses
     from inca.methods.open_inca.pseudo import PseudoOldSource, balanced_weights, class_means
     from inca.tasks import Task, load_task
     from inca.tasks.multi import load_matching_backbone
     from inca.tasks.open_classes import open_member
-    from inca.train.sources import TokenSource
+    from inca.train.batch_sources import TokenSource
     from inca.train.trainer import Trainer
 
     config = config or TrainConfig(epochs=10, augment=False, progress=False)
@@ -230,13 +230,13 @@ def new_classes_task(
     learning rate, one-to-many from the cache, the best on validation saved at ``out``."""
     from inca.adapters import adapter_config
     from inca.backbones import load_backbone
-    from inca.cache.splits import open_caches
+    from inca.cache.split_caches import open_caches
     from inca.methods.open_inca.classes import with_token_means
     from inca.methods.open_inca.pseudo import class_means
     from inca.tasks import Task
     from inca.train.bank import AdapterBank
+    from inca.train.batch_sources import TokenSource, token_dtype
     from inca.train.plan import AdapterSpec
-    from inca.train.sources import TokenSource, token_dtype
     from inca.train.trainer import Trainer
 
     config = config or TrainConfig(epochs=10, augment=False, progress=False)

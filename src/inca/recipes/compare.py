@@ -26,14 +26,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inca.distributed import on_main, world
 from inca.errors import IncaError
-from inca.io import write_json
 from inca.methods import get_method
 from inca.recipes.compare_options import CompareOptions
 from inca.recipes.method_run import COMMON, method_options, plan_of, run_method
-from inca.run_lock import exclusive
 from inca.train.budget import PATIENCE_MAX_EPOCHS
+from inca.utils.distributed import on_main, world
+from inca.utils.io import write_json
+from inca.utils.run_lock import exclusive
 
 if TYPE_CHECKING:
     from inca.backbones.base import TapInfo
@@ -99,7 +99,7 @@ def _compare(
                 write_json(result_file, result)
         else:  # its own process: its own peak memory
             code = (
-                "import json, sys; from pathlib import Path; from inca.io import write_json; "
+                "import json, sys; from pathlib import Path; from inca.utils.io import write_json; "
                 "from inca.recipes.compare_options import CompareOptions; "
                 "from inca.recipes.method_run import run_method; "
                 "options = CompareOptions.from_dict(json.loads(Path(sys.argv[2]).read_text())); "
@@ -130,7 +130,7 @@ def _compare(
         "rows": rows,
     }
     write_json(out / "compare.json", summary)
-    from inca.compare_report import write_compare_report
+    from inca.report.compare import write_compare_report
 
     write_compare_report(summary, out)
     return summary

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inca.distributed import barrier, gather_values, world
 from inca.methods import get_method
 from inca.recipes.compare_options import CompareOptions
-from inca.run_lock import exclusive
+from inca.utils.distributed import barrier, gather_values, world
+from inca.utils.run_lock import exclusive
 
 COMMON = ("model", "data", "image_size", "train_size", "val_size", "test_size", "precision",
           "device")  # fmt: skip
@@ -54,8 +54,8 @@ def run_method(
     table, and the options they depend on. With ``resume``, runs interrupted before continue
     from their last finished epoch."""
     from inca.backbones import load_backbone
-    from inca.device import machine_info
-    from inca.process import peak_memory, reset_peak_memory
+    from inca.utils.device import machine_info
+    from inca.utils.process import peak_memory, reset_peak_memory
 
     reset_peak_memory()  # this method's own peak, when others ran in this process before
     backbone = load_backbone(
@@ -87,7 +87,7 @@ def frozen_rows(
     method: str, options: CompareOptions, out: Path, backbone: Any, resume: bool, start: float
 ) -> tuple[list[dict[str, Any]], int]:
     """A frozen-feature method: its plan, one-to-many from the comparison's shared cache."""
-    from inca.recipes.plan_run import train
+    from inca.recipes.plan_run import run_plan
     from inca.recipes.run_options import RunOptions
 
     run_options = RunOptions(
@@ -104,7 +104,7 @@ def frozen_rows(
         cache=options.cache or str(out.parent / "cache"),
         cache_taps=options.cache_taps,
     )
-    results = train(run_options, out, resume=resume, backbone=backbone)
+    results = run_plan(run_options, out, resume=resume, backbone=backbone)
     if not results:
         return [], 1  # a torchrun rank other than 0: rank 0 reports the rows
     run, sel = results["run"], results["selection"]
@@ -145,10 +145,10 @@ def finetune_rows(
     tested once."""
     from inca.data import make_splits
     from inca.data.splits import data_record, scan_images
-    from inca.select import accuracy
     from inca.tasks.finetuned import FineTunedTask
     from inca.train.finetune_run import fine_tune_sweep, predict_model
     from inca.train.plan import parse_sweep_plan
+    from inca.train.select import accuracy
 
     cfg = options.train
     plan = parse_sweep_plan(plan_of(method, options))

@@ -32,16 +32,13 @@ import torch
 from inca.adapters.tap_groups import depth_index
 from inca.backbones import Backbone, load_backbone
 from inca.cache import ActivationCache
-from inca.cache.splits import build_seconds, open_caches
+from inca.cache.split_caches import build_seconds, open_caches
 from inca.data import Splits, make_splits
 from inca.data.splits import SPLIT_RULE, data_record, scan_images
-from inca.distributed import agree, world
 from inca.errors import IncaError
-from inca.io import write_json
 from inca.recipes.data_fit import auto_image_size
 from inca.recipes.run_options import RunOptions
-from inca.run_lock import exclusive
-from inca.select import accuracy, choose_ensemble, rank, score_all
+from inca.train.batch_sources import TokenSource
 from inca.train.config import TrainConfig
 from inca.train.grid_shard import gather_on_main
 from inca.train.member import Member
@@ -50,11 +47,14 @@ from inca.train.one_to_many import adapter_trainer
 from inca.train.plan import AdapterSpec, parse_plan
 from inca.train.probes import fit_linear_probes
 from inca.train.resume import check_resumable, holds_checkpoint
-from inca.train.sources import TokenSource
+from inca.train.select import accuracy, choose_ensemble, rank, score_all
 from inca.train.trainer import Trainer
+from inca.utils.distributed import agree, world
+from inca.utils.io import write_json
+from inca.utils.run_lock import exclusive
 
 
-def train(
+def run_plan(
     options: RunOptions | None = None,
     out: str | Path = "runs/train",
     resume: bool = False,
@@ -395,7 +395,7 @@ def _test_detail(summary: dict[str, Any]) -> dict[str, Any]:
 
 def write_results(results: dict[str, Any], out: Path) -> None:
     """``results.json`` and the report made from it."""
-    from inca.report import write_report
+    from inca.report.run import write_report
 
     write_json(out / "results.json", results)
     write_report(results, out)

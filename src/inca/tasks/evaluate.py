@@ -12,10 +12,10 @@ from tqdm.auto import tqdm
 
 from inca.data import ImageTransform, Subset, make_loader, make_splits
 from inca.errors import IncaError
-from inca.select import accuracy
 from inca.tasks.finetuned import FineTunedTask
 from inca.tasks.multi import MultiTask
 from inca.tasks.task import Task
+from inca.train.select import accuracy
 
 SPLITS = ("train", "val", "test")
 

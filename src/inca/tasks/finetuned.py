@@ -18,9 +18,9 @@ from torch import Tensor, nn
 
 from inca.backbones.base import Backbone
 from inca.errors import IncaError
-from inca.io import now_iso
 from inca.methods.pixel_config import FineTuneConfig, config_from_dict
 from inca.tasks.storage import TASK_JSON, TaskKind, register_task_kind, require, save_task
+from inca.utils.io import now_iso
 
 
 class FineTunedTask(nn.Module):

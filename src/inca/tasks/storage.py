@@ -31,9 +31,9 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from inca.checked_tensors import require_finite, save_checked, verify
 from inca.errors import IncaError
-from inca.io import make_private_dir_public, write_json
+from inca.utils.checked_tensors import require_finite, save_checked, verify
+from inca.utils.io import make_private_dir_public, write_json
 
 FORMAT, VERSION = "inca-task", 1
 TASK_JSON, WEIGHTS = "task.json", "adapters.safetensors"

@@ -2,7 +2,7 @@
 
 A task is one or more adapters (its *members*) reading taps of one frozen backbone; it predicts
 the mean of the members' softmax probabilities (one member: a single adapter; several: an
-ensemble, as ``inca.select`` chose them), weighted when greedy selection chose the ensemble (a
+ensemble, as ``inca.train.select`` chose them), weighted when greedy selection chose the ensemble (a
 member it added twice counts twice). It remembers which backbone it was trained on (name,
 weights hash, preprocessing) so that serving can refuse a backbone that would give other tokens.
 """
@@ -21,7 +21,6 @@ from inca.adapters import Adapter, adapter_config, build_adapter, normalize_toke
 from inca.adapters.tap_groups import group_tokens, group_width, is_group, single_taps
 from inca.backbones.base import Backbone
 from inca.errors import IncaError, UnknownNameError
-from inca.io import now_iso
 from inca.tasks.storage import (
     TASK_JSON,
     WEIGHTS,
@@ -30,6 +29,7 @@ from inca.tasks.storage import (
     require,
     save_task,
 )
+from inca.utils.io import now_iso
 
 Member = tuple[str, str, Adapter]  # (member name, tap or tap group "block.5+block.8", adapter)
 

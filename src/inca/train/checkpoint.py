@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from inca.checked_tensors import save_checked, verify
 from inca.errors import IncaError
-from inca.io import atomic_write, json_safe
+from inca.utils.checked_tensors import save_checked, verify
+from inca.utils.io import atomic_write, json_safe
 
 FILE = "checkpoint.safetensors"
 FIX = "delete it to start the run again, or use another --out"

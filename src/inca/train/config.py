@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from inca.distributed import world
 from inca.errors import IncaError
 from inca.train.budget import PATIENCE_MAX_EPOCHS, Budget, fitted_batch_size, resolve_budget
 from inca.train.metrics import check_metric
+from inca.utils.distributed import world
 
 
 @dataclass(frozen=True)

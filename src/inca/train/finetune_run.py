@@ -14,15 +14,15 @@ from torch import Tensor, nn
 
 from inca.backbones.base import Backbone
 from inca.data import Splits
-from inca.device import Precision
 from inca.errors import DivergedError, IncaError, warn
 from inca.methods.pixel_config import FineTuneConfig, build_model
 from inca.methods.vqt.sweep import VQTSweep
-from inca.select import accuracy
+from inca.train.batch_sources import PixelSource
 from inca.train.config import TrainConfig
-from inca.train.predict import predict_all
-from inca.train.sources import PixelSource
+from inca.train.select import accuracy
+from inca.train.split_predictions import predict_all
 from inca.train.trainer import Trainer
+from inca.utils.device import Precision
 
 GENERATOR = "stochca/generator"  # StochCA's draws, in the checkpoint: a resumed run draws on
 

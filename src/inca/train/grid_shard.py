@@ -22,9 +22,9 @@ from typing import Any
 
 import torch.distributed as dist
 
-from inca.distributed import my_share, world
 from inca.errors import IncaError
 from inca.train import checkpoint
+from inca.utils.distributed import my_share, world
 
 
 def my_slice(names: list[str]) -> list[str]:

@@ -1,7 +1,7 @@
 """One-to-many training of an adapter plan: one backbone pass (or cache read) feeds every adapter.
 
 The plan's adapters become one :class:`~inca.train.bank.AdapterBank` (the trainer's members) fed
-by a :class:`~inca.train.sources.TokenSource` of the taps they read; the
+by a :class:`~inca.train.batch_sources.TokenSource` of the taps they read; the
 :class:`~inca.train.trainer.Trainer` runs it like any other method: one summed loss, one
 backward, one fused AdamW step with parameter groups per stack of adapters sharing a shape, lr
 and weight decay (AdamW is element-wise, so each adapter trains exactly as it would alone).
@@ -16,13 +16,13 @@ from typing import Any
 from inca.backbones.base import Backbone
 from inca.cache import ActivationCache
 from inca.data import Splits
-from inca.distributed import world
 from inca.train.bank import AdapterBank
+from inca.train.batch_sources import TokenSource, token_dtype
 from inca.train.config import TrainConfig
 from inca.train.grid_shard import my_slice
 from inca.train.plan import AdapterSpec
-from inca.train.sources import TokenSource, token_dtype
 from inca.train.trainer import Trainer
+from inca.utils.distributed import world
 
 
 def adapter_trainer(

@@ -18,12 +18,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from inca.adapters import build_adapter
-from inca.io import write_json
 from inca.methods.linear import pool_tokens, select_pool
+from inca.train.batch_sources import TokenSource
 from inca.train.member import Member
 from inca.train.plan import AdapterSpec
 from inca.train.probe_solver import fit_probes
-from inca.train.sources import TokenSource
+from inca.utils.io import write_json
 
 
 def pooled_features(

@@ -27,19 +27,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from inca.distributed import World, all_reduce_mean_, gather_rows, world
 from inca.errors import DivergedError, IncaError
-from inca.io import json_safe
-from inca.select import rank
 from inca.train import checkpoint, trainer_state
 from inca.train.budget import LOSS_MIN_DELTA, survivors
 from inca.train.config import TrainConfig
 from inca.train.grid_shard import Standing, resume_file, save_shard
 from inca.train.metrics import score
-from inca.train.predict import predict_all
 from inca.train.protocols import BatchSource, Members
 from inca.train.resume import refuse_other_signature, signed, truncate_log
 from inca.train.schedule import lr_factor
+from inca.train.select import rank
+from inca.train.split_predictions import predict_all
+from inca.utils.distributed import World, all_reduce_mean_, gather_rows, world
+from inca.utils.io import json_safe
 
 
 class Trainer:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inca.io import write_json
+from inca.utils.io import write_json
 
 PLAN = "inca taps=block.*; linear taps=block.*[-3:]"  # the one-to-many benchmark's plan
 OVERHEAD_TARGET = 1.15  # N processes may be at most this much slower than one, on one CPU

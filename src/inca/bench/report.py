@@ -75,7 +75,7 @@ def plot_curve(curve: list[dict], extraction_s: float, path: Path, setup: dict) 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    from inca.io import atomic_write
+    from inca.utils.io import atomic_write
 
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -3,7 +3,7 @@
 Measured in one run on this machine, so the ratios between rows are what matter. Forward only
 (synthetic pixels, no data loading), taps = every block, batch 32 by default.
 
-    python benchmarks/backbone_throughput.py [--model dinov2-small] [--sizes 112 224]
+    python -m inca.bench.backbone_throughput [--model dinov2-small] [--sizes 112 224]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import inca
-from inca.io import write_json
+from inca.utils.io import write_json
 
 
 def images_per_second(backbone: inca.Backbone, size: int, batch: int, seconds: float) -> float:

@@ -24,9 +24,9 @@ from inca.adapters.base import stack_taps
 from inca.backbones.base import Backbone
 from inca.cache import ActivationCache
 from inca.data import ImageTransform, Splits, Subset, make_loader
-from inca.distributed import World, my_block, world
 from inca.train.config import TrainConfig
 from inca.train.schedule import epoch_order
+from inca.utils.distributed import World, my_block, world
 
 
 def token_dtype(backbone: Backbone) -> torch.dtype:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from inca.io import write_json
+from inca.utils.io import write_json
 
 # Fashion-MNIST ids; pairs that differ in details: sleeves (T-shirt, Pullover), straps and
 # holes (Sandal, Sneaker), the shaft (Sneaker, Ankle-boot)
@@ -80,7 +80,7 @@ def run_small_detail(
 ) -> dict[str, Any]:
     """The main job on the small-detail folder at each of ``sizes``; JSON and Markdown out."""
     from inca.recipes.data_fit import auto_image_size
-    from inca.recipes.plan_run import train
+    from inca.recipes.plan_run import run_plan
     from inca.recipes.run_options import RunOptions
     from inca.train import FROZEN_DEFAULTS, TrainConfig
 
@@ -93,7 +93,7 @@ def run_small_detail(
         options = RunOptions(data=data, image_size=image_size,
                              train=TrainConfig(**FROZEN_DEFAULTS, workers=None),
                              cache=str(run / "cache"))  # fmt: skip
-        results = train(options, run, resume=(run / "plan.json").exists())
+        results = run_plan(options, run, resume=(run / "plan.json").exists())
         rows.append(_row(size, image_size, results, time.perf_counter() - started))
     report = {"data": data, "counts": dict(zip(CLASSES, COUNTS, strict=True)), "rows": rows}
     write_json(out, report)
@@ -130,7 +130,7 @@ def _row(asked: int | str, size: int, results: dict[str, Any], seconds: float) -
 
 
 def detail_table(report: dict[str, Any]) -> str:
-    from inca.report_format import markdown_table
+    from inca.report.format import markdown_table
 
     head = ["image size", "best adapter: test acc / balanced", "ensemble: test acc / balanced",
             "linear probe (reference)", "epochs run (cap)", "best epoch", "cache build",

@@ -28,14 +28,15 @@ import torch
 from inca.adapters import build_adapter
 from inca.adapters.stack import AdapterStack
 from inca.backbones import Backbone, load_backbone
-from inca.bench_report import TARGETS, format_table, plot_curve
+from inca.bench.backbone_throughput import images_per_second
+from inca.bench.report import TARGETS, format_table, plot_curve
 from inca.cache import ActivationCache, build_cache
 from inca.data import ImageTransform, Splits, make_loader, make_splits
-from inca.io import write_json
 from inca.methods.inca import InCAConfig
-from inca.process import peak_rss_mib
 from inca.train import TrainConfig, adapter_trainer, parse_plan
 from inca.train.trainer import Trainer
+from inca.utils.io import write_json
+from inca.utils.process import peak_rss_mib
 
 PLAN = "inca taps=block.*; linear taps=block.*[-3:]"  # 12 InCA + 3 linear probes
 CURVE_PLANS = {
@@ -151,23 +152,18 @@ def adapter_compute(
 
 
 def backbone_throughput(model: str, size: int, batch: int = 32, seconds: float = 4.0) -> dict:
+    """Images/s of ``model``'s forward to every tap at ``size`` px, fp32 and bf16."""
     out = {}
     for precision in ("fp32", "bf16"):
         bb = load_backbone(model, image_size=size, precision=precision)
-        x = torch.randn(batch, 3, size, size)
-        bb.forward_taps(x)
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or n < 2:
-            bb.forward_taps(x)
-            n += 1
-        out[precision] = n * batch / (time.perf_counter() - start)
+        out[precision] = images_per_second(bb, size, batch, seconds)
     return out
 
 
 def peak_memory(mode: str, args: dict[str, Any]) -> float:
     """Peak RSS (MiB) of a fresh process doing one epoch of ``mode`` (extract or train)."""
     code = (
-        "import json, sys; from inca.bench import memory_child; "
+        "import json, sys; from inca.bench.one_to_many import memory_child; "
         f"print(json.dumps(memory_child({mode!r}, json.loads(sys.argv[1]))))"
     )
     done = subprocess.run(

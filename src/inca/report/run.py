@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from inca.errors import IncaError
-from inca.io import atomic_write
-from inca.report_format import (
+from inca.report.format import (
     DASH,
     _acc,
     _confusion_table,
@@ -34,6 +33,7 @@ from inca.report_format import (
     _share,
     markdown_table,
 )
+from inca.utils.io import atomic_write
 
 Adapter = Mapping[str, Any]
 

@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 from inca.data import IMAGE_EXTENSIONS, images_in
 from inca.data.preprocess import ImageTransform
 from inca.errors import IncaError
-from inca.io import atomic_write
 from inca.tasks import MultiTask
+from inca.utils.io import atomic_write
 
 Row = dict[str, Any]
 

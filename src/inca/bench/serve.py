@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inca.io import write_json
+from inca.utils.io import write_json
 
 TASKS_VS_ONE = 0.80  # 16 tasks at >= this share of one task's throughput
 SERVED_VS_OFFLINE = 0.90  # 32 clients at >= this share of `inca predict`'s throughput
@@ -173,8 +173,8 @@ def measured(url: str, images: list[bytes], clients: int, requests: int, repeats
 
 def offline(tasks: list[Path], images: list[bytes], requests: int, root: Path) -> float:
     """``inca predict``'s images/s on the same images and tasks (batches of 32)."""
-    from inca.predict import predict_images
     from inca.tasks import MultiTask
+    from inca.tasks.predict_images import predict_images
 
     folder = root / "images"
     folder.mkdir(exist_ok=True)

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from inca.io import write_json
+from inca.utils.io import write_json
 
 REPLAY_TARGET, NO_REPLAY_TARGET = 3.0, 8.0  # points below joint training, at most
 
@@ -40,7 +40,7 @@ def run_class_incremental(
 
     from inca.data import make_splits
     from inca.recipes.add_classes import add_classes, new_classes_task, trained_config
-    from inca.recipes.plan_run import train
+    from inca.recipes.plan_run import run_plan
     from inca.recipes.run_options import RunOptions
     from inca.tasks import load_task
     from inca.tasks.open_classes import calibrate, held_out_tokens, merge_tasks
@@ -91,7 +91,7 @@ def run_class_incremental(
             res[key] = {"replay": replay, "projections": projections, "steps": rows,
                         "forgetting": forgetting(rows),
                         "adapter_params": _params(load_task(task))}  # fmt: skip
-        joint = train(RunOptions(model=model, data=data, plan=f"inca taps={tap} lr=1e-3,3e-3",
+        joint = run_plan(RunOptions(model=model, data=data, plan=f"inca taps={tap} lr=1e-3,3e-3",
                                  train_size=sizes[0], val_size=sizes[1], test_size=sizes[2],
                                  image_size=image_size, cache=str(root / "cj"),
                                  train=replace(config, epochs=joint_epochs)),

@@ -128,7 +128,7 @@ def run_memory_benchmark(
     rows = []
     for mode in modes:
         code = (
-            "import json, sys; from inca.bench_memory import measure; "
+            "import json, sys; from inca.bench.memory import measure; "
             "print(json.dumps(measure(sys.argv[1], sys.argv[2], int(sys.argv[3]), "
             "int(sys.argv[4]))))"
         )
@@ -140,7 +140,7 @@ def run_memory_benchmark(
         print(format_row(rows[-1], rows[0]), flush=True)
     result = {"model": model, "image_size": image_size, "batch": batch, "rows": rows}
     if out:
-        from inca.io import write_json
+        from inca.utils.io import write_json
 
         write_json(Path(out), result)
     return result

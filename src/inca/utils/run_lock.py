@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from inca.distributed import on_main, world
 from inca.errors import IncaError
-from inca.io import now_iso
+from inca.utils.distributed import on_main, world
+from inca.utils.io import now_iso
 
 LOCK_FILE = ".inca.lock"
 _HELD: dict[Path, int] = {}  # directories this process holds -> depth (nested use is fine)
@@ -96,7 +96,7 @@ def exclusive_local(directory: Path, what: str) -> Iterator[None]:
 
 
 def _remove_leftovers(directory: Path) -> None:
-    """Temporary files of writes that were killed (``.NAME.*.tmp``, see ``inca.io``): nothing
+    """Temporary files of writes that were killed (``.NAME.*.tmp``, see ``inca.utils.io``): nothing
     else writes in a directory this process holds, so none of them is in flight."""
     import shutil
 

@@ -12,8 +12,8 @@ from inca.cache.build import build_cache, cache_request
 from inca.cache.format import read_header
 from inca.cache.read import ActivationCache
 from inca.data import Splits
-from inca.distributed import world
-from inca.io import write_json
+from inca.utils.distributed import world
+from inca.utils.io import write_json
 
 
 def open_caches(

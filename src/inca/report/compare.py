@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from inca.device import machine_label
-from inca.io import atomic_write
 from inca.methods import get_method
+from inca.utils.device import machine_label
+from inca.utils.io import atomic_write
 
 
 def runs(row: dict[str, Any]) -> int:

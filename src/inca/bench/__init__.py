@@ -1,0 +1,1 @@
+"""Benchmarks that measure the claims and write JSON (and plots) to benchmarks/results."""
