@@ -36,14 +36,15 @@ def test_table_and_curve(tmp_path) -> None:
 
 def test_folded_adapters_do_less_work_and_memory_is_read() -> None:
     """Which form is faster is the benchmark's to measure; here: the folded form, which the
-    benchmark times against the plain one, does the ~60x fewer multiply-adds it claims at
-    DINOv2-S's shapes (counted, not timed), and both are timed."""
+    benchmark times against the plain one, does over 25x fewer multiply-adds at DINOv2-S's
+    shapes at 112 px (counted, not timed: ~30x at a batch of 16, all of it in the batched
+    matrix products); the benchmark's timing loop runs; the peak memory is read."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from inca.adapters import build_adapter
     from inca.methods.inca import InCAConfig
 
-    x = torch.randn(1, 4, 65, 384)
+    x = torch.randn(1, 16, 65, 384)
     flops = {}
     for path in ("plain", "folded"):
         adapter = build_adapter(InCAConfig(path=path), 384, 10)
@@ -51,7 +52,7 @@ def test_folded_adapters_do_less_work_and_memory_is_read() -> None:
         with FlopCounterMode(display=False) as counter:
             adapter.stacked_forward(params, x)
         flops[path] = counter.get_total_flops()
-    assert flops["plain"] > 20 * flops["folded"]
+    assert flops["plain"] > 25 * flops["folded"]
     speed = adapter_compute(n=2, batch=8, tokens=65, dim=64, repeats=2)
     assert set(speed) == {"plain", "folded"} and min(speed.values()) > 0
     assert 50 < peak_rss_mib() < 100_000

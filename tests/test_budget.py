@@ -69,8 +69,8 @@ def test_halving_survivors_train_exactly_as_without_halving(setup, tmp_path) -> 
     halved = trainer(setup, tmp_path / "h", epochs=3, halving_epochs=1, halving_keep=0.4,
                      halving_min=2)  # fmt: skip
     halved.fit()
-    assert len(halved.active) == 2 and len(halved.dropped_at) == 3
-    assert set(halved.dropped_at.values()) == {1}  # the second rung (epoch 2) keeps 2
+    assert len(halved.active) == 2 and len(halved.progress.dropped_at) == 3
+    assert set(halved.progress.dropped_at.values()) == {1}  # the second rung (epoch 2) keeps 2
     full = trainer(setup, tmp_path / "f", epochs=3)
     full.fit()
     for name in halved.active:
@@ -83,8 +83,8 @@ def test_halving_survivors_train_exactly_as_without_halving(setup, tmp_path) -> 
     # dropped members keep their best epoch and come back for selection and export
     halved.load_best()
     assert halved.members.names == full.members.names
-    for name, epoch in halved.dropped_at.items():
-        assert halved.best_epoch[name] <= epoch
+    for name, epoch in halved.progress.dropped_at.items():
+        assert halved.progress.best_epoch[name] <= epoch
 
 
 def test_halved_run_resumes_exactly(setup, tmp_path) -> None:
@@ -97,7 +97,7 @@ def test_halved_run_resumes_exactly(setup, tmp_path) -> None:
     first.fit()  # "interrupted" after epoch 2, after the rung
     resumed = trainer(setup, tmp_path / "b", epochs=3, **kw)
     resumed.fit(resume=True)
-    assert resumed.epoch == 3 and resumed.active == straight.active
+    assert resumed.progress.epoch == 3 and resumed.active == straight.active
     for name in straight.active:
         for key, value in straight.members.member_state(name).items():
             torch.testing.assert_close(
@@ -108,6 +108,7 @@ def test_halved_run_resumes_exactly(setup, tmp_path) -> None:
 def test_patience_stops_a_run_that_no_longer_improves(setup, tmp_path) -> None:
     t = trainer(setup, tmp_path, plan="linear taps=block.3 lr=1e-9", epochs=20, patience=1)
     t.fit()
-    assert t.stopped and t.epoch == 3  # improved at epoch 1, then two epochs (6 steps) without
+    # improved at epoch 1, then two epochs (6 steps) without
+    assert t.progress.stopped and t.progress.epoch == 3
     log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert "stopped" in log[-1] and len(log) == 3

@@ -215,7 +215,7 @@ def test_training_from_the_cache_equals_training_online(setup, tmp_path, dtype, 
         for key in a:
             torch.testing.assert_close(b[key], a[key], rtol=tol, atol=tol, msg=f"{name}.{key}")
     if dtype == "float32":
-        assert online.best_acc == cached.best_acc
+        assert online.progress.best_acc == cached.progress.best_acc
     np.testing.assert_array_equal(cached.val_labels.numpy(), online.val_labels.numpy())
 
 

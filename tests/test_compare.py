@@ -7,6 +7,7 @@ import json
 import pytest
 
 from inca.cli import main
+from tests.conftest import compare_in_process
 
 pytestmark = pytest.mark.integration  # trains end to end: the full tier
 
@@ -20,8 +21,11 @@ ARGS = ["--model", "tiny-dinov2", "--data", "digits", "--image-size", "32", "--t
                    "| stochca lr=1e-4 | vqt lr=1e-2"]  # fmt: skip
 
 
-def test_compare_runs_every_method_and_resumes(tmp_path, capsys) -> None:
+def test_compare_runs_every_method_and_resumes(tmp_path, capsys, monkeypatch) -> None:
+    """Every method in this process; the one rerun at the end in a process of its own, as
+    `inca compare` runs each method."""
     out = tmp_path / "cmp"
+    compare_in_process(monkeypatch)
     assert main(["compare", *ARGS, "--out", str(out)]) == 0
     summary = json.loads((out / "compare.json").read_text())
     assert summary["options"]["plans"]["lora"] == "lora lr=1e-3,3e-3 lora_r=4"
@@ -60,7 +64,8 @@ def test_compare_runs_every_method_and_resumes(tmp_path, capsys) -> None:
     # a finished method is not rerun
     assert main(["compare", *ARGS, "--out", str(out), "--methods", "lora,linear"]) == 0
     assert "lora: done before, not rerun" in capsys.readouterr().out
-    # another frozen-feature budget reruns only the frozen-feature methods
+    # another frozen-feature budget reruns only the frozen-feature methods (in its own process)
+    monkeypatch.undo()
     assert main(["compare", *ARGS, "--out", str(out), "--methods", "lora,inca",
                  "--patience", "5"]) == 0  # fmt: skip
     printed = capsys.readouterr().out

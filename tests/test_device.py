@@ -60,7 +60,7 @@ def test_fine_tuning_trains_and_serves_at_the_users_precision(monkeypatch, preci
     import inca.utils.device as d
     from inca.methods.pixel_config import build_model, finetune_config
     from inca.tasks.finetuned import FineTunedTask
-    from inca.train.finetune_run import ModelMembers
+    from inca.train.pixel_members import ModelMembers
 
     monkeypatch.setattr(d, "cpu_has_native_bf16", lambda: True)  # bf16 hardware
     backbone = inca.load_backbone("tiny-vit", precision=precision, device="cpu")

@@ -53,7 +53,7 @@ def test_a_diverged_rate_leaves_a_fine_tuning_sweep(tiny_setup, tmp_path, method
     from inca.errors import DivergedError
     from inca.methods.pixel_config import finetune_config
     from inca.train import TrainConfig
-    from inca.train.finetune_run import fine_tune_sweep
+    from inca.train.pixel_sweep import fine_tune_sweep
 
     backbone, splits = tiny_setup
     cfg = TrainConfig(epochs=1, batch_size=20, workers=0, progress=False, warmup=0.0)

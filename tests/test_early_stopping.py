@@ -41,7 +41,7 @@ def scripted(setup, tmp_path, script, epochs=20):
     t = adapter_trainer(backbone, splits, specs, cfg, tmp_path, {"plan": plan})
     labels = torch.as_tensor(splits.val.labels)
     name = t.members.names[0]
-    t.predict = lambda split: ({name: script(t.epoch, labels)}, labels)
+    t.predict = lambda split: ({name: script(t.progress.epoch, labels)}, labels)
     t.fit()
     return t, name
 
@@ -68,21 +68,21 @@ def test_plateau_then_jump_is_not_cut_short(setup, tmp_path) -> None:
     t, name = scripted(
         setup, tmp_path, lambda e, y: plateau_probs(y, 0.1 + 0.05 * e, jumped=e >= 7)
     )
-    assert t.best_epoch[name] == 7 and t.best_acc[name] == 1.0
-    assert t.stopped and t.epoch == 9  # then two flat epochs end it
+    assert t.progress.best_epoch[name] == 7 and t.progress.best_acc[name] == 1.0
+    assert t.progress.stopped and t.progress.epoch == 9  # then two flat epochs end it
 
 
 @pytest.mark.integration
 def test_flat_run_stops_after_patience(setup, tmp_path) -> None:
     t, name = scripted(setup, tmp_path, lambda e, y: plateau_probs(y, 0.3, jumped=False))
-    assert t.stopped and t.epoch == 3 and t.best_epoch[name] == 1
+    assert t.progress.stopped and t.progress.epoch == 3 and t.progress.best_epoch[name] == 1
 
 
 @pytest.mark.integration
 def test_loss_creeping_below_one_percent_does_not_hold_the_run(setup, tmp_path) -> None:
     """A loss that improves by 0.3% an epoch is not progress: the run still ends."""
     t, _ = scripted(setup, tmp_path, lambda e, y: plateau_probs(y, 0.3 * 1.003**e, False))
-    assert t.stopped and t.epoch == 3
+    assert t.progress.stopped and t.progress.epoch == 3
 
 
 def test_the_default_batch_fits_small_training_sets(capsys) -> None:

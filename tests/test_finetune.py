@@ -1,5 +1,5 @@
-"""Fine-tuning baselines: only the intended weights change; saved tasks reload to the same
-outputs; MultiTask serves them beside adapter tasks (on their own pass)."""
+"""Fine-tuning configs: bad options are refused; configs of older inca load. (What training
+changes, saved tasks and MultiTask are checked on the runs of tests/test_method_matrix.py.)"""
 
 from __future__ import annotations
 
@@ -7,115 +7,8 @@ import pytest
 import torch
 
 import inca
-from inca.adapters import adapter_config, build_adapter
 from inca.errors import IncaError
 from inca.methods.pixel_config import finetune_config
-from inca.tasks import MultiTask, Task, load_task
-from inca.tasks.finetuned import FineTunedTask
-from tests.conftest import fine_tune_tiny
-
-pytestmark = pytest.mark.integration  # trains end to end: the full tier
-
-
-@pytest.fixture(scope="module")
-def setup(tiny_setup):
-    return tiny_setup
-
-
-def train(setup, tmp_path, **options):
-    return fine_tune_tiny(setup, tmp_path, **options)
-
-
-def changed(model, backbone) -> set[str]:
-    """Backbone weights the fine-tuned copy no longer shares with the frozen original."""
-    frozen = backbone.model.state_dict()
-    tuned = {
-        k.replace(".base_layer", ""): v
-        for k, v in model.base().state_dict().items()
-        if "lora_" not in k
-    }  # peft keeps the wrapped weight as <module>.base_layer
-    return {k for k, v in frozen.items() if not torch.equal(tuned[k].float(), v.float())}
-
-
-def test_full_changes_every_used_weight(setup, tmp_path) -> None:
-    model, record = train(setup, tmp_path, method="full")
-    names = changed(model, setup[0])
-    assert "encoder.layer.0.attention.q_proj.weight" in names and "layernorm.weight" in names
-    assert record["trainable_params"] == setup[0].num_params + model.head.weight.numel() + 10
-
-
-def test_partial_changes_only_the_last_blocks(setup, tmp_path) -> None:
-    model, _ = train(setup, tmp_path, method="partial", blocks=2)
-    names = changed(model, setup[0])
-    assert names and all(k.startswith(("encoder.layer.2.", "encoder.layer.3.", "layernorm."))
-                         for k in names)  # fmt: skip
-    assert any(k.startswith("encoder.layer.2.") for k in names)
-
-
-def test_lora_changes_no_backbone_weight(setup, tmp_path) -> None:
-    model, record = train(setup, tmp_path, method="lora", lora_r=2)
-    assert changed(model, setup[0]) == set()
-    lora = {k: v for k, v in model.changed_state().items() if "lora_B" in k}
-    assert lora and any(v.abs().sum() > 0 for v in lora.values())  # B starts at zero
-    assert record["trainable_params"] < setup[0].num_params / 4
-
-
-@pytest.mark.parametrize("method", ["full", "partial", "lora", "stochca", "vqt"])
-def test_saved_task_reloads_to_the_same_outputs(setup, tmp_path, method) -> None:
-    backbone, splits = setup
-    model, record = train(setup, tmp_path / "train", method=method)
-    task = FineTunedTask(
-        "digits-" + method,
-        method,
-        backbone.identity(),
-        splits.class_names,
-        model.config,
-        model.changed_state(),
-        metrics=record,
-    )
-    task.save(tmp_path / "task")
-    loaded = load_task(tmp_path / "task")
-    assert isinstance(loaded, FineTunedTask) and loaded.config == model.config
-    pixels = torch.randn(3, 3, 32, 32)
-    model.eval()
-    with torch.no_grad():
-        expected = model(pixels).softmax(-1)
-    torch.testing.assert_close(loaded.predict_pixels(pixels, backbone), expected)
-    stored = sum(v.numel() for v in loaded.state.values())
-    if method in ("lora", "vqt"):
-        assert stored < backbone.num_params / 4  # the LoRA matrices / queries, and the head
-    assert loaded.changes_backbone == (method != "vqt")
-
-
-def test_multitask_runs_fine_tuned_tasks_on_their_own_pass(setup, tmp_path, capsys) -> None:
-    backbone, splits = setup
-    model, _ = train(setup, tmp_path / "ft", method="lora")
-    tuned = FineTunedTask(
-        "tuned",
-        "lora",
-        backbone.identity(),
-        splits.class_names,
-        model.config,
-        model.changed_state(),
-    )
-    adapter = build_adapter(adapter_config("linear"), 32, len(splits.class_names))
-    plain = Task.from_adapters(
-        "probe", "linear", backbone, splits.class_names, [("probe", "final", adapter)]
-    )
-    vqt, _ = train(setup, tmp_path / "vqt", method="vqt")
-    queries = FineTunedTask(
-        "vqt", "vqt", backbone.identity(), splits.class_names, vqt.config, vqt.changed_state()
-    )
-    multi = MultiTask([plain, tuned, queries], backbone=backbone)
-    said = capsys.readouterr().out
-    assert "'tuned' changes the backbone" in said
-    assert "'vqt' reads its query tokens inside every block: it runs its own pass" in said
-    pixels = torch.randn(2, 3, 32, 32)
-    out = multi.predict_proba(pixels)
-    torch.testing.assert_close(out["tuned"], tuned.predict_pixels(pixels, backbone))
-    torch.testing.assert_close(out["vqt"], queries.predict_pixels(pixels, backbone))
-    alone = MultiTask([plain], backbone=backbone).predict_proba(pixels)
-    torch.testing.assert_close(out["probe"], alone["probe"])
 
 
 def test_bad_configs() -> None:

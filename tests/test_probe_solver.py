@@ -8,7 +8,7 @@ import torch
 
 from inca.adapters import adapter_config, build_adapter, normalize_tokens
 from inca.methods.linear import pool_tokens, select_pool
-from inca.train import probe_solver as ps
+from inca.methods.linear import solver as ps
 
 
 def make_problem(

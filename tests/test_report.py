@@ -9,15 +9,10 @@ import pytest
 from PIL import Image
 
 from inca.errors import IncaError
-from inca.report.run import (
-    TABLE_CLASSES,
-    best_per_tap,
-    imbalance_warning,
-    plot_accuracy_by_layer,
-    plot_confusion,
-    results_table,
-    write_report,
-)
+from inca.report.class_report import TABLE_CLASSES, imbalance_warning
+from inca.report.results_view import best_per_tap
+from inca.report.run import results_table, write_report
+from inca.report.run_plots import plot_accuracy_by_layer, plot_confusion
 
 TAPS = ["embed", "block.0", "block.1", "block.2", "final"]
 BACKBONE_PARAMS = 22_056_576

@@ -1,5 +1,6 @@
 """StochCA: p = 0 is full fine-tuning step for step; p = 1 attends only to the frozen model's
-keys/values; only the trainable copy changes; evaluation uses self-attention only."""
+keys/values; evaluation uses self-attention only. (That only the trainable copy changes, and
+that a run resumes with its draws, is checked on the runs of tests/test_method_matrix.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from inca.methods.full.model import FineTuneModel
 from inca.methods.pixel_config import finetune_config
-from tests.conftest import fine_tune_tiny, killed_after_first_epoch
+from tests.conftest import fine_tune_tiny
 
 pytestmark = pytest.mark.integration  # trains end to end: the full tier
 
@@ -93,36 +94,3 @@ def test_per_sample_draws_mix_rows(setup) -> None:
         own = model(pixels)
     torch.testing.assert_close(mixed[[0, 2]], cross[[0, 2]])
     torch.testing.assert_close(mixed[1], own[1])
-
-
-def test_only_the_trainable_copy_changes(setup, tmp_path) -> None:
-    backbone, _ = setup
-    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
-    model, _ = train(setup, tmp_path, method="stochca", stochca_p=0.5)
-    after = backbone.model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    tuned = model.model.state_dict()
-    assert any(not torch.equal(tuned[k], before[k]) for k in before)
-    assert not backbone.model.training
-
-
-def test_an_interrupted_run_resumes_to_the_same_result(setup, tmp_path, monkeypatch) -> None:
-    """StochCA at p = 0.5: weights, AdamW moments, best state and the draws all resume."""
-    from inca.errors import IncaError
-    from inca.train import TrainConfig
-    from inca.train.finetune_run import fine_tune
-
-    backbone, splits = setup
-    cfg = TrainConfig(epochs=2, batch_size=20, workers=0, progress=False, warmup=0.0)
-    ft = finetune_config(method="stochca", stochca_p=0.5, lr=1e-2)
-    whole, whole_record = fine_tune(backbone, splits, ft, cfg, tmp_path / "whole")
-
-    with killed_after_first_epoch(monkeypatch):
-        fine_tune(backbone, splits, ft, cfg, tmp_path / "cut")
-    resumed, record = fine_tune(backbone, splits, ft, cfg, tmp_path / "cut", resume=True)
-    a, b = whole.changed_state(), resumed.changed_state()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert record["val_acc"] == whole_record["val_acc"]
-    assert len((tmp_path / "cut" / "log.jsonl").read_text().splitlines()) == 2
-    with pytest.raises(IncaError, match="other options"):
-        fine_tune(backbone, splits, finetune_config(method="full"), cfg, tmp_path / "cut", True)

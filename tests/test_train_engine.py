@@ -1,4 +1,6 @@
-"""One-to-many training: N adapters trained together == each trained alone; resume == straight."""
+"""One-to-many training: N adapters trained together == each trained alone; training learns and
+logs; a resume with other settings is refused. (A resumed run of adapters ends where a straight
+one does: tests/test_method_matrix.py, for every adapter method and a one-pass sweep.)"""
 
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ def test_together_equals_alone(setup, tmp_path) -> None:
         theirs = alone.members.member_state(name)
         for key in mine:  # float32 rounding of a summed vs single loss: 1e-6 is ample
             torch.testing.assert_close(mine[key], theirs[key], rtol=1e-5, atol=1e-6, msg=key)
-        assert together.best_acc[name] == alone.best_acc[name]
+        assert together.progress.best_acc[name] == alone.progress.best_acc[name]
 
 
 def test_training_learns_and_logs(setup, tmp_path) -> None:
@@ -57,27 +59,7 @@ def test_training_learns_and_logs(setup, tmp_path) -> None:
     assert set(log[0]["val_acc"]) == set(t.members.names)
     for name in t.members.names:  # a random 4-block ViT: weak features, but every adapter learns
         assert log[-1]["train_loss"][name] < log[0]["train_loss"][name] - 0.05, name
-    assert max(t.best_acc.values()) > 0.15  # 10 classes: chance is 0.1
-
-
-def test_resume_continues_exactly(setup, tmp_path) -> None:
-    straight = trainer(setup, PLAN, tmp_path / "a", epochs=2)
-    straight.fit()
-    first = trainer(setup, PLAN, tmp_path / "b", epochs=2)
-    first.config = TrainConfig(**(first.config.__dict__ | {"epochs": 1}))
-    first.fit()  # "interrupted" after epoch 1
-    resumed = trainer(setup, PLAN, tmp_path / "b", epochs=2)
-    resumed.fit(resume=True)
-    assert resumed.epoch == 2
-    for name in straight.members.names:
-        for key, value in straight.members.member_state(name).items():
-            torch.testing.assert_close(
-                resumed.members.member_state(name)[key],
-                value,
-                rtol=0,
-                atol=0,
-                msg=f"{name}.{key}",
-            )
+    assert max(t.progress.best_acc.values()) > 0.15  # 10 classes: chance is 0.1
 
 
 def test_resume_refuses_other_settings(setup, tmp_path) -> None:

@@ -1,5 +1,6 @@
 """VQT: the backbone's tokens are untouched; the memory-efficient query path equals a plain
-append-and-mask reference (forward and gradients); attention routing changes nothing by itself."""
+append-and-mask reference (forward and gradients); attention routing changes nothing by itself;
+which sweeps share one backbone pass."""
 
 from __future__ import annotations
 
@@ -125,12 +126,29 @@ def test_group_lasso_ranks_the_informative_features_first() -> None:
     assert keep.tolist() == [7, 8, 9]
 
 
+def test_only_a_vqt_sweep_of_several_rates_shares_one_backbone_pass() -> None:
+    lrs = [1e-2, 3e-2]  # (that the one-pass sweep equals one run per rate, and resumes:
+    # tests/test_method_matrix.py)
+    assert finetune_config(method="vqt").shares_backbone_pass(lrs)
+    assert not finetune_config(method="vqt").shares_backbone_pass(lrs[:1])
+    assert not finetune_config(method="vqt", vqt_naive=True).shares_backbone_pass(lrs)
+    assert not finetune_config(method="lora").shares_backbone_pass(lrs)
+
+
+def test_sweep_members_must_differ_only_in_lr(backbone) -> None:
+    from inca.methods.vqt.sweep import VQTSweep
+
+    configs = [finetune_config(method="vqt", lr=1e-2), finetune_config(method="vqt", queries=2)]
+    with pytest.raises(IncaError, match="differ only in lr"):
+        VQTSweep(backbone, 3, configs, seed=0)
+
+
 def test_vqt_with_feature_selection_trains_saves_and_reloads(tmp_path) -> None:
     from inca.data import make_splits
     from inca.tasks import load_task
     from inca.tasks.finetuned import FineTunedTask
     from inca.train import TrainConfig
-    from inca.train.finetune_run import fine_tune
+    from inca.train.pixel_sweep import fine_tune
 
     backbone = inca.load_backbone("tiny-vit", precision="fp32")
     splits = make_splits("digits", train_size=80, val_size=40, test_size=40, seed=0)

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from inca.report.format import markdown_table
 from inca.utils.io import write_json
 
 REPLAY_TARGET, NO_REPLAY_TARGET = 3.0, 8.0  # points below joint training, at most
@@ -36,14 +37,13 @@ def run_class_incremental(
     joint_epochs: int = 20,
     out: str | Path = "benchmarks/results/class_incremental.json",
 ) -> dict[str, Any]:
-    import shutil
-
+    """The protocol of the module docstring, and its JSON, table and plot. Each incremental
+    run and the merge of two halves are functions of their own (this was one body of 98
+    lines); here the first step, the runs, joint training and the merge come together."""
     from inca.data import make_splits
-    from inca.recipes.add_classes import add_classes, new_classes_task, trained_config
+    from inca.recipes.add_classes import new_classes_task, trained_config
     from inca.recipes.plan_run import run_plan
     from inca.recipes.run_options import RunOptions
-    from inca.tasks import load_task
-    from inca.tasks.open_classes import calibrate, held_out_tokens, merge_tasks
 
     config = trained_config(epochs, 64, 0, False)
     names = make_splits(
@@ -61,36 +61,8 @@ def run_class_incremental(
         first = new_classes_task(data, groups[0], out=root / "step1", cache=root / "c1", **common)
         print(f"step 1 {groups[0]}: {100 * first['test_acc']:.2f}%", flush=True)
         for replay, projections in runs:
-            key = run_key(replay, projections)
-            task = root / key
-            shutil.copytree(root / "step1", task)
-            rows = [{"step": 1, "classes": groups[0], "test_acc": first["test_acc"],
-                     "val_acc": first["val_acc"][first["selected"]],
-                     "first_classes_acc": _mean(first, groups[0]),
-                     "by_class": first["test_acc_by_class"]}]  # fmt: skip
-            for k, group in enumerate(groups[1:], start=2):
-                rec = add_classes(
-                    task,
-                    data,
-                    group,
-                    replay=replay,
-                    projections=projections,
-                    calibrate=replay > 0,  # measured both ways: before and after
-                    config=config,
-                    sizes=sizes,
-                    cache=root / f"c-r{replay}-s{k}",
-                )  # fmt: skip (shared by both projections)
-                cal = rec["calibration"] or {}
-                rows.append({"step": k, "classes": group, "test_acc": rec["test_acc"],
-                             "test_acc_uncalibrated": cal.get("test_acc_before", rec["test_acc"]),
-                             "val_acc": rec["val_acc"][rec["selected"]],
-                             "first_classes_acc": _mean(rec, groups[0]),
-                             "by_class": rec["test_acc_by_class"]})  # fmt: skip
-                print(f"{key}, step {k} {group}: {100 * rec['test_acc']:.2f}% over "
-                      f"{2 * k} classes", flush=True)  # fmt: skip
-            res[key] = {"replay": replay, "projections": projections, "steps": rows,
-                        "forgetting": forgetting(rows),
-                        "adapter_params": _params(load_task(task))}  # fmt: skip
+            run = incremental_run(data, groups, first, replay, projections, config, sizes, root)
+            res[run_key(replay, projections)] = run
         joint = run_plan(RunOptions(model=model, data=data, plan=f"inca taps={tap} lr=1e-3,3e-3",
                                  train_size=sizes[0], val_size=sizes[1], test_size=sizes[2],
                                  image_size=image_size, cache=str(root / "cj"),
@@ -98,14 +70,7 @@ def run_class_incremental(
                       root / "joint")  # fmt: skip
         res["joint"] = joint["selection"]["best"]
         print(f"joint InCA on all classes: {100 * res['joint']['test_acc']:.2f}%", flush=True)
-        half = len(names) // 2
-        for i, part in enumerate((names[:half], names[half:])):
-            new_classes_task(data, part, out=root / f"half{i}", cache=root / f"ch{i}", **common)
-        merged = merge_tasks(load_task(root / "half0"), load_task(root / "half1"), "merged")
-        tokens, labels = held_out_tokens(merged, data, sizes[1])
-        cal = calibrate(merged, tokens, labels)
-        res["merge"] = {"val_before": cal["acc_before"], "val_after": cal["acc_after"],
-                        **_test_merged(merged, data, sizes)}  # fmt: skip
+        res["merge"] = merged_halves(data, names, root, common)
         print(f"merged halves: test {100 * res['merge']['test_before']:.2f}% before, "
               f"{100 * res['merge']['test_after']:.2f}% after calibration", flush=True)  # fmt: skip
     res["gap_to_joint_points"] = {
@@ -122,6 +87,65 @@ def run_class_incremental(
     )  # fmt: skip
     print(table)
     return res
+
+
+def incremental_run(data: str, groups: list[list[str]], first: dict[str, Any], replay: int,
+                    projections: str, config: Any, sizes: tuple[int, int, int],
+                    root: Path) -> dict[str, Any]:  # fmt: skip
+    """One run of the protocol: a copy of the first step's task (under ``root``, whose record
+    is ``first``) gets the other ``groups`` one step at a time, with ``replay`` images of each
+    old class and ``projections``; its rows per step, forgetting and adapter size."""
+    import shutil
+
+    from inca.recipes.add_classes import add_classes
+    from inca.tasks import load_task
+
+    key = run_key(replay, projections)
+    task = root / key
+    shutil.copytree(root / "step1", task)
+    rows = [{"step": 1, "classes": groups[0], "test_acc": first["test_acc"],
+             "val_acc": first["val_acc"][first["selected"]],
+             "first_classes_acc": _mean(first, groups[0]),
+             "by_class": first["test_acc_by_class"]}]  # fmt: skip
+    for k, group in enumerate(groups[1:], start=2):
+        rec = add_classes(
+            task,
+            data,
+            group,
+            replay=replay,
+            projections=projections,
+            calibrate=replay > 0,  # measured both ways: before and after
+            config=config,
+            sizes=sizes,
+            cache=root / f"c-r{replay}-s{k}",
+        )  # fmt: skip (shared by both projections)
+        cal = rec["calibration"] or {}
+        rows.append({"step": k, "classes": group, "test_acc": rec["test_acc"],
+                     "test_acc_uncalibrated": cal.get("test_acc_before", rec["test_acc"]),
+                     "val_acc": rec["val_acc"][rec["selected"]],
+                     "first_classes_acc": _mean(rec, groups[0]),
+                     "by_class": rec["test_acc_by_class"]})  # fmt: skip
+        print(f"{key}, step {k} {group}: {100 * rec['test_acc']:.2f}% over "
+              f"{2 * k} classes", flush=True)  # fmt: skip
+    return {"replay": replay, "projections": projections, "steps": rows,
+            "forgetting": forgetting(rows), "adapter_params": _params(load_task(task))}  # fmt: skip
+
+
+def merged_halves(data: str, names: list[str], root: Path, common: dict[str, Any]) -> dict:
+    """Two tasks of half the classes each, trained apart (under ``root``), merged and
+    calibrated on held-out validation tokens: validation and test accuracy before and after."""
+    from inca.recipes.add_classes import new_classes_task
+    from inca.tasks import load_task
+    from inca.tasks.open_classes import calibrate, held_out_tokens, merge_tasks
+
+    half, sizes = len(names) // 2, common["sizes"]
+    for i, part in enumerate((names[:half], names[half:])):
+        new_classes_task(data, part, out=root / f"half{i}", cache=root / f"ch{i}", **common)
+    merged = merge_tasks(load_task(root / "half0"), load_task(root / "half1"), "merged")
+    tokens, labels = held_out_tokens(merged, data, sizes[1])
+    cal = calibrate(merged, tokens, labels)
+    return {"val_before": cal["acc_before"], "val_after": cal["acc_after"],
+            **_test_merged(merged, data, sizes)}  # fmt: skip
 
 
 def run_key(replay: int, projections: str) -> str:
@@ -174,26 +198,26 @@ def classes_table(res: dict[str, Any]) -> str:
     keys = [k for k in res if k.startswith("replay_")]
     name = {k: f"{'no replay' if not res[k]['replay'] else 'replay ' + str(res[k]['replay'])}, "
                f"{res[k]['projections']} projections" for k in keys}  # fmt: skip
-    lines = ["| step | classes | " + " | ".join(f"{name[k]}: all seen / first step's"
-                                              for k in keys) + " |",
-             "|---|---|" + "---|" * len(keys)]  # fmt: skip
-    for i, row in enumerate(res[keys[0]]["steps"]):
-        cells = [f"{100 * res[k]['steps'][i]['test_acc']:.2f}% / "
-                 f"{100 * res[k]['steps'][i]['first_classes_acc']:.2f}%" for k in keys]  # fmt: skip
-        lines.append(f"| {row['step']} | {', '.join(row['classes'])} | " + " | ".join(cells) + " |")
+    header = ["step", "classes", *(f"{name[k]}: all seen / first step's" for k in keys)]
+    steps = [[row["step"], ", ".join(row["classes"]),
+              *(f"{100 * res[k]['steps'][i]['test_acc']:.2f}% / "
+                f"{100 * res[k]['steps'][i]['first_classes_acc']:.2f}%" for k in keys)]
+             for i, row in enumerate(res[keys[0]]["steps"])]  # fmt: skip
     j, m = res["joint"], res["merge"]
-    lines += ["", "| run | final, all 10 classes | without the new classes' calibration "
-                  "| gap to joint (points) | forgetting (points) "
-                  "| validation after the last step | adapter parameters |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    finals = []
     for k in keys:
         r = res[k]
         last = r["steps"][-1]
         raw = last.get("test_acc_uncalibrated", last["test_acc"])
-        lines.append(f"| {name[k]} | {100 * last['test_acc']:.2f}% | {100 * raw:.2f}% | "
-                     f"{res['gap_to_joint_points'][k]:.2f} | {100 * r['forgetting']:.2f} | "
-                     f"{100 * last['val_acc']:.2f}% | {r['adapter_params']:,} |")  # fmt: skip
-    lines += [
+        finals.append([name[k], f"{100 * last['test_acc']:.2f}%", f"{100 * raw:.2f}%",
+                       f"{res['gap_to_joint_points'][k]:.2f}", f"{100 * r['forgetting']:.2f}",
+                       f"{100 * last['val_acc']:.2f}%", f"{r['adapter_params']:,}"])  # fmt: skip
+    lines = [
+        markdown_table(header, steps),
+        "",
+        markdown_table(["run", "final, all 10 classes", "without the new classes' calibration",
+                        "gap to joint (points)", "forgetting (points)",
+                        "validation after the last step", "adapter parameters"], finals),
         "",
         f"Joint InCA on all classes (upper bound, {res['setup']['joint_epochs']} epochs): "
         f"{100 * j['test_acc']:.2f}% test.",
@@ -211,10 +235,9 @@ def classes_table(res: dict[str, Any]) -> str:
 def plot_steps(res: dict[str, Any], path: Path) -> None:
     """Accuracy over every class seen so far, after each step, per run; joint and the
     calibrated merge as references."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from inca.report.plot import new_figure, save_png
 
-    fig = Figure(figsize=(6.4, 4.2))
+    fig = new_figure(6.4, 4.2)
     ax = fig.add_subplot()
     for k in (k for k in res if k.startswith("replay_")):
         steps = res[k]["steps"]
@@ -234,8 +257,4 @@ def plot_steps(res: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
-    FigureCanvasAgg(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
+    save_png(fig, path, dpi=110, bbox_inches="tight")

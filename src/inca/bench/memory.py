@@ -11,15 +11,12 @@ inference mode with the same batch: the floor every method pays.
 
 from __future__ import annotations
 
-import gc
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from inca.methods import list_methods
+from inca.utils.process import device_peak_mib, reset_device_peak, run_fresh
 
 
 def memory_modes() -> dict[str, dict[str, Any] | None]:
@@ -31,35 +28,6 @@ def memory_modes() -> dict[str, dict[str, Any] | None]:
     return out
 
 
-def _rss_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak(device) -> float:
-    """Reset the high-water mark; returns the memory in use now (MiB)."""
-    import torch
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device) / 2**20
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    return _rss_mib("VmRSS")
-
-
-def _peak(device) -> float:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return _rss_mib("VmHWM")
-
-
 def measure(mode: str, model: str, image_size: int, batch: int, steps: int = 2) -> dict[str, Any]:
     """One mode, in this process: peak memory (MiB) and seconds per step."""
     import tempfile
@@ -69,7 +37,7 @@ def measure(mode: str, model: str, image_size: int, batch: int, steps: int = 2) 
     from inca.backbones import load_backbone
     from inca.methods.pixel_config import build_model, finetune_config
     from inca.train.config import TrainConfig
-    from inca.train.finetune_run import ModelMembers
+    from inca.train.pixel_members import ModelMembers
     from inca.train.trainer import Trainer
 
     backbone = load_backbone(model, image_size=image_size)
@@ -96,14 +64,14 @@ def measure(mode: str, model: str, image_size: int, batch: int, steps: int = 2) 
             trainer.train_step(pixels, labels)
 
     step()  # warm-up: optimizer states, allocator pools
-    before = _reset_peak(device)
+    before = reset_device_peak(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - start) / steps
-    peak = _peak(device)
+    peak = device_peak_mib(device)
     return {
         "mode": mode,
         "peak_mib": round(peak, 1),
@@ -127,16 +95,7 @@ def run_memory_benchmark(
             raise UnknownNameError("memory benchmark mode", m, known)
     rows = []
     for mode in modes:
-        code = (
-            "import json, sys; from inca.bench.memory import measure; "
-            "print(json.dumps(measure(sys.argv[1], sys.argv[2], int(sys.argv[3]), "
-            "int(sys.argv[4]))))"
-        )
-        args = [sys.executable, "-c", code, mode, model, str(image_size), str(batch)]
-        done = subprocess.run(args, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"memory benchmark of {mode} failed:\n{done.stderr[-2000:]}")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        rows.append(run_fresh("inca.bench.memory:measure", mode, model, image_size, batch))
         print(format_row(rows[-1], rows[0]), flush=True)
     result = {"model": model, "image_size": image_size, "batch": batch, "rows": rows}
     if out:

@@ -14,10 +14,7 @@ All timings come from one run on one machine, so the ratios are what matter:
 
 from __future__ import annotations
 
-import json
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +33,7 @@ from inca.methods.inca import InCAConfig
 from inca.train import TrainConfig, adapter_trainer, parse_plan
 from inca.train.trainer import Trainer
 from inca.utils.io import write_json
-from inca.utils.process import peak_rss_mib
+from inca.utils.process import peak_rss_mib, run_fresh
 
 PLAN = "inca taps=block.*; linear taps=block.*[-3:]"  # 12 InCA + 3 linear probes
 CURVE_PLANS = {
@@ -162,14 +159,7 @@ def backbone_throughput(model: str, size: int, batch: int = 32, seconds: float =
 
 def peak_memory(mode: str, args: dict[str, Any]) -> float:
     """Peak RSS (MiB) of a fresh process doing one epoch of ``mode`` (extract or train)."""
-    code = (
-        "import json, sys; from inca.bench.one_to_many import memory_child; "
-        f"print(json.dumps(memory_child({mode!r}, json.loads(sys.argv[1]))))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, check=True
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
+    return run_fresh("inca.bench.one_to_many:memory_child", mode, args)["peak_mib"]
 
 
 def memory_child(mode: str, args: dict[str, Any]) -> dict[str, float]:
@@ -195,6 +185,11 @@ def run_benchmark(
     batch_size: int = 64,
     out: str | Path = "benchmarks/results",
 ) -> dict[str, Any]:
+    """Every measurement of the module docstring, in order, and the JSON, plot and table.
+
+    Each measurement is a function of its own (R1, R2 and the unit cost, R3, the curve, R4,
+    throughput): one body of 150 lines mixed five set-ups, and its timings were named only by
+    the order they ran in. Here they only run and come together."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     backbone = load_backbone(model, image_size=image_size)
@@ -216,119 +211,27 @@ def run_benchmark(
             "machine": platform.machine(),
         }
     }
-    say = print
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        extraction_epoch(backbone, splits, taps, cfg)  # warm-up: page cache, kernels, workers
-        e = best_of(2, lambda: extraction_epoch(backbone, splits, taps, cfg))
-        say(f"extraction epoch ({n} images): {e:.1f} s = {n / e:.1f} img/s")
-        trainer = trainer_for(backbone, splits, PLAN, cfg, tmp / "online")
-        t_online = best_of(2, lambda: training_epoch(trainer))
-        say(f"one-to-many online epoch ({len(trainer.members.names)} adapters): {t_online:.1f} s")
-        t0 = time.perf_counter()
-        cache_dir = build_cache(
-            backbone, splits.train, taps, tmp / "cache", progress=False, batch_size=batch_size
-        )
-        t_build = time.perf_counter() - t0
-        cache = ActivationCache(cache_dir)
-        caches = {"train": cache}
-        nocfg = TrainConfig(batch_size=batch_size, progress=False, augment=False)
-        cached = trainer_for(backbone, splits, PLAN, nocfg, tmp / "cached", caches)
-        training_epoch(cached)  # warm-up
-        t_cached = best_of(3, lambda: training_epoch(cached))
-        say(f"cache build: {t_build:.1f} s; one-to-many epoch from the cache: {t_cached:.2f} s")
-        cost = cached_cost(backbone, splits, caches, tmp)
-        for row in cost:
-            say(f"  cached cost: {row['what']}: {row['us_per_image_per_adapter']:.1f} us")
+        seconds = time_online(backbone, splits, taps, cfg, tmp)
+        cached, cost = time_cached(backbone, splits, taps, batch_size, tmp)
+        seconds |= cached | time_separate_runs(backbone, data, small, cfg, tmp)
+        curve, e_curve = time_curve(backbone, data, curve_n, taps, cfg, tmp)
+    memory = measure_memory(model, image_size, data, batch_size)
 
-        # R3: every adapter of the plan as its own run (own backbone pass), on a small subset
-        sub = make_splits(data, train_size=small, val_size=64, test_size=64, seed=0)
-        many = trainer_for(backbone, sub, PLAN, cfg, tmp / "small")
-        t_many = training_epoch(many)
-        t_separate = 0.0
-        for name in many.members.names:
-            spec = many.members.specs[name]
-            alone = trainer_for(
-                backbone,
-                sub,
-                f"{spec.kind} taps={spec.tap} lr={spec.lr}",
-                cfg,
-                tmp / f"alone-{name}",
-            )
-            t_separate += training_epoch(alone)
-        say(
-            f"{len(many.members.names)} separate runs: {t_separate:.1f} s vs one-to-many "
-            f"{t_many:.1f} s ({small} images)"
-        )
-
-        # the curve: epoch time against the number of adapters
-        curve_splits = make_splits(data, train_size=curve_n, val_size=64, test_size=64, seed=0)
-        curve_cache = ActivationCache(
-            build_cache(
-                backbone,
-                curve_splits.train,
-                taps,
-                tmp / "curve-cache",
-                progress=False,
-                batch_size=batch_size,
-            )
-        )
-        curve = []
-        e_curve = extraction_epoch(backbone, curve_splits, taps, cfg)
-        for count, plan in CURVE_PLANS.items():
-            on = training_epoch(trainer_for(backbone, curve_splits, plan, cfg, tmp / f"c{count}"))
-            tr = trainer_for(
-                backbone, curve_splits, plan, nocfg, tmp / f"cc{count}", {"train": curve_cache}
-            )
-            assert len(tr.members.names) == count
-            training_epoch(tr)  # warm-up
-            off = best_of(2, lambda tr=tr: training_epoch(tr))
-            curve.append(
-                {
-                    "adapters": count,
-                    "online_s": on,
-                    "cached_s": off,
-                    "online_vs_extraction": on / e_curve,
-                    "cached_vs_extraction": off / e_curve,
-                }
-            )
-            say(
-                f"  {count:>3} adapters: online {on:6.2f} s, cached {off:6.3f} s "
-                f"(extraction {e_curve:.2f} s, {curve_n} images)"
-            )
-
-    mem_args = {
-        "model": model,
-        "image_size": image_size,
-        "data": data,
-        "n": 256,
-        "val": 64,
-        "batch_size": batch_size,
-    }
-    mem_extract, mem_train = peak_memory("extract", mem_args), peak_memory("train", mem_args)
-    say(f"peak RSS: extraction {mem_extract:.0f} MiB, one-to-many training {mem_train:.0f} MiB")
-
+    e = seconds["extraction_epoch"]
     res["ratios"] = {
-        "R1": t_online / e,
-        "R2": t_cached / e,
-        "R3": t_separate / t_many,
-        "R4": mem_train / mem_extract,
+        "R1": seconds["online_epoch"] / e,
+        "R2": seconds["cached_epoch"] / e,
+        "R3": seconds["separate_runs"] / seconds["one_to_many_small"],
+        "R4": memory["one_to_many_training"] / memory["extraction"],
     }
-    res["seconds"] = {
-        "extraction_epoch": e,
-        "online_epoch": t_online,
-        "cache_build": t_build,
-        "cached_epoch": t_cached,
-        "separate_runs": t_separate,
-        "one_to_many_small": t_many,
-    }
-    res["memory_mib"] = {"extraction": mem_extract, "one_to_many_training": mem_train}
+    res["seconds"] = seconds
+    res["memory_mib"] = memory
     res["cached_cost"] = cost
     res["curve"] = curve
     res["curve_extraction_s"] = e_curve  # the extraction epoch of the curve's subset
-    say("backbone throughput and adapter computation ...")
-    res["backbone_images_per_s"] = {f"{s}px": backbone_throughput(model, s) for s in (112, 224)}
-    res["adapter_stack_images_per_s"] = adapter_compute()
+    res |= measure_throughput(model)
     res["met"] = {
         k: (res["ratios"][k] <= v if op == "<=" else res["ratios"][k] >= v)
         for k, (op, v) in TARGETS.items()
@@ -337,3 +240,108 @@ def run_benchmark(
     plot_curve(curve, e_curve, out / "epoch_time_vs_adapters.png", res["setup"])
     print(format_table(res))
     return res
+
+
+def time_online(
+    backbone: Backbone, splits: Splits, taps: list[str], cfg: TrainConfig, tmp: Path
+) -> dict[str, float]:
+    """R1's two timings: an extraction epoch (after a warm-up epoch: page cache, kernels,
+    workers) and a one-to-many online training epoch of ``PLAN``, each the best of two."""
+    n = len(splits.train)
+    extraction_epoch(backbone, splits, taps, cfg)  # warm-up
+    e = best_of(2, lambda: extraction_epoch(backbone, splits, taps, cfg))
+    print(f"extraction epoch ({n} images): {e:.1f} s = {n / e:.1f} img/s")
+    trainer = trainer_for(backbone, splits, PLAN, cfg, tmp / "online")
+    t_online = best_of(2, lambda: training_epoch(trainer))
+    print(f"one-to-many online epoch ({len(trainer.members.names)} adapters): {t_online:.1f} s")
+    return {"extraction_epoch": e, "online_epoch": t_online}
+
+
+def time_cached(
+    backbone: Backbone, splits: Splits, taps: list[str], batch_size: int, tmp: Path
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """R2's timing: building the activation cache of the training split, then a one-to-many
+    epoch of ``PLAN`` from it (best of three after a warm-up); and from the same cache the unit
+    cost of a grid (``cached_cost``)."""
+    t0 = time.perf_counter()
+    cache_dir = build_cache(
+        backbone, splits.train, taps, tmp / "cache", progress=False, batch_size=batch_size
+    )
+    t_build = time.perf_counter() - t0
+    caches = {"train": ActivationCache(cache_dir)}
+    nocfg = TrainConfig(batch_size=batch_size, progress=False, augment=False)
+    cached = trainer_for(backbone, splits, PLAN, nocfg, tmp / "cached", caches)
+    training_epoch(cached)  # warm-up
+    t_cached = best_of(3, lambda: training_epoch(cached))
+    print(f"cache build: {t_build:.1f} s; one-to-many epoch from the cache: {t_cached:.2f} s")
+    cost = cached_cost(backbone, splits, caches, tmp)
+    for row in cost:
+        print(f"  cached cost: {row['what']}: {row['us_per_image_per_adapter']:.1f} us")
+    return {"cache_build": t_build, "cached_epoch": t_cached}, cost
+
+
+def time_separate_runs(
+    backbone: Backbone, data: str, small: int, cfg: TrainConfig, tmp: Path
+) -> dict[str, float]:
+    """R3's timings, on a subset of ``small`` images: every adapter of ``PLAN`` as its own run
+    (its own backbone pass), summed, and the one-to-many run of them all."""
+    sub = make_splits(data, train_size=small, val_size=64, test_size=64, seed=0)
+    many = trainer_for(backbone, sub, PLAN, cfg, tmp / "small")
+    t_many = training_epoch(many)
+    t_separate = 0.0
+    for name in many.members.names:
+        spec = many.members.specs[name]
+        plan = f"{spec.kind} taps={spec.tap} lr={spec.lr}"
+        t_separate += training_epoch(trainer_for(backbone, sub, plan, cfg, tmp / f"alone-{name}"))
+    print(
+        f"{len(many.members.names)} separate runs: {t_separate:.1f} s vs one-to-many "
+        f"{t_many:.1f} s ({small} images)"
+    )
+    return {"separate_runs": t_separate, "one_to_many_small": t_many}
+
+
+def time_curve(
+    backbone: Backbone, data: str, curve_n: int, taps: list[str], cfg: TrainConfig, tmp: Path
+) -> tuple[list[dict[str, Any]], float]:
+    """The epoch time, online and from the cache, against the number of adapters
+    (``CURVE_PLANS``) on ``curve_n`` images; and that subset's extraction epoch."""
+    curve_splits = make_splits(data, train_size=curve_n, val_size=64, test_size=64, seed=0)
+    cache_dir = build_cache(backbone, curve_splits.train, taps, tmp / "curve-cache",
+                            progress=False, batch_size=cfg.batch_size)  # fmt: skip
+    caches = {"train": ActivationCache(cache_dir)}
+    nocfg = TrainConfig(batch_size=cfg.batch_size, progress=False, augment=False)
+    curve = []
+    e_curve = extraction_epoch(backbone, curve_splits, taps, cfg)
+    for count, plan in CURVE_PLANS.items():
+        on = training_epoch(trainer_for(backbone, curve_splits, plan, cfg, tmp / f"c{count}"))
+        tr = trainer_for(backbone, curve_splits, plan, nocfg, tmp / f"cc{count}", caches)
+        assert len(tr.members.names) == count
+        training_epoch(tr)  # warm-up
+        off = best_of(2, lambda tr=tr: training_epoch(tr))
+        curve.append({"adapters": count, "online_s": on, "cached_s": off,
+                      "online_vs_extraction": on / e_curve,
+                      "cached_vs_extraction": off / e_curve})  # fmt: skip
+        print(
+            f"  {count:>3} adapters: online {on:6.2f} s, cached {off:6.3f} s "
+            f"(extraction {e_curve:.2f} s, {curve_n} images)"
+        )
+    return curve, e_curve
+
+
+def measure_memory(model: str, image_size: int, data: str, batch_size: int) -> dict[str, float]:
+    """R4's two peaks: resident memory of extraction alone and of one-to-many training, each an
+    epoch on 256 images in a fresh process."""
+    args = {"model": model, "image_size": image_size, "data": data, "n": 256, "val": 64,
+            "batch_size": batch_size}  # fmt: skip
+    extract, train = peak_memory("extract", args), peak_memory("train", args)
+    print(f"peak RSS: extraction {extract:.0f} MiB, one-to-many training {train:.0f} MiB")
+    return {"extraction": extract, "one_to_many_training": train}
+
+
+def measure_throughput(model: str) -> dict[str, Any]:
+    """The backbone's images/s at 112 and 224 px (fp32, bf16); a stack of InCA adapters'."""
+    print("backbone throughput and adapter computation ...")
+    return {
+        "backbone_images_per_s": {f"{s}px": backbone_throughput(model, s) for s in (112, 224)},
+        "adapter_stack_images_per_s": adapter_compute(),
+    }

@@ -5,39 +5,58 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from inca.report.format import markdown_table
+
 TARGETS = {"R1": ("<=", 1.15), "R2": ("<=", 0.05), "R3": (">=", 10.0), "R4": ("<=", 1.3)}
 
 
 def format_table(res: dict[str, Any]) -> str:
-    lines = ["| ratio | measured | target | met |", "|---|---|---|---|"]
     what = {
         "R1": "online epoch / extraction epoch",
         "R2": "cached epoch / extraction epoch",
         "R3": "separate runs / one-to-many",
         "R4": "peak RSS training / extraction",
     }
-    for k, (op, v) in TARGETS.items():
-        lines.append(
-            f"| {k}: {what[k]} | {res['ratios'][k]:.3f} | {op} {v} | "
-            f"{'yes' if res['met'][k] else 'no'} |"
-        )
-    lines += [
-        "",
-        "| adapters | online epoch (s) | cached epoch (s) | online / extraction | "
-        "cached / extraction |",
-        "|---|---|---|---|---|",
+    ratios = [
+        [
+            f"{k}: {what[k]}",
+            f"{res['ratios'][k]:.3f}",
+            f"{op} {v}",
+            "yes" if res["met"][k] else "no",
+        ]
+        for k, (op, v) in TARGETS.items()
     ]
-    for row in res["curve"]:
-        lines.append(
-            f"| {row['adapters']} | {row['online_s']:.2f} | {row['cached_s']:.3f} | "
-            f"{row['online_vs_extraction']:.3f} | {row['cached_vs_extraction']:.4f} |"
-        )
+    curve = [
+        [
+            row["adapters"],
+            f"{row['online_s']:.2f}",
+            f"{row['cached_s']:.3f}",
+            f"{row['online_vs_extraction']:.3f}",
+            f"{row['cached_vs_extraction']:.4f}",
+        ]
+        for row in res["curve"]
+    ]
+    lines = [
+        markdown_table(["ratio", "measured", "target", "met"], ratios),
+        "",
+        markdown_table(
+            [
+                "adapters",
+                "online epoch (s)",
+                "cached epoch (s)",
+                "online / extraction",
+                "cached / extraction",
+            ],
+            curve,
+        ),
+    ]
     if cost := res.get("cached_cost"):
-        lines += ["", "| cached epoch of | us per image per adapter |", "|---|---|"]
-        lines += [f"| {r['what']} | {r['us_per_image_per_adapter']:.1f} |" for r in cost]
-    bb = res["backbone_images_per_s"]
-    lines += ["", "| backbone | fp32 img/s | bf16 img/s |", "|---|---|---|"]
-    lines += [f"| {s} | {v['fp32']:.1f} | {v['bf16']:.1f} |" for s, v in bb.items()]
+        rows = [[r["what"], f"{r['us_per_image_per_adapter']:.1f}"] for r in cost]
+        lines += ["", markdown_table(["cached epoch of", "us per image per adapter"], rows)]
+    bb = [
+        [s, f"{v['fp32']:.1f}", f"{v['bf16']:.1f}"] for s, v in res["backbone_images_per_s"].items()
+    ]
+    lines += ["", markdown_table(["backbone", "fp32 img/s", "bf16 img/s"], bb)]
     ad = res["adapter_stack_images_per_s"]
     lines += [
         "",
@@ -48,11 +67,9 @@ def format_table(res: dict[str, Any]) -> str:
 
 
 def plot_curve(curve: list[dict], extraction_s: float, path: Path, setup: dict) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from inca.report.plot import new_figure, save_png
 
-    fig = Figure(figsize=(7, 4.5), dpi=150)
-    FigureCanvasAgg(fig)
+    fig = new_figure(7, 4.5, dpi=150)
     ax = fig.add_subplot()
     xs = [r["adapters"] for r in curve]
     ax.plot(xs, [r["online_s"] for r in curve], "o-", label="one-to-many, online")
@@ -75,7 +92,4 @@ def plot_curve(curve: list[dict], extraction_s: float, path: Path, setup: dict) 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    from inca.utils.io import atomic_write
-
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png")
+    save_png(fig, path)

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from inca.report.format import markdown_table
 from inca.utils.io import write_json
 
 PLAN = "inca taps=block.*; linear taps=block.*[-3:]"  # the one-to-many benchmark's plan
@@ -154,29 +155,35 @@ def run_scaling_benchmark(
 def scaling_table(res: dict[str, Any]) -> str:
     one, many = res["rows"]
     r = res["ratio_n_over_1"]
+    header = ["", "1 process", f"{many['processes']} processes", "ratio"]
+    rows = [
+        ["cache build (img/s)", f"{one['cache_images_per_s']:.1f}",
+         f"{many['cache_images_per_s']:.1f}", f"{r['cache_build_s']:.3f} (time)"],
+        ["one-to-many epoch from the cache, data-parallel (s)", f"{one['cached_epoch_s']:.2f}",
+         f"{many['cached_epoch_s']:.2f}", f"{r['cached_epoch_s']:.3f}"],
+        ["one-to-many epoch from the cache, --shard adapters (s)", f"{one['cached_epoch_s']:.2f}",
+         f"{many['cached_epoch_shard_adapters_s']:.2f}",
+         f"{r['cached_epoch_shard_adapters_s']:.3f}"],
+        ["one-to-many epoch online (s)", f"{one['online_epoch_s']:.1f}",
+         f"{many['online_epoch_s']:.1f}", f"{r['online_epoch_s']:.3f}"],
+        ["best adapter, test accuracy", f"{100 * one['test_acc_best']:.2f}%",
+         f"{100 * many['test_acc_best']:.2f}%", ""],
+    ]  # fmt: skip
+    links = [
+        [link, f"{e['allreduce_ms']:.2f}", f"{e['expected_speedup']:.2f}x"]
+        for link, e in res["expected_on_devices"].items()
+    ]
     lines = [
-        f"| | 1 process | {many['processes']} processes | ratio |",
-        "|---|---|---|---|",
-        f"| cache build (img/s) | {one['cache_images_per_s']:.1f} | "
-        f"{many['cache_images_per_s']:.1f} | {r['cache_build_s']:.3f} (time) |",
-        f"| one-to-many epoch from the cache, data-parallel (s) | {one['cached_epoch_s']:.2f} | "
-        f"{many['cached_epoch_s']:.2f} | {r['cached_epoch_s']:.3f} |",
-        f"| one-to-many epoch from the cache, --shard adapters (s) | {one['cached_epoch_s']:.2f} "
-        f"| {many['cached_epoch_shard_adapters_s']:.2f} | "
-        f"{r['cached_epoch_shard_adapters_s']:.3f} |",
-        f"| one-to-many epoch online (s) | {one['online_epoch_s']:.1f} | "
-        f"{many['online_epoch_s']:.1f} | {r['online_epoch_s']:.3f} |",
-        f"| best adapter, test accuracy | {100 * one['test_acc_best']:.2f}% | "
-        f"{100 * many['test_acc_best']:.2f}% | |",
+        markdown_table(header, rows),
         "",
         f"All-reduce per step: {one['allreduce_mib_per_step']:.1f} MiB; backbone step "
         f"(1 process): {res['backbone_step_s_one_process']:.2f} s. Target: {res['target']}: "
         + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in res["met"].items())
         + ".",
         "",
-        f"| link | all-reduce (ms/step) | expected speed-up on {many['processes']} devices |",
-        "|---|---|---|",
+        markdown_table(
+            ["link", "all-reduce (ms/step)", f"expected speed-up on {many['processes']} devices"],
+            links,
+        ),
     ]
-    for link, e in res["expected_on_devices"].items():
-        lines.append(f"| {link} | {e['allreduce_ms']:.2f} | {e['expected_speedup']:.2f}x |")
     return "\n".join(lines)

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from inca.report.format import markdown_table
 from inca.utils.io import write_json
 
 TASKS_VS_ONE = 0.80  # 16 tasks at >= this share of one task's throughput
@@ -268,19 +269,21 @@ def summarise(rows: list[dict], model: str, image_size: int, clients: list[int],
 
 
 def serve_table(res: dict[str, Any]) -> str:
-    lines = ["| tasks | clients | images/s | p50 ms | p95 ms | p99 ms | one pass per task (img/s) "
-             "| inca predict offline (img/s) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    header = ["tasks", "clients", "images/s", "p50 ms", "p95 ms", "p99 ms",
+              "one pass per task (img/s)", "inca predict offline (img/s)"]  # fmt: skip
+    rows = []
     for row in res["rows"]:
         base = row.get("pass_per_task")
         for m in row["shared"]:
             last = m is row["shared"][-1]
             per_task = f"{base['images_per_s']:.1f}" if base and last else ""
             off = f"{row['offline_images_per_s']:.1f}" if last else ""
-            lines.append(f"| {row['tasks']} | {m['clients']} | {m['images_per_s']:.1f} | "
-                         f"{m['p50_ms']:.0f} | {m['p95_ms']:.0f} | {m['p99_ms']:.0f} | "
-                         f"{per_task} | {off} |")  # fmt: skip
+            rows.append([row["tasks"], m["clients"], f"{m['images_per_s']:.1f}",
+                         f"{m['p50_ms']:.0f}", f"{m['p95_ms']:.0f}", f"{m['p99_ms']:.0f}",
+                         per_task, off])  # fmt: skip
     most = res["rows"][0]["shared"][-1]
-    lines += [
+    lines = [
+        markdown_table(header, rows),
         "",
         f"At {most['clients']} clients and {res['rows'][0]['tasks']} task(s) the server "
         f"spent {100 * most['server_busy_share']:.0f}% of the time in backbone passes "

@@ -6,23 +6,24 @@ from __future__ import annotations
 import argparse
 
 from inca.cli.options import positive_int
+from inca.recipes.data_options import DEFAULT_DATA, DEFAULT_MODEL, MEASURED_IMAGE_SIZE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench-memory", help="training-step peak memory: VQT, naive VQT, full fine-tuning, ..."
     )
-    p.add_argument("--model", default="dinov2-small")
-    p.add_argument("--image-size", type=positive_int, default=112)
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--image-size", type=positive_int, default=MEASURED_IMAGE_SIZE)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--modes", default="inference,vqt,vqt-naive,full,stochca,lora")
     p.add_argument("--out", default="benchmarks/results/memory.json")
     p.set_defaults(func=run_memory)
 
     p = sub.add_parser("bench-classes", help="Open-InCA's class-incremental protocol, measured")
-    p.add_argument("--model", default="dinov2-small")
-    p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--image-size", type=positive_int, default=112)
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--image-size", type=positive_int, default=MEASURED_IMAGE_SIZE)
     p.add_argument("--tap", default="block.5")
     p.add_argument("--sizes", default="5000,500,2000", help="train,val,test images")
     p.add_argument("--epochs", type=positive_int, default=10)
@@ -38,10 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_detail)
 
     p = sub.add_parser("bench", help="measure the one-to-many claims (R1-R4, the curve)")
-    p.add_argument("--model", default="dinov2-small")
-    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--train-size", type=positive_int, default=1024)
-    p.add_argument("--image-size", type=positive_int, default=112)
+    p.add_argument("--image-size", type=positive_int, default=MEASURED_IMAGE_SIZE)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument(
         "--world-size",

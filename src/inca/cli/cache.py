@@ -14,12 +14,13 @@ from inca.cli.options import (
     resolve_image_size,
     splits_of,
 )
+from inca.recipes.data_options import DEFAULT_DATA
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cache", help="write activation caches of a dataset's splits to disk")
     add_backbone_options(p, auto_size=True)
-    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--out", required=True, help="cache root: writes OUT/{train,val,test}")
     p.add_argument("--taps", default="block.*", help="tap names/globs (default: %(default)s)")
     p.add_argument("--splits", default="train,val,test")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from inca.cli.options import positive_int
+from inca.recipes.data_options import DEFAULT_MODEL, MEASURED_IMAGE_SIZE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,8 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     n = actions.add_parser("new", help="a new Open-InCA task over some classes of a dataset")
     n.add_argument("--data", required=True)
     n.add_argument("--classes", required=True, help="comma-separated class names of --data")
-    n.add_argument("--model", default="dinov2-small")
-    n.add_argument("--image-size", type=positive_int, default=112)
+    n.add_argument("--model", default=DEFAULT_MODEL)
+    n.add_argument("--image-size", type=positive_int, default=MEASURED_IMAGE_SIZE)
     n.add_argument("--tap", default="block.5", help="the tap its classes read (default block.5)")
     n.add_argument("--out", required=True, help="the task's directory")
     add_budget(n, epochs=20)

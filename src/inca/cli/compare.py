@@ -6,6 +6,7 @@ import argparse
 
 from inca.cli.compare_flags import add_replaced_options, compare_options, parse_plans
 from inca.cli.options import add_backbone_options, add_split_options, add_training_options
+from inca.recipes.data_options import DEFAULT_DATA
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("compare", help="InCA against linear probing, VQT and fine-tuning methods")
     add_backbone_options(p, auto_size=True)
-    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument(
         "--methods",
         default="linear,inca,vqt,partial,lora,full,stochca",

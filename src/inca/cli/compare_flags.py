@@ -67,20 +67,11 @@ def parse_plans(text: str) -> dict[str, str]:
 def compare_options(args: argparse.Namespace, plans: dict[str, str]) -> CompareOptions:
     """What `inca compare` (or `inca train` with a pixel method's plan) hands each method:
     data, splits, budgets, precision and the plans."""
-    from inca.cli.options import fill_default_sizes, resolve_image_size
+    from inca.cli.options import data_options_of
     from inca.recipes.compare_options import CompareOptions
 
-    fill_default_sizes(args)
-    resolve_image_size(args)
     return CompareOptions(
-        model=args.model,
-        data=args.data,
-        image_size=args.image_size,
-        train_size=args.train_size,
-        val_size=args.val_size,
-        test_size=args.test_size,
-        precision=args.precision,
-        device=args.device,
+        **data_options_of(args),
         train=train_config(args),
         frozen=train_config(args, frozen=True),
         plans=plans,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from inca.recipes.data_options import DATA_FIELDS, DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from inca.backbones import Backbone
@@ -53,7 +55,7 @@ def size_or_auto(text: str) -> int | str:
 
 
 def add_backbone_options(
-    p: argparse.ArgumentParser, model: str = "dinov2-small", auto_size: bool = False
+    p: argparse.ArgumentParser, model: str = DEFAULT_MODEL, auto_size: bool = False
 ) -> None:
     """--model, --image-size, --precision, --device. With ``auto_size`` (commands that read a
     dataset) the image size defaults to "auto": chosen from the data (resolve_image_size)."""
@@ -230,6 +232,14 @@ def resolve_image_size(args: argparse.Namespace) -> None:
         from inca.recipes.data_fit import auto_image_size
 
         args.image_size = auto_image_size(args.model, args.data, args.precision, args.device)
+
+
+def data_options_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The shared run options the flags give (``DataOptions``' fields), sizes and image size
+    resolved: what ``RunOptions`` and ``CompareOptions`` are made from."""
+    fill_default_sizes(args)
+    resolve_image_size(args)
+    return {name: getattr(args, name) for name in DATA_FIELDS}
 
 
 def backbone_of(args: argparse.Namespace, name: str | None = None) -> Backbone:

@@ -7,6 +7,7 @@ import argparse
 import os
 
 from inca.cli.options import positive_int
+from inca.recipes.data_options import DEFAULT_MODEL, MEASURED_IMAGE_SIZE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,8 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
     p = sub.add_parser("bench-serve", help="the server's throughput and latency under load")
-    p.add_argument("--model", default="dinov2-small")
-    p.add_argument("--image-size", type=positive_int, default=112)
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--image-size", type=positive_int, default=MEASURED_IMAGE_SIZE)
     p.add_argument("--tasks", default="1,4,16", help="loaded task counts")
     p.add_argument("--clients", default="1,8,32", help="concurrent client counts")
     p.add_argument("--requests", type=positive_int, default=256, help="per measurement")

@@ -12,12 +12,12 @@ from inca.cli.options import (
     add_backbone_options,
     add_split_options,
     add_training_options,
-    fill_default_sizes,
+    data_options_of,
     positive_int,
-    resolve_image_size,
     train_config,
 )
 from inca.errors import IncaError
+from inca.recipes.data_options import DEFAULT_DATA
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="one-to-many training of many adapters (the main job)")
     add_backbone_options(p, auto_size=True)
-    p.add_argument("--data", default="fashion-mnist", help="dataset (see `inca datasets`)")
+    p.add_argument("--data", default=DEFAULT_DATA, help="dataset (see `inca datasets`)")
     p.add_argument(
         "--plan",
         default=DEFAULT_PLAN,
@@ -86,8 +86,7 @@ def run(args: argparse.Namespace) -> None:
     from inca.methods import get_method
     from inca.train.plan import plan_method
 
-    fill_default_sizes(args)
-    resolve_image_size(args)
+    shared = data_options_of(args)  # sizes and image size resolved (in args too), once
     if not get_method(plan_method(args.plan)).from_tokens:
         return train_method(args)
     from inca.recipes.plan_run import run_plan
@@ -102,15 +101,8 @@ def run(args: argparse.Namespace) -> None:
     config = train_config(args, frozen=True)
     cache = None if args.no_cache else (args.cache or str(Path(args.out) / "cache"))
     options = RunOptions(
-        model=args.model,
-        data=args.data,
+        **shared,
         plan=args.plan,
-        train_size=args.train_size,
-        val_size=args.val_size,
-        test_size=args.test_size,
-        image_size=args.image_size,
-        precision=args.precision,
-        device=args.device,
         max_ensemble=args.max_ensemble,
         train=config,
         cache=cache,

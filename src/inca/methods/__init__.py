@@ -3,8 +3,9 @@
 Each package registers its method when imported: its name, config dataclass, input (frozen
 tokens or pixels), default learning rates or plan and task kind (``inca.methods.registry``).
 Methods on frozen tokens (``linear``, ``inca``) also register an adapter kind
-(``inca.adapters.registry``); methods trained from pixels subclass
-``inca.methods.pixel_config.FineTuneConfig`` and build their own model.
+(``inca.adapters.registry``); methods trained from pixels have a config subclassing
+``inca.methods.pixel_config.FineTuneConfig`` (data) and register a
+``inca.methods.pixel_method.PixelMethod`` (behaviour: builds the model, says how runs train).
 
     >>> [m.name for m in inca.list_methods()]
     ['linear', 'inca', 'open-inca', 'vqt', 'full', 'partial', 'lora', 'stochca']

@@ -6,10 +6,11 @@ the backbone plus a new linear head on [CLS, mean of the patch tokens] of the fi
 tokens (the features the linear probe reads); VQT keeps the backbone frozen and trains query
 tokens per block and a head on them. Each lives in its own package (``inca.methods.full``...).
 
-Each config holds only its own method's fields (a task.json of a fully fine-tuned model no
-longer stores ``lora_r``), and says in its methods what its method does differently, so the
-model code has no ``method == ...`` branches. Configs saved by older inca (one flat class of 17
-fields for every method) still load: :func:`config_from_dict` keeps the fields the method has.
+Configs are data: each holds only its own method's fields and checks them (a task.json of a
+fully fine-tuned model does not store ``lora_r``). What a method does is its registered
+behaviour object (``inca.methods.pixel_method``), so no code branches on a method's name.
+Configs saved by older inca (one flat class of 17 fields for every method) still load:
+:func:`config_from_dict` keeps the fields the method has.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any, ClassVar
 from torch import nn
 
 from inca.errors import IncaError, UnknownNameError
-from inca.methods.registry import get_method, list_methods
+from inca.methods.pixel_method import pixel_method
+from inca.methods.registry import list_methods
 from inca.utils.typed_fields import typed_values
 
 
@@ -40,19 +42,15 @@ class FineTuneConfig:
         if self.weight_decay < 0:
             raise IncaError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
+    changes_backbone: ClassVar[bool] = True  # its task cannot share a plain frozen pass
+
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method} | asdict(self)
 
-    # ---------------------------------------------------------------- what the method does
-    changes_backbone: ClassVar[bool] = True  # its task cannot share a plain frozen pass
-
     def shares_backbone_pass(self, lrs: list[float]) -> bool:
-        """Whether runs at ``lrs`` train together from one backbone pass."""
-        return False
-
-    def selects_features(self) -> bool:
-        """Whether training ends with a feature selection and head refit (VQT's group lasso)."""
-        return False
+        """Whether runs at ``lrs`` train together from one backbone pass (a view of the
+        method's behaviour, :meth:`PixelMethod.shares_pass`)."""
+        return pixel_method(self).shares_pass(self, lrs)
 
 
 def configs() -> dict[str, type[FineTuneConfig]]:
@@ -93,4 +91,4 @@ def config_from_dict(data: dict[str, Any]) -> FineTuneConfig:
 def build_model(backbone: Any, num_classes: int, config: FineTuneConfig) -> nn.Module:
     """The trainable model of ``config``'s method on ``backbone``: a fine-tuned copy, or VQT's
     queries and head on the shared frozen backbone."""
-    return get_method(config.method).builder(backbone, num_classes, config)
+    return pixel_method(config).build(backbone, num_classes, config)

@@ -2,9 +2,10 @@
 
 Each method registers itself in its own package (``inca.methods.<name>``): its name, a
 one-line summary, its frozen config dataclass (its own fields only, with the help text the CLI
-prints), its input, the learning rates a comparison sweeps, its default plan, its task kind and
-its memory-benchmark modes. Every table of methods elsewhere (``inca compare``'s methods and
-plans, the report's one-pass methods, ``inca bench-memory``'s modes) is a view of this one.
+prints), its input, the learning rates a comparison sweeps, its default plan, its task kind, its
+memory-benchmark modes and, for methods trained from pixels, the object holding its behaviour.
+Every table of methods elsewhere (``inca compare``'s methods and plans, the report's one-pass
+methods, ``inca bench-memory``'s modes) is a view of this one.
 
     >>> [m.name for m in inca.list_methods()]
     ['linear', 'inca', 'open-inca', 'vqt', 'full', 'partial', 'lora', 'stochca']
@@ -12,7 +13,7 @@ plans, the report's one-pass methods, ``inca bench-memory``'s modes) is a view o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -35,8 +36,8 @@ class Method:
     task_kind: "adapters" (a ``Task`` of adapters on taps) or "finetuned" (its own pass).
     memory_modes: ``inca bench-memory`` modes it adds, each {mode: config options}.
     shares_sweep: "pixels" methods whose learning-rate sweep trains from one backbone pass.
-    builder: "pixels" methods: ``builder(backbone, num_classes, config)`` makes the trainable
-        model (``forward(pixels) -> logits``, ``param_groups()``, ``changed_state()``).
+    behaviour: "pixels" methods: what the method does, beside its config's data (a
+        ``inca.methods.pixel_method.PixelMethod``: builds its model, says how its runs train).
     """
 
     name: str
@@ -48,15 +49,15 @@ class Method:
     task_kind: str = "adapters"
     memory_modes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     shares_sweep: bool = False
-    builder: Callable[..., Any] | None = None
+    behaviour: Any = None
 
     def __post_init__(self) -> None:
         if self.input not in INPUTS:
             raise IncaError(f"method {self.name!r}: input must be one of {INPUTS}")
         if self.input == "tokens" and not self.default_plan:
             raise IncaError(f"method {self.name!r} reads tokens: give it a default plan")
-        if self.input == "pixels" and self.builder is None:
-            raise IncaError(f"method {self.name!r} trains from pixels: give it a builder")
+        if self.input == "pixels" and self.behaviour is None:
+            raise IncaError(f"method {self.name!r} trains from pixels: give it a behaviour")
 
     @property
     def from_tokens(self) -> bool:

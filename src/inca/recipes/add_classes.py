@@ -93,20 +93,63 @@ def add_classes(
     a bias for each new class, and nothing else, on the validation images of every class, so
     the new classes' logits sit on the old ones' scale (BiC's bias correction). Off by default:
     measured on the protocol of ``inca bench-classes`` it moves errors between classes (-1.3
-    to +0.3 points a step) rather than removing them."""
-    from inca.cache.split_caches import open_caches
-    from inca.methods.open_inca.classes import fit_calibration_on_logits, with_token_means
+    to +0.3 points a step) rather than removing them.
+
+    Split into its steps (it was one body of 116 lines): checking the request, the token
+    source, pseudo old-class samples, training and choosing the rate, the (calibrated) test."""
+    from inca.methods.open_inca.classes import with_token_means
     from inca.methods.open_inca.increment import NewClasses
-    from inca.methods.open_inca.pseudo import PseudoOldSource, balanced_weights, class_means
+    from inca.methods.open_inca.pseudo import balanced_weights, class_means
     from inca.tasks import Task, load_task
-    from inca.tasks.multi import load_matching_backbone
     from inca.tasks.open_classes import open_member
-    from inca.train.batch_sources import TokenSource
-    from inca.train.trainer import Trainer
 
     config = config or TrainConfig(epochs=10, augment=False, progress=False)
     task = load_task(task_dir)
     member, tap, base = open_member(task)
+    check_request(task, classes, projections, calibrate, replay)
+    train_size, val_size, test_size = sizes
+    splits = make_splits(data, train_size=train_size, val_size=val_size, test_size=test_size,
+                         seed=config.seed)  # fmt: skip
+    order = task.class_names + classes  # the task's classes after the addition
+    chosen, table = chosen_splits(splits, data, classes, task.class_names, order, replay)
+
+    out = Path(out or task_dir)
+    work = Path(cache or out.parent / f".{out.name}.add")
+    backbone, real = token_source(task, tap, chosen, table, config, work, device, precision)
+    old = len(task.class_names)
+    new_means = class_means(real, range(old, len(order)))  # (new, T, D)
+    counts = torch.bincount(table[torch.from_numpy(chosen.train.labels)], minlength=len(order))
+    source, pseudo = with_pseudo_old(real, base, new_means, counts, len(chosen.train), config.seed,
+                                     task.name)  # fmt: skip
+    members = NewClasses(base, tap, len(classes), list(lrs), weight_decay, config.seed,
+                         new_set=projections == "new",
+                         class_weights=balanced_weights(counts).to(backbone.device))  # fmt: skip
+    members = members.to(backbone.device)
+    signature = {"add": classes, "task": task.name, "replay": replay, "data": data,
+                 "lrs": list(lrs), "projections": projections}  # fmt: skip
+    # one train folder per projection option: both can share one token cache
+    trainer, best = train_and_choose(members, source, config, chosen, work / f"train-{projections}",
+                                     signature, backbone.device)  # fmt: skip
+    grown = members.grown(best)
+    if pseudo:  # every class's means kept, for the next addition
+        grown = with_token_means(grown, torch.cat([base.token_means.cpu(), new_means]))
+    new = torch.arange(old, len(order)) if calibrate else None
+    test_probs, test_labels, calibration = tested(trainer, best, grown, real, new)
+    record = {"added": classes, "replay": replay, "projections": projections, "pseudo_old": pseudo,
+              "selected": best, "val_acc": dict(trainer.progress.best_acc),
+              "calibration": calibration,
+              **test_record(test_probs, test_labels, order)}  # fmt: skip
+    new_task = Task(task.name, "open-inca", task.backbone_info, order, [(member, tap, grown)],
+                    metrics=task.metrics | {"added": [*task.metrics.get("added", []), record]},
+                    data=task.data)  # fmt: skip
+    new_task.save(out)
+    return record
+
+
+def check_request(
+    task: Any, classes: list[str], projections: str, calibrate: bool, replay: int
+) -> None:
+    """Refuse, before any data is read, an addition ``add_classes`` cannot make."""
     if len(set(classes)) != len(classes) or not classes:
         raise IncaError(f"give each new class once, at least one: got {classes}")
     known = [c for c in classes if c in task.class_names]
@@ -118,73 +161,89 @@ def add_classes(
         raise IncaError(
             "calibrating the new classes needs held-out images of the old ones; give --replay N"
         )
-    train_size, val_size, test_size = sizes
-    splits = make_splits(data, train_size=train_size, val_size=val_size, test_size=test_size,
-                         seed=config.seed)  # fmt: skip
-    order = task.class_names + classes  # the task's classes after the addition
-    chosen, table = chosen_splits(splits, data, classes, task.class_names, order, replay)
+
+
+def with_pseudo_old(real: Any, base: Any, new_means: torch.Tensor, counts: torch.Tensor,
+                    n_train: int, seed: int, task_name: str) -> tuple[Any, bool]:  # fmt: skip
+    """The source the new classes train from, and whether it adds pseudo old-class samples:
+    it does where the task stores its classes' mean token maps (``base``'s, as many tokens as
+    ``new_means``), one pseudo old image per training image spread over the old classes, which
+    ``counts`` (images per class, for the loss's class weights) then counts."""
+    from inca.methods.open_inca.pseudo import PseudoOldSource
+
+    if base.config.stat_tokens == new_means.shape[1]:
+        old = counts.numel() - len(new_means)  # the task's classes before the addition
+        source = PseudoOldSource(real, torch.cat([base.token_means.cpu(), new_means]), old, seed)
+        counts[:old] += n_train // old
+        return source, True
+    if base.config.stat_tokens == 0:
+        print(
+            f"note: task {task_name!r} stores no class means (trained before they were "
+            "kept, or by a plan): its new classes train without pseudo old-class samples"
+        )
+    return real, False
+
+
+def train_and_choose(members: Any, source: Any, config: TrainConfig, chosen: Splits, work: Path,
+                     signature: dict[str, Any], device: Any) -> tuple[Any, str]:  # fmt: skip
+    """Train ``members`` one-to-many (resuming in ``work``), load each one's best epoch, and
+    choose the member best on validation among those that did not diverge."""
+    from inca.train.trainer import Trainer
+
+    trainer = Trainer(members, source, config, len(chosen.train), work, signature, device,
+                      num_val=len(chosen.val))  # fmt: skip
+    trainer.fit(resume=True)
+    trainer.load_best()
+    best = rank(
+        {n: a for n, a in trainer.progress.best_acc.items() if n not in trainer.progress.diverged}
+    )[0]
+    return trainer, best
+
+
+def token_source(
+    task: Any,
+    tap: str,
+    chosen: Splits,
+    table: torch.Tensor,
+    config: TrainConfig,
+    work: Path,
+    device: str,
+    precision: str,
+) -> tuple[Any, RemappedSource]:
+    """The task's backbone, and the tokens of ``tap`` on ``chosen``'s real images (from the
+    cache in ``work``, built on first use) with the task's labels: what training starts from,
+    and what calibration and the test read."""
+    from inca.cache.split_caches import open_caches
+    from inca.tasks.multi import load_matching_backbone
+    from inca.train.batch_sources import TokenSource
 
     backbone = load_matching_backbone(task.backbone_info, device, precision)
-    out = Path(out or task_dir)
-    work = Path(cache or out.parent / f".{out.name}.add")
     caches = open_caches(
         backbone, chosen, [tap], work / "cache", 1, "auto", config.eval_batch_size, config.seed,
         config.workers, config.progress,
     )  # fmt: skip
-    source = RemappedSource(TokenSource(backbone, chosen, [tap], config, caches), table)
-    old = len(task.class_names)
-    real = source  # real images only: calibration and test
-    new_means = class_means(source, range(old, len(order)))  # (new, T, D)
-    counts = torch.bincount(table[torch.from_numpy(chosen.train.labels)], minlength=len(order))
-    pseudo = base.config.stat_tokens == new_means.shape[1]
-    if pseudo:  # one pseudo old image per training image, spread over the old classes
-        source = PseudoOldSource(source, torch.cat([base.token_means.cpu(), new_means]), old,
-                                 config.seed)  # fmt: skip
-        counts[:old] += len(chosen.train) // old
-    elif base.config.stat_tokens == 0:
-        print(
-            f"note: task {task.name!r} stores no class means (trained before they were "
-            "kept, or by a plan): its new classes train without pseudo old-class samples"
-        )
-    members = NewClasses(base, tap, len(classes), list(lrs), weight_decay, config.seed,
-                         new_set=projections == "new",
-                         class_weights=balanced_weights(counts).to(backbone.device))  # fmt: skip
-    members = members.to(backbone.device)
-    signature = {"add": classes, "task": task.name, "replay": replay, "data": data,
-                 "lrs": list(lrs), "projections": projections}  # fmt: skip
-    # one train folder per projection option: both can share one token cache
-    trainer = Trainer(members, source, config, len(chosen.train), work / f"train-{projections}",
-                      signature, backbone.device, num_val=len(chosen.val))  # fmt: skip
-    trainer.fit(resume=True)
-    trainer.load_best()
-    best = rank({n: a for n, a in trainer.best_acc.items() if n not in trainer.diverged})[0]
-    grown = members.grown(best)
-    if pseudo:  # every class's means kept, for the next addition
-        grown = with_token_means(grown, torch.cat([base.token_means.cpu(), new_means]))
-    test_probs, test_labels = trainer.predict("test")
-    test_probs = test_probs[best]
-    calibration = None
-    if calibrate:  # the new classes' scale and bias only, on real validation images
-        calibration = fit_calibration_on_logits(grown, *raw_split_logits(grown, real, "val"),
-                                                only=torch.arange(old, len(order)))  # fmt: skip
-        calibration["test_acc_before"] = accuracy(test_probs, test_labels)
-        raw, test_labels = raw_split_logits(grown, real, "test")
-        test_probs = (raw * grown.calib_scale.cpu() + grown.calib_shift.cpu()).softmax(-1)
-    record = {
-        "added": classes,
-        "replay": replay,
-        "projections": projections,
-        "pseudo_old": pseudo,
-        "selected": best,
-        "val_acc": dict(trainer.best_acc),
-        "calibration": calibration,
-        **test_record(test_probs, test_labels, order),
-    }
-    new_task = Task(task.name, "open-inca", task.backbone_info, order, [(member, tap, grown)],
-                    metrics=task.metrics | {"added": [*task.metrics.get("added", []), record]},
-                    data=task.data)  # fmt: skip
-    new_task.save(out)
-    return record
+    return backbone, RemappedSource(TokenSource(backbone, chosen, [tap], config, caches), table)
+
+
+def tested(
+    trainer: Any, best: str, grown: Any, real: Any, new: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any] | None]:
+    """The test probabilities of member ``best`` and their labels. With ``new`` (the new
+    classes' indices), first fit their scale and bias in ``grown``, nothing else, on ``real``'s
+    validation images, and return ``grown``'s calibrated test probabilities, and the fit's
+    record with the test accuracy before it; else no record."""
+    from inca.methods.open_inca.classes import fit_calibration_on_logits
+
+    probs, labels = trainer.predict("test")
+    probs = probs[best]
+    if new is None:
+        return probs, labels, None
+    calibration = fit_calibration_on_logits(grown, *raw_split_logits(grown, real, "val"),
+                                            only=new)  # fmt: skip
+    calibration["test_acc_before"] = accuracy(probs, labels)
+    raw, labels = raw_split_logits(grown, real, "test")
+    probs = (raw * grown.calib_scale.cpu() + grown.calib_shift.cpu()).softmax(-1)
+    return probs, labels, calibration
 
 
 def raw_split_logits(adapter: Any, source: Any, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,7 +296,6 @@ def new_classes_task(
     from inca.train.bank import AdapterBank
     from inca.train.batch_sources import TokenSource, token_dtype
     from inca.train.plan import AdapterSpec
-    from inca.train.trainer import Trainer
 
     config = config or TrainConfig(epochs=10, augment=False, progress=False)
     size = {"image_size": image_size} if image_size else {}
@@ -261,13 +319,10 @@ def new_classes_task(
     )  # fmt: skip
     source = RemappedSource(TokenSource(backbone, chosen, bank.taps, config, caches), table)
     signature = {"new": classes, "data": data, "tap": tap, "lrs": list(lrs)}
-    trainer = Trainer(bank, source, config, len(chosen.train), work / "train", signature,
-                      backbone.device, num_val=len(chosen.val))  # fmt: skip
-    trainer.fit(resume=True)
-    trainer.load_best()
-    best = rank({n: a for n, a in trainer.best_acc.items() if n not in trainer.diverged})[0]
+    trainer, best = train_and_choose(bank, source, config, chosen, work / "train", signature,
+                                     backbone.device)  # fmt: skip
     test_probs, test_labels = trainer.predict("test")
-    record = {"classes": classes, "selected": best, "val_acc": dict(trainer.best_acc),
+    record = {"classes": classes, "selected": best, "val_acc": dict(trainer.progress.best_acc),
               **test_record(test_probs[best], test_labels, classes)}  # fmt: skip
     name = out.name
     # each class's mean token map, kept so later additions train against pseudo old images

@@ -18,8 +18,6 @@ with are unchanged.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -33,6 +31,7 @@ from inca.recipes.method_run import COMMON, method_options, plan_of, run_method
 from inca.train.budget import PATIENCE_MAX_EPOCHS
 from inca.utils.distributed import on_main, world
 from inca.utils.io import write_json
+from inca.utils.process import FreshProcessError, run_fresh
 from inca.utils.run_lock import exclusive
 
 if TYPE_CHECKING:
@@ -70,6 +69,8 @@ def compare(
 def _compare(
     methods: list[str], options: CompareOptions, out: Path, in_process: bool
 ) -> dict[str, Any]:
+    if options.image_size == "auto":  # one choice for every method, saved in options.json
+        options = replace(options, image_size=options.resolved_image_size())
     saved = out / "options.json"
     if saved.exists():  # results made on other data or backbone must not be mixed in
         before = json.loads(saved.read_text())
@@ -98,22 +99,14 @@ def _compare(
             if w.is_main:
                 write_json(result_file, result)
         else:  # its own process: its own peak memory
-            code = (
-                "import json, sys; from pathlib import Path; from inca.utils.io import write_json; "
-                "from inca.recipes.compare_options import CompareOptions; "
-                "from inca.recipes.method_run import run_method; "
-                "options = CompareOptions.from_dict(json.loads(Path(sys.argv[2]).read_text())); "
-                "write_json(Path(sys.argv[3]) / 'result.json', "
-                "run_method(sys.argv[1], options, Path(sys.argv[3])))"
-            )  # the typed options, read back from the options.json just saved
-            done = subprocess.run(
-                [sys.executable, "-c", code, method, str(saved), str(out / method)]
-            )
-            if done.returncode != 0:
+            try:
+                run_fresh("inca.recipes.compare:method_in_child", method, str(saved),
+                          str(out / method), stream=True)  # fmt: skip
+            except FreshProcessError as e:
                 raise IncaError(
-                    f"method {method} failed (exit {done.returncode}); fix the "
-                    "error above and rerun: finished methods are kept"
-                )
+                    f"method {method} failed (exit {e.returncode}); fix the error above and "
+                    "rerun: finished methods are kept"
+                ) from None
     if not w.is_main:
         return {}  # rank 0 writes the comparison
     rows = [r for m in methods for r in json.loads((out / m / "result.json").read_text())["rows"]]
@@ -180,3 +173,10 @@ def legacy_options(method: str, saved: dict[str, Any]) -> dict[str, Any]:
         legacy.pop("plans", None)
         return json.loads(json.dumps(method_options(method, legacy) | {"plan": "legacy"}))
     return method_options(method, legacy)
+
+
+def method_in_child(method: str, options_file: str, out: str) -> None:
+    """What a method's own process runs: the typed options read back from the options.json
+    just saved, the method run, its result.json written."""
+    options = CompareOptions.from_dict(json.loads(Path(options_file).read_text()))
+    write_json(Path(out) / "result.json", run_method(method, options, Path(out)))

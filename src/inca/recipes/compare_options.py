@@ -11,25 +11,18 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from inca.errors import IncaError
+from inca.recipes.data_options import DATA_FIELDS, DataOptions
 from inca.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
-class CompareOptions:
-    """model, data, image_size, train/val/test_size, precision, device: what every method
-    shares; train: the fine-tuning methods' budget; frozen: the frozen-feature methods' (from
-    the cache, to patience); plans: a plan per method replacing its default ({"full": "full
+class CompareOptions(DataOptions):
+    """The shared ``DataOptions`` (backbone, data, sizes: what every method shares), and
+    train: the fine-tuning methods' budget; frozen: the frozen-feature methods' (from the
+    cache, to patience); plans: a plan per method replacing its default ({"full": "full
     lr=1e-5,3e-5 layer_decay=0.8", "inca": "inca taps=block.5"}); cache: the shared activation
     cache (None: beside the methods); cache_taps: what it holds (None: what the plans read)."""
 
-    model: str = "dinov2-small"
-    data: str = "fashion-mnist"
-    image_size: int | None = 112
-    train_size: int | str | None = None  # None: the data's default (make_splits)
-    val_size: float | None = None
-    test_size: int | None = None
-    precision: str = "auto"
-    device: str = "auto"
     train: TrainConfig = field(default_factory=TrainConfig)
     frozen: TrainConfig | None = None
     plans: dict[str, str] = field(default_factory=dict)
@@ -38,10 +31,7 @@ class CompareOptions:
 
     def to_dict(self) -> dict[str, Any]:
         """The options.json form (keys that are empty are left out, as before)."""
-        out: dict[str, Any] = {
-            k: getattr(self, k)
-            for k in ("model", "data", "image_size", "train_size", "val_size", "test_size")
-        }
+        out: dict[str, Any] = {k: getattr(self, k) for k in DATA_FIELDS[:6]}
         out["train"] = self.train.to_options()
         if self.frozen is not None:
             out["frozen"] = self.frozen.to_options()

@@ -14,11 +14,11 @@ from typing import Any
 
 from inca.methods import get_method
 from inca.recipes.compare_options import CompareOptions
+from inca.recipes.data_options import DATA_FIELDS
 from inca.utils.distributed import barrier, gather_values, world
 from inca.utils.run_lock import exclusive
 
-COMMON = ("model", "data", "image_size", "train_size", "val_size", "test_size", "precision",
-          "device")  # fmt: skip
+COMMON = DATA_FIELDS  # what every method of a comparison shares
 
 
 def plan_of(method: str, options: CompareOptions) -> str:
@@ -91,15 +91,8 @@ def frozen_rows(
     from inca.recipes.run_options import RunOptions
 
     run_options = RunOptions(
-        model=options.model,
-        data=options.data,
+        **options.data_options(),
         plan=plan_of(method, options),
-        train_size=options.train_size,
-        val_size=options.val_size,
-        test_size=options.test_size,
-        image_size=options.image_size,
-        precision=options.precision,
-        device=options.device,
         train=options.frozen,
         cache=options.cache or str(out.parent / "cache"),
         cache_taps=options.cache_taps,
@@ -146,7 +139,8 @@ def finetune_rows(
     from inca.data import make_splits
     from inca.data.splits import data_record, scan_images
     from inca.tasks.finetuned import FineTunedTask
-    from inca.train.finetune_run import fine_tune_sweep, predict_model
+    from inca.train.pixel_members import predict_model
+    from inca.train.pixel_sweep import fine_tune_sweep
     from inca.train.plan import parse_sweep_plan
     from inca.train.select import accuracy
 

@@ -21,33 +21,27 @@ ranks members in selection: accuracy, or balanced accuracy for imbalanced data. 
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from inca.adapters.tap_groups import depth_index
 from inca.backbones import Backbone, load_backbone
 from inca.cache import ActivationCache
 from inca.cache.split_caches import build_seconds, open_caches
 from inca.data import Splits, make_splits
-from inca.data.splits import SPLIT_RULE, data_record, scan_images
+from inca.data.splits import SPLIT_RULE, scan_images
 from inca.errors import IncaError
-from inca.recipes.data_fit import auto_image_size
+from inca.recipes.plan_results import finish, seed_summary, write_results
 from inca.recipes.run_options import RunOptions
 from inca.train.batch_sources import TokenSource
+from inca.train.candidate import Candidate
 from inca.train.config import TrainConfig
 from inca.train.grid_shard import gather_on_main
-from inca.train.member import Member
-from inca.train.metrics import balanced_accuracy, metrics_summary
 from inca.train.one_to_many import adapter_trainer
 from inca.train.plan import AdapterSpec, parse_plan
 from inca.train.probes import fit_linear_probes
 from inca.train.resume import check_resumable, holds_checkpoint
-from inca.train.select import accuracy, choose_ensemble, rank, score_all
 from inca.train.trainer import Trainer
 from inca.utils.distributed import agree, world
 from inca.utils.io import write_json
@@ -84,18 +78,51 @@ def split_rule_of(out: Path) -> int:
     return json.loads(saved.read_text()).get("data", {}).get("split_rule", 1)
 
 
+def _cached(
+    o: RunOptions, backbone: Backbone, splits: Splits, specs: list[AdapterSpec], config: TrainConfig
+) -> tuple[TrainConfig, dict[str, ActivationCache], dict[str, Any]]:
+    """The activation caches of the plan's taps (built first if absent), what they hold, and
+    the config cached training runs with (one view per image: no augmentation)."""
+    cache = Path(o.cache)
+    if o.cache_views == 1 and config.augment:
+        config = TrainConfig(**(asdict(config) | {"augment": False}))
+        print(
+            "cached training with one view per image: no augmentation (--cache-views K "
+            "caches K augmented views)"
+        )
+    wanted = {t for s in specs for t in s.taps} | set(o.cache_taps or [])
+    taps = [t for t in backbone.taps if t in wanted]
+    t0 = time.perf_counter()
+    caches = open_caches(
+        backbone, splits, taps, cache, o.cache_views, o.cache_dtype,
+        config.eval_batch_size, config.seed, config.workers, config.progress,
+    )  # fmt: skip
+    info = {
+        "dir": str(o.cache),
+        "views": o.cache_views,
+        "dtype": caches["train"].dtype,
+        "taps": taps,
+        "bytes": sum(c.nbytes for c in caches.values()),
+        "seconds": time.perf_counter() - t0,  # here: building, or opening a built one
+        "build_seconds": build_seconds(cache),  # what building it cost, once
+    }
+    print(
+        f"activation cache {o.cache}: {len(taps)} taps, "
+        f"{info['bytes'] / 2**30:.2f} GiB on disk ({info['seconds']:.0f} s)"
+    )
+    return config, caches, info
+
+
 def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) -> dict[str, Any]:
     data, plan, config, cache, seeds = o.data, o.plan, o.train, o.cache, o.seeds
-    cache_views, cache_dtype, cache_taps = o.cache_views, o.cache_dtype, o.cache_taps
+    cache_views, cache_dtype = o.cache_views, o.cache_dtype
     started = time.perf_counter()
     if holds_checkpoint(out) and not resume:
         raise IncaError(
             f"{out} already holds a run; pass --resume to continue it, or choose another --out"
         )
     if backbone is None:
-        image_size = o.image_size
-        if image_size == "auto":
-            image_size = auto_image_size(o.model, data, o.precision, o.device)
+        image_size = o.resolved_image_size()
         size = {"image_size": image_size} if image_size else {}
         backbone = load_backbone(o.model, precision=o.precision, device=o.device, **size)
     rule = split_rule_of(out) if resume else SPLIT_RULE
@@ -126,33 +153,8 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
     config = config.fitted_to(len(splits.train))
     caches, cache_info = None, None
     if cache is not None:
-        if cache_views == 1 and config.augment:
-            config = TrainConfig(**(asdict(config) | {"augment": False}))
-            print(
-                "cached training with one view per image: no augmentation (--cache-views K "
-                "caches K augmented views)"
-            )
-        wanted = {t for s in specs for t in s.taps} | set(cache_taps or [])
-        taps = [t for t in backbone.taps if t in wanted]
-        t0 = time.perf_counter()
-        caches = open_caches(
-            backbone, splits, taps, Path(cache), cache_views, cache_dtype,
-            config.eval_batch_size, config.seed, config.workers, config.progress,
-        )  # fmt: skip
-        cache_info = {
-            "dir": str(cache),
-            "views": cache_views,
-            "dtype": caches["train"].dtype,
-            "taps": taps,
-            "bytes": sum(c.nbytes for c in caches.values()),
-            "seconds": time.perf_counter() - t0,  # here: building, or opening a built one
-            "build_seconds": build_seconds(Path(cache)),  # what building it cost, once
-        }
+        config, caches, cache_info = _cached(o, backbone, splits, specs, config)
         signature["cache"] = {"views": cache_views, "dtype": cache_dtype}
-        print(
-            f"activation cache {cache}: {len(taps)} taps, "
-            f"{cache_info['bytes'] / 2**30:.2f} GiB on disk ({cache_info['seconds']:.0f} s)"
-        )
     grid = o.shard == "adapters" and world().distributed
     if grid:  # a resume needs the same slices: the same number of ranks
         signature["shard"] = {"adapters": world().size}
@@ -201,14 +203,14 @@ def train_members(
     caches: dict[str, ActivationCache] | None,
     resume: bool,
     grid: bool = False,
-) -> tuple[dict[str, Member], Trainer | None]:
+) -> tuple[dict[str, Candidate], Trainer | None]:
     """Every member of the plan, trained: SGD members one-to-many, solved probes by L-BFGS.
     ``grid``: under torchrun each rank trains its slice of the SGD members, and rank 0 gathers
     them all (in plan order, as one process would hold them)."""
     out.mkdir(parents=True, exist_ok=True)
     sgd = [s for s in specs if not s.solved]
     solved = [s for s in specs if s.solved]
-    members: dict[str, Member] = {}
+    members: dict[str, Candidate] = {}
     trainer = None
     if sgd:
         trainer = adapter_trainer(backbone, splits, sgd, config, out, signature, caches, grid)
@@ -216,15 +218,18 @@ def train_members(
         trainer.load_best()
         test_probs, _ = trainer.predict("test")
         for n, spec in trainer.members.specs.items():
-            if n in trainer.diverged:  # never selected, exported or reported as trained
+            if n in trainer.progress.diverged:  # never selected, exported or reported as trained
                 continue
-            members[n] = Member(
+            members[n] = Candidate(
                 spec,
                 trainer.members.export_adapter(n),
-                trainer.best_acc[n],
+                trainer.progress.best_acc[n],
                 trainer.best_val_probs[n],
                 test_probs[n],
-                {"best_epoch": trainer.best_epoch[n], "dropped_after": trainer.dropped_at.get(n)},
+                {
+                    "best_epoch": trainer.progress.best_epoch[n],
+                    "dropped_after": trainer.progress.dropped_at.get(n),
+                },
             )
         if grid:
             gathered = gather_on_main(members)
@@ -234,221 +239,3 @@ def train_members(
         source = TokenSource(backbone, splits, taps, config, caches, sharded=False)
         members |= fit_linear_probes(source, solved, len(splits.class_names), out, config.progress)
     return members, trainer
-
-
-def finish(
-    backbone: Backbone,
-    splits: Splits,
-    members: dict[str, Member],
-    trainer: Trainer | None,
-    out: Path,
-    max_ensemble: int,
-    started: float,
-    data_info: dict,
-    cache_info: dict | None = None,
-    metric: str = "accuracy",
-) -> dict[str, Any]:
-    """Select on validation by ``metric``, compute test metrics once (accuracy and balanced
-    accuracy of every member; recall per class and the confusion matrix of the picks), save
-    tasks, results and report."""
-    val_labels = torch.as_tensor(splits.val.labels, dtype=torch.long)  # split order, as the
-    test_labels = torch.as_tensor(splits.test.labels, dtype=torch.long)  # probabilities' rows
-    if not members:
-        raise IncaError("every member of the plan diverged: lower the learning rates")
-    val_probs = {n: m.val_probs for n, m in members.items()}
-    test_probs = {n: m.test_probs for n, m in members.items()}
-    # Member.val_acc is the value of the metric that picked its best epoch: accuracy only when
-    # that metric is accuracy, so under another it is computed again here
-    val_acc = (
-        {n: m.val_acc for n, m in members.items()}
-        if metric == "accuracy"
-        else score_all(val_probs, val_labels, "accuracy")
-    )
-    val_bal = score_all(val_probs, val_labels, "balanced-accuracy")
-    val_score = val_acc if metric == "accuracy" else score_all(val_probs, val_labels, metric)
-    best = rank(val_score)[0]
-    ensemble = choose_ensemble(val_probs, val_labels, max_k=max_ensemble, metric=metric)
-    test_acc = {n: accuracy(p, test_labels) for n, p in test_probs.items()}
-    test_bal = {n: balanced_accuracy(p, test_labels) for n, p in test_probs.items()}
-    ens_val_bal = balanced_accuracy(ensemble.probs(val_probs), val_labels)
-    ens_test_probs = ensemble.probs(test_probs)  # (N_test, C)
-    ens_test = accuracy(ens_test_probs, test_labels)
-    names = list(splits.class_names)
-    best_detail = _test_detail(metrics_summary(test_probs[best], test_labels, names))
-    ens_detail = _test_detail(metrics_summary(ens_test_probs, test_labels, names))
-    taps_order = list(backbone.taps)
-
-    adapters = []
-    for n, m in members.items():
-        adapters.append(
-            m.spec.to_dict()
-            | {
-                "tap_index": depth_index(m.spec.tap, taps_order),
-                "params": m.adapter.num_params(),
-                "val_acc": val_acc[n],
-                "test_acc": test_acc[n],
-                "val_balanced_acc": val_bal[n],
-                "test_balanced_acc": test_bal[n],
-            }
-            | {k: v for k, v in m.info.items() if v is not None}
-        )
-    linear = [a for a in adapters if a["kind"] == "linear"]
-    reference = None
-    if linear:
-        ref = max(linear, key=lambda a: (val_score[a["name"]], a["tap_index"]))
-        reference = {
-            "name": ref["name"],
-            "val_acc": ref["val_acc"],
-            "test_acc": ref["test_acc"],
-            "val_balanced_acc": ref["val_balanced_acc"],
-            "test_balanced_acc": ref["test_balanced_acc"],
-            "note": f"the linear probe with the best validation {metric.replace('-', ' ')}",
-        }
-    wall = time.perf_counter() - started
-    run: dict[str, Any] = {
-        "backbone": backbone.describe(),
-        **data_info,
-        "batch_size": trainer.config.batch_size if trainer else None,
-        "precision": backbone.precision.name,
-        "device": str(backbone.device),
-        "wall_time_s": wall,
-        "taps_order": taps_order,
-        "num_adapters": len(adapters),
-    }
-    if trainer is not None:
-        cfg, budget = trainer.config, trainer.budget
-        run |= {
-            "epochs": trainer.epoch,
-            "max_epochs": budget.max_epochs,
-            "steps": trainer.step,
-            "stopped": trainer.stopped or "epoch cap",
-            "budget": budget.describe(),
-            "augment": cfg.augment,
-            "train_time_s": trainer.train_seconds,
-            "val_time_s": trainer.val_seconds,
-            "train_images_per_s": trainer.images_seen / max(trainer.train_seconds, 1e-9),
-            "backbone_share_of_train_time": trainer.backbone_seconds
-            / max(trainer.train_seconds, 1e-9),
-            "curve": trainer.curve,
-        }
-    if trainer is not None and trainer.diverged:
-        run["diverged"] = trainer.diverged  # member -> epoch: left out of everything above
-    if cache_info:
-        run["cache"] = cache_info
-    ensemble_record = {
-        "members": ensemble.members,
-        "weights": ensemble.weights,
-        "method": ensemble.method,
-        "k": ensemble.k,
-        "val_acc": ensemble.val_acc,
-        "test_acc": ens_test,
-        "val_balanced_acc": ens_val_bal,
-        **ens_detail,
-        "k_curve": ensemble.k_curve,
-        "alternatives": ensemble.alternatives,  # each method's validation metric
-    }
-    best_record = {
-        "name": best,
-        "val_acc": val_acc[best],
-        "test_acc": test_acc[best],
-        "val_balanced_acc": val_bal[best],
-        **best_detail,
-    }
-    results = {
-        "run": run,
-        "adapters": adapters,
-        "classes": {
-            "names": names,
-            "test_counts": torch.bincount(test_labels, minlength=len(names)).tolist(),
-        },
-        "selection": {"metric": metric, "best": best_record, "ensemble": ensemble_record},
-    }
-    if reference:
-        results["reference"] = reference
-    task_data = data_record(data_info["data"], splits, data_info["seed"],
-                            data_info.get("split_rule", 1))  # fmt: skip
-    _task(backbone, splits, members, f"{data_info['data']}-{best}", members[best].spec.kind,
-          [best], None, {"val_acc": val_acc[best], "test_acc": test_acc[best],
-                         "test_balanced_acc": test_bal[best]},
-          task_data).save(out / "tasks" / "best")  # fmt: skip
-    _task(backbone, splits, members, f"{data_info['data']}-ensemble{ensemble.k}", "ensemble",
-          ensemble.members, ensemble.weights,
-          {"val_acc": ensemble.val_acc, "test_acc": ens_test,
-           "test_balanced_acc": ens_detail["test_balanced_acc"]}, task_data,
-          ).save(out / "tasks" / "ensemble")  # fmt: skip
-    write_results(results, out)
-    return results
-
-
-# a confusion matrix of more classes is left out of results.json (K² counts; the recall per class
-# stays): 1000 ImageNet classes would make two matrices of a million counts each
-MAX_CONFUSION_CLASSES = 100
-
-
-def _test_detail(summary: dict[str, Any]) -> dict[str, Any]:
-    """The test record of a pick beyond its accuracy, from ``metrics_summary``."""
-    detail = {"test_balanced_acc": summary["balanced_accuracy"], "test_recall": summary["recall"]}
-    if len(summary["recall"]) <= MAX_CONFUSION_CLASSES:
-        detail["test_confusion"] = summary["confusion"]
-    return detail
-
-
-def write_results(results: dict[str, Any], out: Path) -> None:
-    """``results.json`` and the report made from it."""
-    from inca.report.run import write_report
-
-    write_json(out / "results.json", results)
-    write_report(results, out)
-
-
-def _task(
-    backbone: Backbone,
-    splits: Splits,
-    members: dict[str, Member],
-    name: str,
-    method: str,
-    chosen: list[str],
-    weights: list[float] | None,
-    metrics: dict,
-    data: dict,
-):
-    from inca.tasks import Task
-
-    return Task.from_adapters(
-        name,
-        method,
-        backbone,
-        splits.class_names,
-        [(m, members[m].spec.tap, members[m].adapter) for m in chosen],
-        metrics=metrics,
-        data=data,
-        weights=weights,
-    )
-
-
-def seed_summary(runs: list[dict[str, Any]], first_seed: int) -> dict[str, Any]:
-    """Mean ± std over seeds of what a user compares: the selected single member, the
-    ensemble, and the best linear probe."""
-
-    def stats(values: list[float]) -> dict[str, Any]:
-        return {
-            "values": values,
-            "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        }
-
-    out: dict[str, Any] = {"seeds": list(range(first_seed, first_seed + len(runs)))}
-    for key, pick in (
-        ("best", lambda r: r["selection"]["best"]),
-        ("ensemble", lambda r: r["selection"]["ensemble"]),
-        ("linear", lambda r: r.get("reference")),
-    ):
-        picked = [pick(r) for r in runs]
-        if all(picked):
-            out[key] = {
-                "val_acc": stats([p["val_acc"] for p in picked]),
-                "test_acc": stats([p["test_acc"] for p in picked]),
-            }
-            if all("test_balanced_acc" in p for p in picked):
-                out[key]["test_balanced_acc"] = stats([p["test_balanced_acc"] for p in picked])
-    return out

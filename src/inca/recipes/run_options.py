@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from inca.errors import IncaError
+from inca.recipes.data_options import DataOptions
 from inca.train.config import TrainConfig
 from inca.train.plan import DEFAULT_PLAN
 
@@ -15,11 +16,9 @@ SHARDS = ("data", "adapters")  # what torchrun ranks split: every batch, or the 
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    """model: backbone name (see ``inca models``); data: dataset (``inca datasets``); plan: the
-    adapters (``inca.train.plan``); train/val/test_size: the splits (val a count or fraction);
-    image_size: pixels (None: the backbone's; "auto": chosen from the data, see
-    ``inca.recipes.data_fit``); lr, weight_decay: for plan entries without their
+class RunOptions(DataOptions):
+    """The main job: the shared ``DataOptions`` (backbone, data, sizes), and plan: the
+    adapters (``inca.train.plan``); lr, weight_decay: for plan entries without their
     own; max_ensemble: the largest top-k tried; train: budget and schedule; cache: the
     activation-cache root (None: online, a backbone pass per epoch); cache_views: augmented
     views per training image; cache_dtype: auto, float16, bfloat16 or float32; seeds: repeats
@@ -27,15 +26,7 @@ class RunOptions:
     how torchrun ranks split the work, ``data`` (every batch) or ``adapters`` (the grid, each
     rank training its slice over the whole cache)."""
 
-    model: str = "dinov2-small"
-    data: str = "fashion-mnist"
     plan: str = DEFAULT_PLAN
-    train_size: int | str | None = None  # None: the data's default (make_splits)
-    val_size: float | None = None
-    test_size: int | None = None
-    image_size: int | str | None = "auto"  # 112 px for Fashion-MNIST's 28 px images
-    precision: str = "auto"
-    device: str = "auto"
     lr: float = 1e-3
     weight_decay: float = 0.05
     max_ensemble: int = 10

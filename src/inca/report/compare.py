@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from inca.methods import get_method
+from inca.report.format import markdown_table
+from inca.report.plot import new_figure, save_png
 from inca.utils.device import machine_label
 from inca.utils.io import atomic_write
 
@@ -41,51 +43,46 @@ def compare_table(summary: dict[str, Any]) -> str:
     full = next((r for r in rows if r["method"] == "full"), None)
     label = {id(r): machine_label(r.get("machine")) for r in rows}
     mixed = len(set(label.values())) > 1
-    vs = " | test vs full | time vs full" if full else ""
     where = (
         "Rows ran on different machines (column machine): wall times compare only within one."
         if mixed
         else f"Measured on one machine: {next(iter(label.values()), '?')}."
     )
-    lines = [
+    note = (
         f"Budget: {summary['budget']}; selection on validation, test computed once. Wall time "
         "covers the method's whole search (learning-rate sweep or adapter grid) and, for "
         f"frozen-feature methods, building the activation cache; per run, one configuration. "
-        f"{where}",
-        "",
-        "| method | test acc | val acc | epochs run | wall time (s) | per run (s) | "
-        f"peak memory (MiB) | trainable params | stored task | selected{vs} |"
-        + (" machine |" if mixed else ""),
-        "|---|---|---|---|---|---|---|---|---|---|"
-        + ("---|---|" if full else "")
-        + ("---|" if mixed else ""),
-    ]
+        f"{where}"
+    )
+    header = [
+        "method", "test acc", "val acc", "epochs run", "wall time (s)", "per run (s)",
+        "peak memory (MiB)", "trainable params", "stored task", "selected",
+        *(["test vs full", "time vs full"] if full else []),
+        *(["machine"] if mixed else []),
+    ]  # fmt: skip
+    table = []
     for r in sorted(rows, key=lambda r: -r["test_acc"]):
-        line = (
-            f"| {r['method']} | {100 * r['test_acc']:.2f}% | {100 * r['val_acc']:.2f}% | "
-            f"{r.get('epochs', '—')} | {r['train_time_s']:.0f} | "
-            f"{r['train_time_s'] / runs(r):.0f} | {memory_cell(r)} | "
-            f"{r['trainable_params']:,} | {r['task_bytes'] / 2**20:.2f} MiB | {r['selected']} |"
-        )
+        row = [
+            r["method"], f"{100 * r['test_acc']:.2f}%", f"{100 * r['val_acc']:.2f}%",
+            r.get("epochs", "—"), f"{r['train_time_s']:.0f}",
+            f"{r['train_time_s'] / runs(r):.0f}", memory_cell(r),
+            f"{r['trainable_params']:,}", f"{r['task_bytes'] / 2**20:.2f} MiB", r["selected"],
+        ]  # fmt: skip
         if full:
             same = label[id(r)] == label[id(full)]
             ratio = f"{r['train_time_s'] / full['train_time_s']:.0%}" if same else "other machine"
-            line += f" {100 * (r['test_acc'] - full['test_acc']):+.2f} pp | {ratio} |"
+            row += [f"{100 * (r['test_acc'] - full['test_acc']):+.2f} pp", ratio]
         if mixed:
-            line += f" {label[id(r)]} |"
-        lines.append(line)
-    return "\n".join(lines)
+            row.append(label[id(r)])
+        table.append(row)
+    return note + "\n\n" + markdown_table(header, table)
 
 
 def plot_cost(summary: dict[str, Any], path: Path) -> Path:
     """One curve per method: best validation accuracy so far against cumulative wall time; a
     star at the end marks the selected point's *test* accuracy. Methods whose runs kept no
     per-epoch times appear as their final point only."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 5), dpi=150)
-    FigureCanvasAgg(fig)
+    fig = new_figure(8, 5, dpi=150)
     ax = fig.add_subplot()
     labels = [machine_label(r.get("machine")) for r in summary["rows"]]
     machines = list(dict.fromkeys(labels))  # in order of first appearance
@@ -126,9 +123,7 @@ def plot_cost(summary: dict[str, Any], path: Path) -> Path:
         fig.tight_layout(rect=(0, 0.03, 1, 1))
     else:
         fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    return save_png(fig, path)
 
 
 def write_compare_report(summary: dict[str, Any], out: Path) -> tuple[Path, Path]:

@@ -132,43 +132,7 @@ def create_app(tasks: Sequence[Any], config: ServeConfig | None = None,
     @app.post("/v1/predict")
     async def predict(request: Request, tasks: str | None = None, top_k: int | None = None
                       ) -> dict[str, Any]:  # fmt: skip
-        start = time.perf_counter()
-        if server.draining:
-            raise RequestError(503, "the server is shutting down; retry on another instance")
-        names = chosen_tasks(server.pool, tasks)
-        k = top_k if top_k is not None else config.top_k
-        if k < 1:
-            raise RequestError(400, f"top_k must be at least 1, got {k}")
-        files = await read_images(request, config)
-        rows = await run_in_threadpool(prepare, server.pool, files, names, config)
-        try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*(server.batcher(g).submit(pixels, frozenset(ns))
-                                 for g, (pixels, ns) in rows.items())),
-                config.timeout_s,
-            )  # fmt: skip
-        except QueueFull as e:
-            raise RequestError(429, f"too many images waiting ({e}); retry shortly") from None
-        except TimeoutError:
-            raise RequestError(
-                503, f"no answer within {config.timeout_s:g} s (the server is overloaded); "
-                "retry later"
-            ) from None  # fmt: skip
-        probs: list[dict[str, torch.Tensor]] = [{} for _ in files]
-        for part in results:
-            for i, row in enumerate(part):
-                probs[i] |= row
-        return {
-            "predictions": [
-                {
-                    "file": name,
-                    "tasks": {n: top(server.pool, n, p[n], k) for n in names if n in p},
-                }  # fmt: skip
-                for (name, _), p in zip(files, probs, strict=True)
-            ],
-            "tasks": names,
-            "latency_ms": 1000 * (time.perf_counter() - start),
-        }
+        return await answer(server, config, request, tasks, top_k)
 
     if config.admin_token:
         add_admin_routes(app, server)
@@ -279,3 +243,47 @@ def add_admin_routes(app: FastAPI, server: Server) -> None:
             batcher = server.batchers.pop(id(emptied))
             await batcher.close()
         return {"unloaded": name, "tasks": server.pool.names}
+
+
+async def answer(
+    server: Server, config: ServeConfig, request: Request, tasks: str | None, top_k: int | None
+) -> dict[str, Any]:
+    """One /v1/predict request: its images read and prepared off the event loop, handed to
+    each backbone group's micro-batcher, the top classes of every task asked for."""
+    start = time.perf_counter()
+    if server.draining:
+        raise RequestError(503, "the server is shutting down; retry on another instance")
+    names = chosen_tasks(server.pool, tasks)
+    k = top_k if top_k is not None else config.top_k
+    if k < 1:
+        raise RequestError(400, f"top_k must be at least 1, got {k}")
+    files = await read_images(request, config)
+    rows = await run_in_threadpool(prepare, server.pool, files, names, config)
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(server.batcher(g).submit(pixels, frozenset(ns))
+                             for g, (pixels, ns) in rows.items())),
+            config.timeout_s,
+        )  # fmt: skip
+    except QueueFull as e:
+        raise RequestError(429, f"too many images waiting ({e}); retry shortly") from None
+    except TimeoutError:
+        raise RequestError(
+            503, f"no answer within {config.timeout_s:g} s (the server is overloaded); "
+            "retry later"
+        ) from None  # fmt: skip
+    probs: list[dict[str, torch.Tensor]] = [{} for _ in files]
+    for part in results:
+        for i, row in enumerate(part):
+            probs[i] |= row
+    return {
+        "predictions": [
+            {
+                "file": name,
+                "tasks": {n: top(server.pool, n, p[n], k) for n in names if n in p},
+            }  # fmt: skip
+            for (name, _), p in zip(files, probs, strict=True)
+        ],
+        "tasks": names,
+        "latency_ms": 1000 * (time.perf_counter() - start),
+    }

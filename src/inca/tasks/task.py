@@ -31,7 +31,7 @@ from inca.tasks.storage import (
 )
 from inca.utils.io import now_iso
 
-Member = tuple[str, str, Adapter]  # (member name, tap or tap group "block.5+block.8", adapter)
+TaskMember = tuple[str, str, Adapter]  # (member name, tap or tap group "block.5+block.8", adapter)
 
 
 _EMPTY = nn.ModuleDict()  # what a ModuleDict key must not shadow
@@ -126,7 +126,7 @@ class Task(nn.Module):
         method: str,
         backbone_info: Mapping[str, Any],
         class_names: Sequence[str],
-        members: Sequence[Member],
+        members: Sequence[TaskMember],
         metrics: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
         created: str | None = None,
@@ -173,7 +173,7 @@ class Task(nn.Module):
         method: str,
         backbone: Backbone,
         class_names: Sequence[str],
-        members: Sequence[Member],
+        members: Sequence[TaskMember],
         metrics: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
         weights: Weights | None = None,

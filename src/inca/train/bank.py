@@ -31,6 +31,11 @@ def adapter_seed(seed: int, name: str) -> int:
 
 
 class AdapterBank(nn.Module):
+    """Adapters as the trainer's members (:class:`~inca.train.protocols.Subsettable`: halving
+    drops some of them)."""
+
+    class_weights: Tensor | None = None  # every class weighs alike in the loss
+
     def __init__(
         self,
         specs: Sequence[AdapterSpec],
@@ -142,6 +147,29 @@ class AdapterBank(nn.Module):
             small.load_member_state(n, self.member_state(n))
         return small
 
+    def carry_optimizer_state(
+        self, old: torch.optim.Optimizer, subset: AdapterBank, new: torch.optim.Optimizer
+    ) -> None:
+        """Move each of ``subset``'s adapters' AdamW moments from ``old`` (this bank's optimizer)
+        into ``new`` (``subset``'s): rows of the stacked moments are picked out, so the survivors
+        of a halving continue exactly."""
+        for names, stack in zip(subset.stack_names, subset.stacks, strict=True):
+            where = [self._where[n] for n in names]
+            k_old = where[0][0]  # one stack key, lr and wd: they all come from one old stack
+            rows = torch.tensor([i for _, i in where])
+            old_stack = self.stacks[k_old]
+            for pname, p_new in stack.stacked().items():
+                p_old = old_stack.stacked()[pname]
+                state = old.state.get(p_old)
+                if not state:
+                    continue
+                new.state[p_new] = {
+                    k: v[rows.to(v.device)].clone()
+                    if v.ndim and v.shape[0] == len(old_stack)
+                    else v.clone()
+                    for k, v in state.items()
+                }
+
     # ------------------------------------------------------------- per-adapter views
     def member_state(self, name: str) -> dict[str, Tensor]:
         """Adapter ``name``'s weights (CPU copies), keyed as its own module's."""
@@ -186,29 +214,3 @@ class AdapterBank(nn.Module):
                         }
                     )
         return groups
-
-
-def carry_optimizer_state(
-    old: torch.optim.Optimizer,
-    old_bank: AdapterBank,
-    new: torch.optim.Optimizer,
-    new_bank: AdapterBank,
-) -> None:
-    """Move each surviving adapter's AdamW moments from ``old`` into ``new`` (same members, fewer
-    of them): rows of the stacked moments are picked out, so the survivors continue exactly."""
-    for names, stack in zip(new_bank.stack_names, new_bank.stacks, strict=True):
-        where = [old_bank._where[n] for n in names]
-        k_old = where[0][0]  # one stack key, lr and wd: they all come from one old stack
-        rows = torch.tensor([i for _, i in where])
-        old_stack = old_bank.stacks[k_old]
-        for pname, p_new in stack.stacked().items():
-            p_old = old_stack.stacked()[pname]
-            state = old.state.get(p_old)
-            if not state:
-                continue
-            new.state[p_new] = {
-                k: v[rows.to(v.device)].clone()
-                if v.ndim and v.shape[0] == len(old_stack)
-                else v.clone()
-                for k, v in state.items()
-            }

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from inca.errors import IncaError
 from inca.train import checkpoint
+from inca.train.trainer_state import Progress
 from inca.utils.distributed import my_share, world
 
 
@@ -52,6 +53,14 @@ class Standing:
     diverged: dict[str, int] = field(default_factory=dict)
     active: list[str] = field(default_factory=list)
     last_improved_step: int = 0
+
+    @classmethod
+    def of(cls, progress: Progress, accs: dict[str, float], losses: dict[str, float],
+           active: list[str]) -> Standing:  # fmt: skip
+        """One trainer's standing: its members' ``accs`` and ``losses`` this epoch, and copies
+        of what its ``progress`` holds for them."""
+        return cls(accs, losses, dict(progress.best_acc), dict(progress.last_val_loss),
+                   dict(progress.diverged), list(active), progress.last_improved_step)  # fmt: skip
 
     def merged(self, grid: bool) -> Standing:
         """Every rank's standing in one (``grid``: ranks hold different members; otherwise

@@ -2,9 +2,9 @@
 
 One pass over each split reads every probed tap once and pools it (CLS, mean of the patch
 tokens) exactly as :class:`~inca.adapters.LinearProbe` does; then each (tap, pooling) gets a
-converged full-batch L-BFGS fit with its L2 penalty swept on validation
-(:mod:`inca.train.probe_solver`). The result is an ordinary ``LinearProbe`` adapter: it is
-selected, ensembled, saved and served like any member.
+converged full-batch L-BFGS fit with its L2 penalty swept on validation (the linear method's
+solver, :mod:`inca.methods.linear.solver`). The result is an ordinary ``LinearProbe`` adapter:
+it is selected, ensembled, saved and served like any member.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 from inca.adapters import build_adapter
 from inca.methods.linear import pool_tokens, select_pool
+from inca.methods.linear.solver import fit_probes
 from inca.train.batch_sources import TokenSource
-from inca.train.member import Member
+from inca.train.candidate import Candidate
 from inca.train.plan import AdapterSpec
-from inca.train.probe_solver import fit_probes
 from inca.utils.io import write_json
 
 
@@ -54,7 +54,7 @@ def fit_linear_probes(
     num_classes: int,
     out: Path,
     progress: bool = True,
-) -> dict[str, Member]:
+) -> dict[str, Candidate]:
     """Fit every linear probe of ``specs`` (solver lbfgs) on ``source``'s splits; write
     ``probes.json`` (each fit's L2 curve) in ``out``; return them as members."""
     start = time.perf_counter()
@@ -78,7 +78,7 @@ def fit_linear_probes(
         def probs(x: Tensor, fit=fit) -> Tensor:
             return torch.addmm(fit.bias, x, fit.weight.t()).softmax(-1)  # (N, C)
 
-        members[s.name] = Member(
+        members[s.name] = Candidate(
             s, probe, fit.val_acc, probs(_select(va, s)), probs(_select(te, s)), {"l2": fit.l2}
         )
         record[s.name] = {"l2": fit.l2, "val_acc": fit.val_acc, "curve": fit.curve,

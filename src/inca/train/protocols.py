@@ -1,11 +1,13 @@
 """What the :class:`~inca.train.trainer.Trainer` trains (``Members``) and where its batches come
-from (``BatchSource``): the two small protocols every method satisfies."""
+from (``BatchSource``): the two small protocols every method satisfies. Members the budget halves
+(an adapter bank) are also :class:`Subsettable`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 
@@ -13,6 +15,8 @@ class Members(Protocol):
     """What the :class:`Trainer` trains: named members, each a classifier of its own.
 
     An ``nn.Module`` (``train``/``eval``/``to``) with disjoint parameters per member."""
+
+    class_weights: Tensor | None  # (C,) weights of every member's loss (to balance), or None
 
     @property
     def names(self) -> list[str]: ...
@@ -36,6 +40,22 @@ class Members(Protocol):
         ...
 
     def load_checkpoint_state(self, state: dict[str, Tensor]) -> None: ...
+
+
+@runtime_checkable
+class Subsettable(Members, Protocol):
+    """Members that successive halving can drop (frozen-feature members: an adapter bank)."""
+
+    def subset(self, names: list[str]) -> Subsettable:
+        """New members of only ``names``, carrying their current weights."""
+        ...
+
+    def carry_optimizer_state(
+        self, old: torch.optim.Optimizer, subset: Subsettable, new: torch.optim.Optimizer
+    ) -> None:
+        """Move the state ``old`` (the optimizer of these members) holds for ``subset`` (made by
+        :meth:`subset`) into ``new`` (``subset``'s optimizer): its members continue exactly."""
+        ...
 
 
 class BatchSource(Protocol):

@@ -10,7 +10,7 @@ is validated and its best epoch kept; the checkpoint makes the run resumable, ex
 What trains is anything satisfying :class:`Members`: an ``AdapterBank`` (InCA and linear probes
 on frozen taps, many per pass), a fine-tuned model (one member), a VQT learning-rate sweep (one
 member per rate). The budget (``TrainConfig.budget``) is the same for all: an epoch cap, and for
-frozen-feature members optionally patience and successive halving, which needs ``subset``.
+frozen-feature members optionally patience and successive halving (``Subsettable`` members).
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ from inca.train.budget import LOSS_MIN_DELTA, survivors
 from inca.train.config import TrainConfig
 from inca.train.grid_shard import Standing, resume_file, save_shard
 from inca.train.metrics import score
-from inca.train.protocols import BatchSource, Members
+from inca.train.protocols import BatchSource, Members, Subsettable
 from inca.train.resume import refuse_other_signature, signed, truncate_log
 from inca.train.schedule import lr_factor
 from inca.train.select import rank
 from inca.train.split_predictions import predict_all
+from inca.train.trainer_state import Progress
 from inca.utils.distributed import World, all_reduce_mean_, gather_rows, world
 from inca.utils.io import json_safe
 
@@ -46,7 +47,7 @@ class Trainer:
     """Trains ``members`` on batches of ``source`` until ``config``'s budget ends.
 
     Args:
-        members: what trains (see :class:`Members`); ``subset(names)`` is needed only when the
+        members: what trains (see :class:`Members`); :class:`Subsettable` ones only when the
             budget halves (frozen-feature members).
         source: where batches come from (see :class:`BatchSource`); None when only
             ``train_step`` is called (a benchmark of one step).
@@ -95,9 +96,8 @@ class Trainer:
         self.total_steps = self.budget.total_steps
         self.warmup_steps = int(config.warmup * self.total_steps)
         self.optimizer = self._optimizer()
-        # progress (epoch, step, best accuracies, timings, halving, divergence): what the
-        # checkpoint keeps, started as a new run starts it (``trainer_state.PROGRESS``)
-        trainer_state.restore_progress(self, trainer_state.fresh(self.all_names))
+        # epoch, step, best accuracies, timings, halving, divergence: kept by the checkpoint
+        self.progress = Progress.start(self.all_names)
         self.best_state = {n: members.member_state(n) for n in self.all_names}
         self.best_val_probs: dict[str, Tensor] = {}
         self.val_labels: Tensor | None = None
@@ -115,13 +115,13 @@ class Trainer:
 
     def _shrink(self, keep: list[str], carry: bool = True) -> None:
         """Continue with members ``keep`` only; their weights and AdamW moments carry over."""
-        from inca.train.bank import carry_optimizer_state
-
         old_members, old_opt = self.members, self.optimizer
-        self.members = old_members.subset(keep)  # type: ignore[attr-defined]
+        if not isinstance(old_members, Subsettable):
+            raise IncaError(f"{type(old_members).__name__} members cannot drop any: no halving")
+        self.members = old_members.subset(keep)
         self.optimizer = self._optimizer()
         if carry:
-            carry_optimizer_state(old_opt, old_members, self.optimizer, self.members)
+            old_members.carry_optimizer_state(old_opt, self.members, self.optimizer)
         self.source.serve(self.members)
 
     # ------------------------------------------------------------------ checkpoint
@@ -132,7 +132,7 @@ class Trainer:
         # held: the members whose state is saved (an idle grid shard keeps its last ones)
         meta = {"signature": self.signature, "optimizer_groups": groups, "active": self.active}
         meta["held"] = self.members.names
-        meta |= trainer_state.progress(self)
+        meta |= self.progress.to_meta()
         if self.grid:  # each rank its own slice
             save_shard(self.out_dir, trainer_state.tensors(self) | optim_tensors, meta)
         else:
@@ -154,40 +154,40 @@ class Trainer:
         trainer_state.restore_tensors(self, tensors)
         if not self.idle:  # an idle grid shard trains nothing more: its moments are moot
             checkpoint.optimizer_from_tensors(self.optimizer, tensors, meta["optimizer_groups"])
-        trainer_state.restore_progress(self, meta)
+        self.progress = Progress.from_meta(meta)
 
     # ------------------------------------------------------------------ training
     def best_name(self, standing: Standing | None = None) -> str | None:
         """The member with the best validation accuracy so far (diverged members never), of
         this trainer's members or of the whole ``standing``."""
-        best_acc = standing.best_acc if standing else self.best_acc
-        healthy = {n: a for n, a in best_acc.items() if n not in self.diverged}
-        if self.epoch == 0 or not healthy:
+        progress = self.progress
+        best_acc = standing.best_acc if standing else progress.best_acc
+        healthy = {n: a for n, a in best_acc.items() if n not in progress.diverged}
+        if progress.epoch == 0 or not healthy:
             return None
         return rank(healthy)[0]
 
     def _diverge(self, names: list[str], what: str) -> None:
         """Mark members whose training went non-finite: they train no further (their loss
         leaves the sum), are never selected or exported, and the user is told."""
+        epoch, diverged = self.progress.epoch + 1, self.progress.diverged
         for n in names:
-            if n not in self.diverged:
-                self.diverged[n] = self.epoch + 1
-                print(
-                    f"warning: {n} diverged in epoch {self.epoch + 1} ({what}); it is left out "
-                    "of selection and export: lower its learning rate"
-                )
+            if n not in diverged:
+                diverged[n] = epoch
+                print(f"warning: {n} diverged in epoch {epoch} ({what}); it is left out of "
+                      "selection and export: lower its learning rate")  # fmt: skip
 
     def train_step(self, inputs: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """One optimizer step on one batch: every member's loss, summed, ONE backward."""
         logits = self.members.forward_batch(inputs.to(self.device))
         labels = labels.to(self.device)
         smoothing = self.config.label_smoothing
-        weight = getattr(self.members, "class_weights", None)  # (C,): members that balance
+        weight = self.members.class_weights  # (C,): members that balance classes, or None
         losses = {
             n: F.cross_entropy(lg.float(), labels, weight=weight, label_smoothing=smoothing)
             for n, lg in logits.items()
         }
-        factor = lr_factor(self.step, self.total_steps, self.warmup_steps)
+        factor = lr_factor(self.progress.step, self.total_steps, self.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         names = list(losses)
@@ -199,7 +199,7 @@ class Trainer:
         if not all(finite):
             self._diverge([n for n, ok in zip(names, finite, strict=True) if not ok],
                           "non-finite training loss")  # fmt: skip
-        keep = [i for i, n in enumerate(names) if finite[i] and n not in self.diverged]
+        keep = [i for i, n in enumerate(names) if finite[i] and n not in self.progress.diverged]
         if keep:  # a diverged member's loss leaves the sum: its NaN reaches no gradient
             stacked[keep].sum().backward()  # ONE backward for all
             if self.data_world.distributed:
@@ -208,7 +208,7 @@ class Trainer:
         # free gradients before the next backbone pass: they would otherwise sit in memory
         # beside its activations (peak memory)
         self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
+        self.progress.step += 1
         return dict(zip(names, agreed, strict=True))
 
     def _average_gradients(self) -> None:
@@ -230,14 +230,9 @@ class Trainer:
         loss_sum = {n: 0.0 for n in self.members.names}
         start, seen, steps = time.perf_counter(), 0, 0
         backbone_before = self.source.backbone_seconds
-        bar = tqdm(
-            self.source.train(self.epoch),
-            desc=f"epoch {self.epoch + 1}/{self.budget.max_epochs}",
-            total=self.steps_per_epoch,
-            unit="batch",
-            disable=not self.config.progress,
-            dynamic_ncols=True,
-        )
+        bar = tqdm(self.source.train(self.progress.epoch), total=self.steps_per_epoch,
+                   desc=f"epoch {self.progress.epoch + 1}/{self.budget.max_epochs}", unit="batch",
+                   disable=not self.config.progress, dynamic_ncols=True)  # fmt: skip
         for x, labels in bar:
             losses = self.train_step(x, labels)
             del x  # this batch's inputs go before the next backbone pass
@@ -247,12 +242,12 @@ class Trainer:
             best = self.best_name()
             bar.set_postfix_str(
                 f"{seen / (time.perf_counter() - start):.0f} img/s"
-                + (f", best {best} {100 * self.best_acc[best]:.2f}%" if best else "")
+                + (f", best {best} {100 * self.progress.best_acc[best]:.2f}%" if best else "")
             )
         bar.close()
-        self.train_seconds += time.perf_counter() - start
-        self.backbone_seconds += self.source.backbone_seconds - backbone_before
-        self.images_seen += seen
+        self.progress.train_seconds += time.perf_counter() - start
+        self.progress.backbone_seconds += self.source.backbone_seconds - backbone_before
+        self.progress.images_seen += seen
         return {n: s / max(1, steps) for n, s in loss_sum.items()}
 
     def predict(self, split: str) -> tuple[dict[str, Tensor], Tensor]:
@@ -271,36 +266,39 @@ class Trainer:
             return {}
         probs, labels = self.predict("val")
         self.val_labels = labels
-        broken = [n for n, p in probs.items() if n not in self.diverged and not p.isfinite().all()]
+        progress = self.progress
+        broken = [
+            n for n, p in probs.items() if n not in progress.diverged and not p.isfinite().all()
+        ]
         if broken:
             self._diverge(broken, "non-finite validation output")
-        probs = {n: p for n, p in probs.items() if n not in self.diverged}
+        probs = {n: p for n, p in probs.items() if n not in progress.diverged}
         accs = {n: score(self.config.metric, p, labels) for n, p in probs.items()}
         for n, p in probs.items():  # the tie-breaker of halving: plateaus share an accuracy
             picked = p.gather(1, labels.view(-1, 1)).clamp_min(1e-12)
-            loss = self.last_val_loss[n] = -picked.log().mean().item()
-            if loss < self.best_loss.get(n, math.inf) * (1 - LOSS_MIN_DELTA):
-                self.best_loss[n] = loss  # progress on a plateau, before accuracy moves
-                self.last_improved_step = self.step
+            loss = progress.last_val_loss[n] = -picked.log().mean().item()
+            if loss < progress.best_loss.get(n, math.inf) * (1 - LOSS_MIN_DELTA):
+                progress.best_loss[n] = loss  # progress on a plateau, before accuracy moves
+                progress.last_improved_step = progress.step
         for n, acc in accs.items():
-            if acc > self.best_acc[n]:
-                self.best_acc[n], self.best_epoch[n] = acc, self.epoch
+            if acc > progress.best_acc[n]:
+                progress.best_acc[n], progress.best_epoch[n] = acc, progress.epoch
                 self.best_state[n] = self.members.member_state(n)
                 self.best_val_probs[n] = probs[n]
-                self.last_improved_step = self.step
+                progress.last_improved_step = progress.step
         return accs
 
     def _halve(self, standing: Standing) -> list[str]:
         """At a halving rung: drop all but the best members (of the whole grid, when ranks
         train slices of it); returns the dropped names."""
-        if self.epoch not in self.budget.rungs:
+        if self.progress.epoch not in self.budget.rungs:
             return []
         b = self.budget
-        acc = {n: -1.0 if n in self.diverged else a for n, a in standing.best_acc.items()}
+        acc = {n: -1.0 if n in self.progress.diverged else a for n, a in standing.best_acc.items()}
         keep = survivors(standing.active, acc, standing.last_val_loss, b.keep, b.min_members)
         dropped = [n for n in standing.active if n not in keep]
         for n in dropped:
-            self.dropped_at[n] = self.epoch
+            self.progress.dropped_at[n] = self.progress.epoch
         mine = [n for n in self.active if n in keep]
         if mine and len(mine) < len(self.active):
             self._shrink(mine)
@@ -310,15 +308,14 @@ class Trainer:
     def _standing(self, accs: dict[str, float], losses: dict[str, float]) -> Standing:
         """Where the grid stands after this epoch: this trainer's members, merged over the
         ranks when each holds a slice; the grid-wide facts are adopted here."""
-        mine = Standing(accs, losses, dict(self.best_acc), dict(self.last_val_loss),
-                        dict(self.diverged), self.active, self.last_improved_step)  # fmt: skip
-        standing = mine.merged(self.grid)
-        self.diverged, self.last_improved_step = standing.diverged, standing.last_improved_step
+        standing = Standing.of(self.progress, accs, losses, self.active).merged(self.grid)
+        self.progress.diverged = standing.diverged
+        self.progress.last_improved_step = standing.last_improved_step
         return standing
 
     def _out_of_patience(self) -> bool:
         patience = self.budget.patience_steps
-        return bool(patience) and self.step - self.last_improved_step >= patience
+        return bool(patience) and self.progress.step - self.progress.last_improved_step >= patience
 
     def fit(self, resume: bool = False) -> None:
         """Train until the budget ends (continuing from the checkpoint when ``resume``; a new
@@ -330,35 +327,37 @@ class Trainer:
         if saved:
             self.load_checkpoint(saved)
             if self.world.is_main:  # a kill between log line and checkpoint
-                truncate_log(log, self.epoch)
-            print(f"resuming {self.out_dir} after epoch {self.epoch}/{cap}")
-        elif self.epoch == 0 and self.world.is_main:
+                truncate_log(log, self.progress.epoch)
+            print(f"resuming {self.out_dir} after epoch {self.progress.epoch}/{cap}")
+        elif self.progress.epoch == 0 and self.world.is_main:
             log.unlink(missing_ok=True)
-        while self.epoch < cap and not self.stopped:
+        progress = self.progress  # (the checkpoint's, when resumed)
+        while progress.epoch < cap and not progress.stopped:
             t0 = time.perf_counter()
             losses = self.train_epoch()
             t_train = time.perf_counter() - t0
-            self.epoch += 1
+            progress.epoch += 1
             standing = self._standing(self.validate(), losses)
             accs, losses = standing.accs, standing.losses
             t_val = time.perf_counter() - t0 - t_train
-            self.val_seconds += t_val
+            progress.val_seconds += t_val
             best = self.best_name(standing)
             if best is None:
                 raise DivergedError(
                     f"every member of {self.out_dir} diverged (non-finite loss or output): "
                     "lower the learning rates"
                 )
-            seconds = self.train_seconds + self.val_seconds  # validation is a cost too
-            self.curve.append(
-                {"epoch": self.epoch, "seconds": seconds, "val_acc": standing.best_acc[best]}
+            seconds = progress.train_seconds + progress.val_seconds  # validation is a cost too
+            progress.curve.append(
+                {"epoch": progress.epoch, "seconds": seconds, "val_acc": standing.best_acc[best]}
             )
             dropped = self._halve(standing)
             if self._out_of_patience():
-                self.stopped = f"no better member for {self.step - self.last_improved_step} steps"
+                since = progress.step - progress.last_improved_step
+                progress.stopped = f"no better member for {since} steps"
             entry = {
-                "epoch": self.epoch,
-                "step": self.step,
+                "epoch": progress.epoch,
+                "step": progress.step,
                 "seconds": seconds,
                 "train_seconds": t_train,
                 "val_seconds": t_val,
@@ -369,8 +368,8 @@ class Trainer:
             }
             metric = "" if self.config.metric == "accuracy" else self.config.metric
             # metric: what "val_acc" holds when it is not accuracy
-            extra = {"metric": metric, "dropped": dropped, "stopped": self.stopped,
-                     "diverged": self.diverged}  # fmt: skip
+            extra = {"metric": metric, "dropped": dropped, "stopped": progress.stopped,
+                     "diverged": progress.diverged}  # fmt: skip
             entry |= {k: v for k, v in extra.items() if v}
             with open(log if self.world.is_main else os.devnull, "a") as f:
                 f.write(json.dumps(json_safe(entry), sort_keys=True, allow_nan=False) + "\n")
@@ -378,10 +377,10 @@ class Trainer:
             kept = len(standing.active) - len(dropped)
             note = f"; halving kept {kept} of {len(standing.active)}"
             print(
-                f"epoch {self.epoch}/{cap}: best {best} {100 * standing.best_acc[best]:.2f}% "
+                f"epoch {progress.epoch}/{cap}: best {best} {100 * standing.best_acc[best]:.2f}% "
                 f"val{' ' + metric if metric else ''} "
                 f"({t_train:.0f} s train, {len(accs)} members{note if dropped else ''})"
-                + (f"; stopping: {self.stopped}" if self.stopped else "")
+                + (f"; stopping: {progress.stopped}" if progress.stopped else "")
             )
 
     def _resume_file(self) -> str | None:

@@ -1,11 +1,11 @@
 """What a :class:`~inca.train.trainer.Trainer` checkpoints besides its members' weights: its
-progress (epoch, step, best accuracies, timings, halving and divergence records) as JSON, and
-its tensors (current and best-epoch members, best validation probabilities, AdamW moments).
-Restoring both continues a run exactly."""
+:class:`Progress` (epoch, step, best accuracies, timings, halving and divergence records) as
+JSON, and its tensors (current and best-epoch members, best validation probabilities, AdamW
+moments). Restoring both continues a run exactly."""
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from torch import Tensor
@@ -13,48 +13,53 @@ from torch import Tensor
 from inca.train import checkpoint
 
 MEMBERS_KEY = "bank"  # the checkpoint prefix of the members' state (its name since version 1)
-
-# progress field -> its value in checkpoints written before the field existed (None: always
-# there; "step" for last_improved_step: no improvement counted before the resume)
-PROGRESS: dict[str, Any] = {
-    "epoch": None,
-    "step": None,
-    "best_acc": None,
-    "best_epoch": None,
-    "train_seconds": None,
-    "backbone_seconds": None,
-    "images_seen": None,
-    "val_seconds": 0.0,
-    "dropped_at": {},
-    "last_val_loss": {},
-    "best_loss": {},
-    "last_improved_step": "step",
-    "stopped": "",
-    "curve": [],
-    "diverged": {},
-}
+# the progress every checkpoint holds; an older one may lack the other fields (they default)
+ALWAYS_SAVED = ("epoch", "step", "best_acc", "best_epoch", "train_seconds", "backbone_seconds",
+                "images_seen")  # fmt: skip
 
 
-def fresh(names: list[str]) -> dict[str, Any]:
-    """The progress of a run that has not trained yet, for members ``names``."""
-    return {"epoch": 0, "step": 0, "best_acc": dict.fromkeys(names, -1.0),
-            "best_epoch": dict.fromkeys(names, 0), "train_seconds": 0.0,
-            "backbone_seconds": 0.0, "images_seen": 0, "last_improved_step": 0}  # fmt: skip
+@dataclass
+class Progress:
+    """How far a run has come: what the checkpoint's meta holds, one key per field.
 
+    Checkpoints written before a field existed lack it: :meth:`from_meta` gives such fields the
+    defaults below (``last_improved_step``: the saved step, no improvement counted before the
+    resume); every checkpoint holds those in :data:`ALWAYS_SAVED`."""
 
-def progress(trainer: Any) -> dict[str, Any]:
-    return {name: getattr(trainer, name) for name in PROGRESS}
+    epoch: int = 0  # epochs finished
+    step: int = 0  # optimizer steps taken
+    best_acc: dict[str, float] = field(default_factory=dict)  # member -> best val score
+    best_epoch: dict[str, int] = field(default_factory=dict)  # member -> the epoch of it
+    train_seconds: float = 0.0
+    backbone_seconds: float = 0.0  # of train_seconds, in the frozen backbone
+    images_seen: int = 0
+    val_seconds: float = 0.0
+    dropped_at: dict[str, int] = field(default_factory=dict)  # member -> halving rung epoch
+    last_val_loss: dict[str, float] = field(default_factory=dict)  # halving's tie-breaker
+    best_loss: dict[str, float] = field(default_factory=dict)  # member -> lowest val loss
+    last_improved_step: int = 0  # the last step any member improved (patience)
+    stopped: str = ""  # why training stopped before the epoch cap ("": it did not)
+    curve: list[dict[str, Any]] = field(default_factory=list)  # per epoch: seconds, best val
+    diverged: dict[str, int] = field(default_factory=dict)  # member -> epoch it went non-finite
 
+    @classmethod
+    def start(cls, names: list[str]) -> Progress:
+        """The progress of a run that has not trained yet, for members ``names``."""
+        return cls(best_acc=dict.fromkeys(names, -1.0), best_epoch=dict.fromkeys(names, 0))
 
-def restore_progress(trainer: Any, meta: dict[str, Any]) -> None:
-    for name, default in PROGRESS.items():
-        if default is None:
-            value = meta[name]
-        elif default == "step":
-            value = meta.get(name, meta["step"])
-        else:
-            value = meta.get(name, copy.copy(default))
-        setattr(trainer, name, value)
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Progress:
+        """The progress a checkpoint's ``meta`` holds (its other keys are ignored)."""
+        saved = {f.name: meta[f.name] for f in fields(cls) if f.name in meta}
+        missing = [name for name in ALWAYS_SAVED if name not in saved]
+        if missing:
+            raise KeyError(f"the checkpoint's progress lacks {', '.join(missing)}")
+        saved.setdefault("last_improved_step", saved["step"])
+        return cls(**saved)
+
+    def to_meta(self) -> dict[str, Any]:
+        """Every field by name, as the checkpoint's meta keeps them."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def tensors(trainer: Any) -> dict[str, Tensor]:

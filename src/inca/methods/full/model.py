@@ -3,9 +3,10 @@
 Full fine-tuning trains every weight of the copy; partial, only its last k blocks (and the
 final norm); LoRA wraps its attention projections with ``peft`` low-rank adapters and trains
 those; StochCA trains every weight while blocks at random attend to the frozen model's keys and
-values (``inca.methods.stochca``). ``changed_state()`` is what differs from the frozen
-backbone, so a saved task stores only that: everything for full fine-tuning and StochCA, k
-blocks for partial, the LoRA matrices for LoRA.
+values (``inca.methods.stochca``). Which it is, the method's behaviour object says
+(``inca.methods.full.method.CopyMethod`` and its subclasses, found through the registry).
+``changed_state()`` is what differs from the frozen backbone, so a saved task stores only that:
+everything for full fine-tuning and StochCA, k blocks for partial, the LoRA matrices for LoRA.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from torch import Tensor, nn
 
 from inca.backbones.attention_routing import route_attention
 from inca.backbones.base import Backbone
-from inca.methods.full.config import FullConfig
+from inca.methods.full.config import CopyConfig
+from inca.methods.pixel_method import pixel_method
 
 
 class FineTuneModel(nn.Module):
-    def __init__(self, backbone: Backbone, num_classes: int, config: FullConfig) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, config: CopyConfig) -> None:
         super().__init__()
         backbone.require_blocks("fine-tuning")
         self.config, self.backbone_name = config, backbone.name
@@ -34,21 +36,20 @@ class FineTuneModel(nn.Module):
         model = copy.deepcopy(backbone.model).float().train()  # fp32 master weights
         if config.grad_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable()
-        self.model = config.prepare(model, backbone)  # which weights train; LoRA wraps it
-        self.stochca = config.cross_attention(backbone, model)
+        self.behaviour = pixel_method(config)  # what the method does: a CopyMethod
+        self.model = self.behaviour.prepare(config, model, backbone)  # which weights train
+        self.behaviour.attach(self, backbone, model)  # StochCA: its draws of blocks
         self.block_paths = list(backbone.block_paths)
         dim = backbone.taps["final"].dim
         self.head = nn.Linear(2 * dim if self.num_prefix_tokens else dim, num_classes)
 
     def base(self) -> nn.Module:
         """The transformer inside (under peft's wrapper for LoRA)."""
-        return self.config.base(self.model)
+        return self.behaviour.base(self.model)
 
     def forward(self, pixels: Tensor) -> Tensor:
         """pixels (B, 3, S, S) -> logits (B, C)."""
-        routes = {}
-        if self.stochca is not None and self.training and self.config.stochca_p > 0:
-            routes = self.stochca.routes(pixels, self.stochca.draw(len(pixels)))
+        routes = self.behaviour.routes(self, pixels)
         with route_attention(routes) if routes else contextlib.nullcontext():
             hidden = self._run(self.model, pixels).last_hidden_state  # (B, T, D)
         if not self.output_is_final:
@@ -103,10 +104,10 @@ class FineTuneModel(nn.Module):
     def changed_state(self) -> dict[str, Tensor]:
         """The weights that differ from the frozen backbone (and the head), on the CPU."""
         head = {f"head.{k}": v for k, v in self.head.state_dict().items()}
-        body = self.config.body_state(self.model)
+        body = self.behaviour.body_state(self.model)
         return {k: v.detach().cpu().clone() for k, v in (body | head).items()}
 
     @torch.no_grad()
     def load_changed_state(self, state: dict[str, Tensor]) -> None:
         self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
-        self.config.load_body_state(self.model, state)
+        self.behaviour.load_body_state(self.model, state)

@@ -26,7 +26,7 @@ SOLVERS = ("lbfgs", "adamw")
 class LinearProbeConfig(AdapterConfig):
     """pool: which features; solver: "lbfgs" fits the probe as the literature does (full-batch
     L-BFGS on the multinomial loss, to convergence, its L2 penalty swept on validation; see
-    ``inca.train.probe_solver``), "adamw" trains it beside the other adapters by SGD."""
+    ``inca.methods.linear.solver``), "adamw" trains it beside the other adapters by SGD."""
 
     kind: ClassVar[str] = "linear"
     pool: str = "cls+mean"

@@ -1,20 +1,16 @@
-"""LoRA: low-rank adapters (``peft``) on the attention projections of a frozen copy train."""
+"""LoRA's config: the rank, scale and dropout of the low-rank adapters."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-from torch import Tensor, nn
+from typing import ClassVar
 
 from inca.errors import IncaError
-from inca.methods.full.config import FullConfig
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "query", "key", "value")
+from inca.methods.full.config import CopyConfig
 
 
 @dataclass(frozen=True)
-class LoraConfig(FullConfig):
+class LoraConfig(CopyConfig):
     """Low-rank adapters (``peft``) on the attention projections train; the copy stays frozen.
     lora_r: rank; lora_alpha: scale; lora_dropout: on the adapters' input."""
 
@@ -27,48 +23,3 @@ class LoraConfig(FullConfig):
         super().__post_init__()
         if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
             raise IncaError("LoRA needs lora_r >= 1, lora_alpha > 0 and 0 <= lora_dropout < 1")
-
-    def prepare(self, model: nn.Module, backbone: Any) -> nn.Module:
-        import warnings
-
-        from peft import LoraConfig as PeftLoraConfig
-        from peft import get_peft_model
-
-        model.requires_grad_(False)
-        lora = PeftLoraConfig(
-            r=self.lora_r,
-            lora_alpha=self.lora_alpha,
-            lora_dropout=self.lora_dropout,
-            target_modules=lora_targets(model),
-        )
-        with warnings.catch_warnings():  # peft asks transformers 5 a deprecated question
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated")
-            return get_peft_model(model, lora)
-
-    def base(self, model: nn.Module) -> nn.Module:
-        return model.get_base_model()
-
-    def body_state(self, model: nn.Module) -> dict[str, Tensor]:
-        from peft import get_peft_model_state_dict
-
-        return {f"lora.{k}": v for k, v in get_peft_model_state_dict(model).items()}
-
-    def load_body_state(self, model: nn.Module, state: dict[str, Tensor]) -> None:
-        from peft import set_peft_model_state_dict
-
-        lora = {k[5:]: v for k, v in state.items() if k.startswith("lora.")}
-        result = set_peft_model_state_dict(model, lora)
-        if getattr(result, "unexpected_keys", None):
-            raise IncaError(f"LoRA weights do not fit: unexpected {result.unexpected_keys[:3]}")
-
-
-def lora_targets(model: nn.Module) -> list[str]:
-    """Names of the attention projections LoRA wraps in this model family."""
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    found = [t for t in LORA_TARGETS if t in names]
-    if not found:
-        raise IncaError(
-            "no attention projections (q_proj/k_proj/v_proj/o_proj or "
-            "query/key/value) found for LoRA in this model"
-        )
-    return found

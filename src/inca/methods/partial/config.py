@@ -1,18 +1,16 @@
-"""Partial fine-tuning: the last blocks (and the final norm) of a copy of the backbone train."""
+"""Partial fine-tuning's config: how many of the last blocks of the copy train."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-from torch import nn
+from typing import ClassVar
 
 from inca.errors import IncaError
-from inca.methods.full.config import FullConfig
+from inca.methods.full.config import CopyConfig
 
 
 @dataclass(frozen=True)
-class PartialConfig(FullConfig):
+class PartialConfig(CopyConfig):
     """Only the last ``blocks`` blocks (and the final norm) train."""
 
     method: ClassVar[str] = "partial"
@@ -22,9 +20,3 @@ class PartialConfig(FullConfig):
         super().__post_init__()
         if self.blocks < 1:
             raise IncaError(f"partial fine-tuning needs blocks >= 1, got {self.blocks}")
-
-    def prepare(self, model: nn.Module, backbone: Any) -> nn.Module:
-        model.requires_grad_(False)
-        for path in backbone.block_paths[-self.blocks :] + [backbone.final_norm_path]:
-            model.get_submodule(path).requires_grad_(True)
-        return model

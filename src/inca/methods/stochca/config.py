@@ -1,19 +1,16 @@
-"""StochCA: full fine-tuning whose blocks, at random, attend to the frozen model's keys and
-values."""
+"""StochCA's config: how often a block attends to the frozen model's keys and values."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-from torch import nn
+from typing import ClassVar
 
 from inca.errors import IncaError
-from inca.methods.full.config import FullConfig
+from inca.methods.full.config import CopyConfig
 
 
 @dataclass(frozen=True)
-class StochCAConfig(FullConfig):
+class StochCAConfig(CopyConfig):
     """Full fine-tuning where, with probability stochca_p (one draw per block per step, or per
     sample with stochca_per_sample), a block's self-attention attends to the frozen model's
     keys and values instead."""
@@ -31,8 +28,3 @@ class StochCAConfig(FullConfig):
             )
         if not 0 <= self.stochca_p <= 1:
             raise IncaError(f"stochca_p is a probability, got {self.stochca_p}")
-
-    def cross_attention(self, backbone: Any, model: nn.Module) -> Any:
-        from inca.methods.stochca.cross_attention import StochasticCrossAttention
-
-        return StochasticCrossAttention(backbone, model, self.stochca_p, self.stochca_per_sample)

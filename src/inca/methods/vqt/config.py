@@ -55,11 +55,3 @@ class VQTConfig(FineTuneConfig):
         if not any(counts):
             raise IncaError("VQT needs at least one query token (queries or layer_queries)")
         return counts
-
-    def shares_backbone_pass(self, lrs: list[float]) -> bool:
-        """The memory-efficient path with two or more rates trains them from one pass (the
-        naive path is kept for measuring)."""
-        return not self.vqt_naive and len(lrs) > 1
-
-    def selects_features(self) -> bool:
-        return self.lasso_keep < 1

@@ -7,12 +7,15 @@ out; the ``keep`` fraction with the largest group norms is kept and the head is 
 
 The fit is full-batch proximal gradient descent on the training features (cross-entropy step,
 then group soft-thresholding); the refit is full-batch L-BFGS. Both run on features computed
-once without augmentation, so they take seconds, not epochs.
+once without augmentation, so they take seconds, not epochs (:func:`select_and_refit`, which
+the training harness calls after a run through the method's behaviour, ``VQTMethod.refit``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,3 +70,25 @@ def select_features(
     ranking = group_lasso_ranking(features, labels, num_classes, strength)
     k = max(1, math.ceil(keep * features.shape[1]))
     return ranking[:k].sort().values
+
+
+def select_and_refit(model: Any, batches: Iterable[tuple[Tensor, Tensor]], num_classes: int) -> int:
+    """Group-lasso feature selection and head refit of a trained ``VQTModel``, in place, on
+    the features of the training set's unaugmented (pixels, labels) ``batches``; returns how
+    many features it kept."""
+    config, backbone = model.config, model.backbone
+    model.eval()
+    features, labels = [], []
+    for pixels, y in batches:
+        with torch.no_grad(), backbone.precision.mixed():
+            features.append(model.features(pixels.to(backbone.device)).float().cpu())
+        labels.append(y)
+    features, train_labels = torch.cat(features), torch.cat(labels)
+    keep = select_features(
+        features, train_labels, num_classes, config.lasso_keep, config.lasso_strength
+    )
+    model.set_selection(keep)
+    head = torch.nn.Linear(len(keep), num_classes)
+    refit_head(features[:, keep], train_labels, head)
+    model.head.load_state_dict(head.state_dict())
+    return len(keep)

@@ -24,6 +24,12 @@ from inca.methods.vqt.config import VQTConfig
 from inca.methods.vqt.model import VQTModel
 
 
+def shares_pass(config: VQTConfig, lrs: list[float]) -> bool:
+    """Whether ``config`` at ``lrs`` trains as one sweep: the memory-efficient path with two
+    or more rates (the naive path is kept for measuring, one run per rate)."""
+    return not config.vqt_naive and len(lrs) > 1
+
+
 class VQTSweep(nn.Module):
     """G VQT models differing only in learning rate, sharing each step's backbone pass.
 
@@ -36,7 +42,7 @@ class VQTSweep(nn.Module):
         super().__init__()
         first = configs[0]
         if any(dataclasses.replace(c, lr=first.lr) != first for c in configs) or not (
-            isinstance(first, VQTConfig) and first.shares_backbone_pass([c.lr for c in configs])
+            isinstance(first, VQTConfig) and shares_pass(first, [c.lr for c in configs])
         ):
             raise IncaError(
                 "a one-pass VQT sweep needs two or more VQT configs (memory-efficient path) "

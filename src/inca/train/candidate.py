@@ -1,4 +1,6 @@
-"""A trained member of a run, however it was trained: what selection, tasks and reports need."""
+"""A candidate for selection: a trained member of a run at its best epoch, however it was
+trained (SGD in the bank, or a solver), with what selection, tasks and reports need. (The
+``Members`` protocol is the set a Trainer trains; a candidate is what one of them became.)"""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from inca.train.plan import AdapterSpec
 
 
 @dataclass
-class Member:
+class Candidate:
     """One trained adapter at its best: SGD-trained in the bank, or fitted by a solver."""
 
     spec: AdapterSpec
