@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 import inca
+from inca.recipes.data_options import DEFAULT_MODEL
 from inca.utils.io import write_json
 
 
@@ -40,7 +41,7 @@ def drift(reference: inca.Backbone, other: inca.Backbone, size: int) -> dict[str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="dinov2-small")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--sizes", type=int, nargs="+", default=[112, 224])
     ap.add_argument("--precisions", nargs="+", default=["fp32", "amp-bf16", "bf16"])
     ap.add_argument("--batch", type=int, default=32)

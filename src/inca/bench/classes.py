@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from inca.recipes.data_options import DEFAULT_DATA, DEFAULT_MODEL, MEASURED_IMAGE_SIZE
 from inca.report.format import markdown_table
 from inca.utils.io import write_json
 
@@ -26,9 +27,9 @@ REPLAY_TARGET, NO_REPLAY_TARGET = 3.0, 8.0  # points below joint training, at mo
 
 
 def run_class_incremental(
-    model: str = "dinov2-small",
-    data: str = "fashion-mnist",
-    image_size: int = 112,
+    model: str = DEFAULT_MODEL,
+    data: str = DEFAULT_DATA,
+    image_size: int = MEASURED_IMAGE_SIZE,
     tap: str = "block.5",
     sizes: tuple[int, int, int] = (5000, 500, 2000),
     steps: int = 5,

@@ -30,6 +30,7 @@ from inca.bench.report import TARGETS, format_table, plot_curve
 from inca.cache import ActivationCache, build_cache
 from inca.data import ImageTransform, Splits, make_loader, make_splits
 from inca.methods.inca import InCAConfig
+from inca.recipes.data_options import DEFAULT_DATA, DEFAULT_MODEL, MEASURED_IMAGE_SIZE
 from inca.train import TrainConfig, adapter_trainer, parse_plan
 from inca.train.trainer import Trainer
 from inca.utils.io import write_json
@@ -176,12 +177,12 @@ def memory_child(mode: str, args: dict[str, Any]) -> dict[str, float]:
 
 
 def run_benchmark(
-    model: str = "dinov2-small",
-    data: str = "fashion-mnist",
+    model: str = DEFAULT_MODEL,
+    data: str = DEFAULT_DATA,
     n: int = 1024,
     small: int = 128,
     curve_n: int = 512,
-    image_size: int = 112,
+    image_size: int = MEASURED_IMAGE_SIZE,
     batch_size: int = 64,
     out: str | Path = "benchmarks/results",
 ) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from inca.recipes.data_options import DEFAULT_DATA, DEFAULT_MODEL, MEASURED_IMAGE_SIZE
 from inca.report.format import markdown_table
 from inca.utils.io import write_json
 
@@ -92,10 +93,10 @@ def measure(world_size: int, common: list[str], images: int, tmp: Path, epochs: 
 
 def run_scaling_benchmark(
     world_size: int,
-    model: str = "dinov2-small",
-    data: str = "fashion-mnist",
+    model: str = DEFAULT_MODEL,
+    data: str = DEFAULT_DATA,
     n: int = 1024,
-    image_size: int = 112,
+    image_size: int = MEASURED_IMAGE_SIZE,
     batch_size: int = 64,
     epochs: int = 4,
     out: str | Path = "benchmarks/results",

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from inca.recipes.data_options import DEFAULT_MODEL, MEASURED_IMAGE_SIZE
 from inca.report.format import markdown_table
 from inca.utils.io import write_json
 
@@ -192,8 +193,8 @@ def offline(tasks: list[Path], images: list[bytes], requests: int, root: Path) -
 
 
 def run_serve_benchmark(
-    model: str = "dinov2-small",
-    image_size: int = 112,
+    model: str = DEFAULT_MODEL,
+    image_size: int = MEASURED_IMAGE_SIZE,
     task_counts: list[int] | None = None,
     client_counts: list[int] | None = None,
     requests: int = 256,
