@@ -45,7 +45,7 @@ def parse_plans(text: str) -> dict[str, str]:
     An item names its method with "METHOD:" (for a frozen-feature method whose plan holds other
     kinds too) or by its first word."""
     from inca.methods import get_method
-    from inca.train.plan import parse_sweep_plan, plan_method
+    from inca.train.plan import plan_method
 
     plans = {}
     for item in filter(str.strip, text.split("|")):
@@ -55,9 +55,7 @@ def parse_plans(text: str) -> dict[str, str]:
         except IncaError:
             named = False
         method, plan = (head.strip(), rest.strip()) if named else (None, item.strip())
-        method = method or plan_method(plan)
-        if not get_method(method).from_tokens:
-            parse_sweep_plan(plan)  # a bad field or value fails now, not hours later
+        method = method or plan_method(plan)  # parsed once, by CompareOptions, before any work
         if method in plans:
             raise IncaError(f"--plans: {method} has two plans; give it one")
         plans[method] = plan

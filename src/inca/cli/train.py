@@ -132,11 +132,11 @@ def train_method(args: argparse.Namespace) -> None:
     process."""
     from inca.recipes.method_run import run_method
     from inca.report.compare import compare_table
-    from inca.train.plan import parse_sweep_plan
+    from inca.train.plan import plan_method
     from inca.utils.distributed import world
     from inca.utils.io import write_json
 
-    method = parse_sweep_plan(args.plan).method
+    method = plan_method(args.plan)  # the plan itself is parsed once, by the options
     if args.shard == "adapters":
         raise IncaError(
             f"--shard adapters spreads a grid of adapters over the processes; {method} trains "

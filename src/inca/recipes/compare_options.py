@@ -8,11 +8,13 @@ class existed still resumes, and its finished methods are reused."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from typing import Any
 
 from inca.errors import IncaError
 from inca.recipes.data_options import DATA_FIELDS, DataOptions
 from inca.train.config import TrainConfig
+from inca.train.plan import SweepPlan, parse_sweep_plan
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,22 @@ class CompareOptions(DataOptions):
     plans: dict[str, str] = field(default_factory=dict)
     cache: str | None = None
     cache_taps: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        """Every plan of a method trained from pixels is parsed here (a bad field or value
+        fails before any work); methods then read ``sweep_plan``, not the text."""
+        for method in self.plans:
+            self.sweep_plan(method)
+
+    def sweep_plan(self, method: str) -> SweepPlan | None:
+        """The parsed plan of ``method`` when it trains from pixels (the one given, else its
+        defaults); None for a method reading frozen taps (its plan needs the backbone's taps).
+        Each plan text is parsed once per process."""
+        from inca.methods import get_method
+
+        if get_method(method).from_tokens:
+            return None
+        return _parsed(self.plans.get(method) or method)
 
     def to_dict(self) -> dict[str, Any]:
         """The options.json form (keys that are empty are left out, as before)."""
@@ -63,6 +81,11 @@ class CompareOptions(DataOptions):
         if data.get("cache_taps") is not None:
             data["cache_taps"] = tuple(data["cache_taps"])
         return cls(**data, plans=plans)
+
+
+@lru_cache(maxsize=64)
+def _parsed(text: str) -> SweepPlan:
+    return parse_sweep_plan(text)
 
 
 def legacy_plans(lrs: dict[str, list[float]], finetune: dict[str, Any]) -> dict[str, str]:

@@ -39,9 +39,7 @@ def method_options(method: str, options: CompareOptions | dict[str, Any]) -> dic
     if get_method(method).from_tokens:
         own |= {"frozen": saved.get("frozen"), "plan": plan_of(method, options)}
     else:
-        from inca.train.plan import parse_sweep_plan
-
-        plan = parse_sweep_plan(options.plans[method]) if method in options.plans else None
+        plan = options.sweep_plan(method) if method in options.plans else None
         own |= {"train": saved["train"], "finetune": (plan.options or None) if plan else None}
         own["lrs"] = list(plan.lrs) if plan and plan.lrs_given else None
     return json.loads(json.dumps(own))
@@ -141,11 +139,10 @@ def finetune_rows(
     from inca.tasks.finetuned import FineTunedTask
     from inca.train.pixel_members import predict_model
     from inca.train.pixel_sweep import fine_tune_sweep
-    from inca.train.plan import parse_sweep_plan
     from inca.train.select import accuracy
 
     cfg = options.train
-    plan = parse_sweep_plan(plan_of(method, options))
+    plan = options.sweep_plan(method)
     lrs = list(plan.lrs)
     splits = make_splits(options.data, train_size=options.train_size,
                          val_size=options.val_size, test_size=options.test_size,
