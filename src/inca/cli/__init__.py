@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_cpu_allocator()
     try:
         args.func(args)
+        from inca.utils.distributed import leave
+
+        leave()  # under torchrun: every rank done, the process group closed before exit
     except (IncaError, OSError) as e:  # what a user can fix: one line, no traceback
         if args.debug:
             raise

@@ -62,6 +62,16 @@ def world() -> World:
     return _WORLD
 
 
+def leave() -> None:
+    """Leave the process group cleanly at the end of a command: every rank waits for the
+    others, then destroys the group. Left to interpreter shutdown, a rank's gloo threads can
+    outlive the group and abort the process ("terminate called without an active exception")
+    after all its work is done."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if world().distributed:
         dist.barrier()
