@@ -288,7 +288,8 @@ def test_adding_classes_trains_only_theirs_and_refuses_bad_input(tmp_path, capsy
     common = ["--data", "digits", "--epochs", "3", "--batch-size", "16", "--train-size", "400",
               "--no-progress"]  # fmt: skip
     assert main(["classes", "new", *common, "--classes", ",".join(low), "--model", "tiny-vit",
-                 "--image-size", "32", "--tap", "block.1", "--out", str(tmp_path / "t"),
+                 "--image-size", "32", "--tap", "block.1", "--head", "queries", "--out",
+                 str(tmp_path / "t"),
                  "--cache", str(tmp_path / "first")]) == 0  # fmt: skip
     assert "5 classes" in capsys.readouterr().out
     before = snapshot(tmp_path / "t")

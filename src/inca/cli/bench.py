@@ -20,13 +20,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="benchmarks/results/memory.json")
     p.set_defaults(func=run_memory)
 
-    p = sub.add_parser("bench-classes", help="Open-InCA's class-incremental protocol, measured")
+    p = sub.add_parser(
+        "bench-classes", help="classes over time: Open-InCA against the analytic baselines"
+    )
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--image-size", type=positive_int, default=MEASURED_IMAGE_SIZE)
     p.add_argument("--tap", default="block.5")
     p.add_argument("--sizes", default="5000,500,2000", help="train,val,test images")
-    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--epochs", type=positive_int, default=10, help="trained queries, per step")
+    p.add_argument("--joint-epochs", type=int, default=20, help="joint InCA (0: not run)")
+    p.add_argument("--orders", type=positive_int, default=3, help="class orders (seeded)")
+    p.add_argument("--no-queries", action="store_true", help="skip the trained-queries row")
+    p.add_argument("--second", default="digits", help="a second protocol's data ('' for none)")
     p.add_argument("--out", default="benchmarks/results/class_incremental.json")
     p.set_defaults(func=run_classes)
 
@@ -89,7 +95,9 @@ def run_classes(args: argparse.Namespace) -> None:
 
     train, val, test = (int(x) for x in args.sizes.split(","))
     run_class_incremental(args.model, args.data, args.image_size, args.tap, (train, val, test),
-                          epochs=args.epochs, out=args.out)  # fmt: skip
+                          orders=args.orders, epochs=args.epochs, joint_epochs=args.joint_epochs,
+                          queries=not args.no_queries, second=args.second or None,
+                          out=args.out)  # fmt: skip
 
 
 def run_detail(args: argparse.Namespace) -> None:

@@ -25,6 +25,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--model", default=DEFAULT_MODEL)
     n.add_argument("--image-size", type=positive_int, default=MEASURED_IMAGE_SIZE)
     n.add_argument("--tap", default="block.5", help="the tap its classes read (default block.5)")
+    n.add_argument(
+        "--head",
+        choices=("analytic", "queries"),
+        default="analytic",
+        help="analytic (default, measured better): a ridge head over pooled descriptors of the "
+        "tap, solved from statistics kept with the task, so any later additions equal the "
+        "joint solve; queries: a trained query and output unit per class",
+    )
+    n.add_argument(
+        "--cells",
+        type=positive_int,
+        default=None,
+        help="analytic: cells per side of the descriptor grid (default: by width)",
+    )
     n.add_argument("--out", required=True, help="the task's directory")
     add_budget(n, epochs=20)
     n.set_defaults(func=run_new)
@@ -110,18 +124,27 @@ def class_list(text: str) -> list[str]:
 
 def run_new(args: argparse.Namespace) -> None:
     from inca.recipes.add_classes import new_classes_task
+    from inca.recipes.analytic_classes import new_analytic_task
 
-    record = new_classes_task(args.data, class_list(args.classes), args.model, args.tap,
-                              args.out, image_size=args.image_size, **budget_of(args))  # fmt: skip
+    if args.head == "analytic":
+        record = new_analytic_task(args.data, class_list(args.classes), args.model, args.tap,
+                                   args.out, image_size=args.image_size, cells=args.cells,
+                                   **budget_of(args))  # fmt: skip
+        print(f"{args.out}: analytic head solved in closed form (lambda {record['lam']:.3g})")
+    else:
+        record = new_classes_task(args.data, class_list(args.classes), args.model, args.tap,
+                                  args.out, image_size=args.image_size,
+                                  **budget_of(args))  # fmt: skip
     print(f"{args.out}: {len(record['classes'])} classes ({record['selected']}); test accuracy "
           f"{100 * record['test_acc']:.2f}% ({record['test_images']} images)")  # fmt: skip
 
 
 def run_remove(args: argparse.Namespace) -> None:
+    from inca.recipes.analytic_classes import load_statistics
     from inca.tasks import load_task
     from inca.tasks.open_classes import remove_class
 
-    task = remove_class(load_task(args.task), args.name)
+    task = remove_class(load_task(args.task), args.name, load_statistics(args.task, need=False))
     out = args.out or args.task
     task.save(out)
     print(f"{out}: {len(task.class_names)} classes ({', '.join(task.class_names)})")
@@ -130,12 +153,18 @@ def run_remove(args: argparse.Namespace) -> None:
 def run_merge(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from inca.recipes.analytic_classes import load_statistics
     from inca.tasks import load_task
-    from inca.tasks.open_classes import calibrate, held_out_tokens, merge_tasks
+    from inca.tasks.open_classes import calibrate, held_out_tokens, is_analytic, merge_tasks
 
     name = args.name or Path(args.out).name
-    task = merge_tasks(load_task(args.task_a), load_task(args.task_b), name)
-    if args.calibrate_on:
+    a, b = load_task(args.task_a), load_task(args.task_b)
+    task = merge_tasks(a, b, name, load_statistics(args.task_a, need=False),
+                       load_statistics(args.task_b, need=False))  # fmt: skip
+    if is_analytic(task):
+        print(f"analytic heads merged through their statistics: the joint solve (lambda "
+              f"{task.metrics['lam']:.3g}), nothing to calibrate")  # fmt: skip
+    elif args.calibrate_on:
         tokens, labels = held_out_tokens(task, args.calibrate_on, args.calib_size)
         result = calibrate(task, tokens, labels)
         print(
@@ -149,12 +178,22 @@ def run_merge(args: argparse.Namespace) -> None:
 def run_add(args: argparse.Namespace) -> None:
     from inca.errors import IncaError
     from inca.recipes.add_classes import add_classes
+    from inca.recipes.analytic_classes import add_analytic_classes, refuse_trained_options
+    from inca.tasks import load_task
+    from inca.tasks.open_classes import is_analytic
 
     if args.replay < 0:
         raise IncaError(f"--replay must be 0 or more, got {args.replay}")
-    record = add_classes(args.task, args.data, class_list(args.classes), out=args.out,
-                         replay=args.replay, projections=args.projections,
-                         calibrate=args.calibrate, **budget_of(args))  # fmt: skip
+    if is_analytic(load_task(args.task)):
+        refuse_trained_options(args.replay, args.calibrate)
+        record = add_analytic_classes(args.task, args.data, class_list(args.classes),
+                                      out=args.out, **budget_of(args))  # fmt: skip
+        print(f"solved again over every class (lambda {record['lam']:.3g}): the old classes' "
+              "rows are refit with the new ones")  # fmt: skip
+    else:
+        record = add_classes(args.task, args.data, class_list(args.classes), out=args.out,
+                             replay=args.replay, projections=args.projections,
+                             calibrate=args.calibrate, **budget_of(args))  # fmt: skip
     if record["calibration"]:
         c = record["calibration"]
         print(

@@ -21,6 +21,7 @@ from inca.methods import partial as _partial  # noqa: F401
 from inca.methods import lora as _lora  # noqa: F401
 from inca.methods import stochca as _stochca  # noqa: F401
 from inca.methods import open_inca as _open_inca  # noqa: F401
+from inca.methods import analytic as _analytic  # noqa: F401
 # isort: on
 
 from inca.methods.registry import Method, get_method, list_methods, register_method

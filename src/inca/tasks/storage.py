@@ -5,6 +5,8 @@
                               "class_names", "members": [{"name", "kind", "tap", "config",
                               "in_dim", "weight"?}], "metrics", "data", "created"}   (sorted keys)
       adapters.safetensors   "{member name}/{parameter name}" -> tensor
+      <side file>.safetensors  what a task carries beside its weights and serving never reads
+                             (an analytic head's statistics: ``task.side_files``)
 
 A weighted ensemble (greedy selection) gives every member a "weight" (summing to 1); a uniform
 one gives none, so its task.json is the same as before weights existed and an older file loads
@@ -104,7 +106,12 @@ def save_task(task: Any, path: str | os.PathLike) -> Path:
         tensors = {k: v.contiguous() for k, v in _kind_of_task(task).tensors(task).items()}
         save_checked(tensors, tmp / WEIGHTS, {"format": FORMAT})
         write_json(tmp / TASK_JSON, task_record(task))
-        for f in (tmp / WEIGHTS, tmp / TASK_JSON):
+        written = [tmp / WEIGHTS, tmp / TASK_JSON]
+        for name, side in getattr(task, "side_files", {}).items():
+            save_checked({k: v.contiguous() for k, v in side.items()}, tmp / name,
+                         {"format": FORMAT})  # fmt: skip
+            written.append(tmp / name)
+        for f in written:
             _fsync(f)
         _swap_in(tmp, path)
     finally:
@@ -153,6 +160,13 @@ def load_task(path: str | os.PathLike) -> Any:
     record = _read_record(file)
     tensors = _read_tensors(path / WEIGHTS)
     return _kind_of_record(record, file).read(record, tensors, path).eval()
+
+
+def read_side_file(path: str | os.PathLike, name: str) -> dict[str, Tensor] | None:
+    """The tensors of side file ``name`` of the task saved in ``path`` (checked as the
+    weights are), or None when the task has none."""
+    file = Path(path).expanduser() / name
+    return _read_tensors(file) if file.is_file() else None
 
 
 def _missing_dir_message(path: Path) -> str:
