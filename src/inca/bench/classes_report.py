@@ -103,14 +103,14 @@ def plot_steps(res: dict[str, Any], path: Path) -> None:
     fig = new_figure(5.2 * len(protocols), 4.0)
     for i, (name, p) in enumerate(protocols.items()):
         ax = fig.add_subplot(1, len(protocols), i + 1)
-        for key, label in ROWS.items():
+        for color, (key, label) in enumerate(ROWS.items()):
             values = step_values(p, key)
             if values is None:
                 continue
             steps = list(range(1, len(values) + 1))
             ax.errorbar(steps, [100 * mean(v) for v in values],
                         yerr=[100 * pstdev(v) for v in values], fmt="o-", ms=4, capsize=3,
-                        label=label.split(":")[0])  # fmt: skip
+                        color=f"C{color}", label=label.split(":")[0])  # fmt: skip
         if "joint_inca" in p:
             ax.axhline(100 * p["joint_inca"]["test_acc"], color="k", ls="--", lw=1,
                        label="joint InCA")  # fmt: skip

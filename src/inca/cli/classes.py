@@ -1,5 +1,6 @@
-"""`inca classes remove|merge`: change the classes of an Open-InCA task without retraining the
-others (``inca.tasks.open_classes``); the task is written anew, atomically."""
+"""`inca classes new|add|remove|merge`: classes over time (Open-InCA). The analytic head (the
+default; ``recipes.analytic_classes``) or the trained queries (``recipes.add_classes``); remove
+and merge in ``inca.tasks.open_classes``. A task is written anew, atomically."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from inca.recipes.data_options import DEFAULT_MODEL, MEASURED_IMAGE_SIZE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("classes", help="remove or merge the classes of Open-InCA tasks")
+    p = sub.add_parser("classes", help="classes over time (Open-InCA): new, add, remove, merge")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     r = actions.add_parser("remove", help="a class never wins again; nothing else changes")
