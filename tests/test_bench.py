@@ -68,3 +68,34 @@ def test_memory_benchmark_measures_each_mode(tmp_path) -> None:
     out = run_memory_benchmark(["inference", "vqt-naive"], "tiny-vit", 32, 4, tmp_path / "m.json")
     assert [r["mode"] for r in out["rows"]] == ["inference", "vqt-naive"]
     assert (tmp_path / "m.json").is_file()
+
+
+def test_the_flop_model_matches_torchs_counter_and_the_peak_is_measured() -> None:
+    """The FLOP model of a folded InCA step is within 10% of what torch counts for forward and
+    backward at DINOv2-S's shapes (112 px); a plan member's cost follows its kind; the matmul
+    peak is measured in both precisions."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from inca.adapters import build_adapter
+    from inca.bench.flop_model import gemm_peaks, inca_step_flops, step_flops
+    from inca.methods.inca import InCAConfig
+    from inca.train.plan import parse_plan
+
+    batch = 16
+    for queries in (1, 2):
+        adapter = build_adapter(InCAConfig(path="folded", queries=queries), 384, 10)
+        params = {k: p.unsqueeze(0) for k, p in adapter.named_parameters()}
+        with FlopCounterMode(display=False) as counter:
+            adapter.stacked_forward(params, torch.randn(1, batch, 65, 384)).sum().backward()
+        counted = counter.get_total_flops() / batch
+        model = inca_step_flops(65, 384, queries, 6, 10)["total"]
+        assert abs(model - counted) / counted < 0.1, (queries, model, counted)
+
+    from inca.backbones import load_backbone
+
+    taps = load_backbone("tiny-vit", image_size=32, device="cpu").taps
+    inca_spec, linear_spec = parse_plan("inca taps=block.1; linear taps=block.1", taps)
+    t = taps["block.1"]
+    assert step_flops(inca_spec, t.tokens, t.dim, 10) > step_flops(linear_spec, t.tokens, t.dim, 10)
+    peaks = gemm_peaks(17, 32, 4, rows=12, seconds=0.01)
+    assert set(peaks) == {"bf16", "fp32"} and all(v > 0 for p in peaks.values() for v in p.values())

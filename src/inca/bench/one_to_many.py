@@ -104,6 +104,7 @@ def cached_cost(
         training_epoch(tr)  # warm-up
         seconds = best_of(2, lambda tr=tr: training_epoch(tr))
         images = tr.steps_per_epoch * batch
+        flops = plan_flops(backbone, tr.members.specs.values(), len(splits.class_names))
         rows.append(
             {
                 "what": what,
@@ -111,9 +112,20 @@ def cached_cost(
                 "batch_size": batch,
                 "epoch_s": seconds,
                 "us_per_image_per_adapter": 1e6 * seconds / (images * len(tr.members.names)),
+                "model_mflop_per_image": flops / 1e6,
+                "achieved_gflops": flops * images / seconds / 1e9,
             }
         )
     return rows
+
+
+def plan_flops(backbone: Backbone, specs: Any, classes: int) -> float:
+    """The FLOP model's cost per image of one training step of every member (``flop_model``)."""
+    from inca.bench.flop_model import step_flops
+
+    taps = backbone.taps
+    return sum(step_flops(s, taps[s.tap].tokens, taps[s.tap].dim, classes)
+               for s in specs if s.tap in taps)  # fmt: skip
 
 
 def training_epoch(trainer: Trainer) -> float:
@@ -233,6 +245,10 @@ def run_benchmark(
     res["curve"] = curve
     res["curve_extraction_s"] = e_curve  # the extraction epoch of the curve's subset
     res |= measure_throughput(model)
+    res["gemm_peak_gflops"] = gemm_peak(backbone, batch_size)
+    peak = res["gemm_peak_gflops"]["bf16"]["square_2048"]
+    for row in cost:
+        row["share_of_bf16_peak"] = row["achieved_gflops"] / peak
     res["met"] = {
         k: (res["ratios"][k] <= v if op == "<=" else res["ratios"][k] >= v)
         for k, (op, v) in TARGETS.items()
@@ -277,7 +293,8 @@ def time_cached(
     print(f"cache build: {t_build:.1f} s; one-to-many epoch from the cache: {t_cached:.2f} s")
     cost = cached_cost(backbone, splits, caches, tmp)
     for row in cost:
-        print(f"  cached cost: {row['what']}: {row['us_per_image_per_adapter']:.1f} us")
+        print(f"  cached cost: {row['what']}: {row['us_per_image_per_adapter']:.1f} us, "
+              f"{row['achieved_gflops']:.1f} GFLOP/s by the FLOP model")  # fmt: skip
     return {"cache_build": t_build, "cached_epoch": t_cached}, cost
 
 
@@ -327,6 +344,19 @@ def time_curve(
             f"(extraction {e_curve:.2f} s, {curve_n} images)"
         )
     return curve, e_curve
+
+
+def gemm_peak(backbone: Backbone, batch: int) -> dict[str, dict[str, float]]:
+    """This machine's matmul GFLOP/s at the shapes of a tap's shared pooling (16 adapters of
+    6 heads on the deepest tap) and at a large square, bf16 and fp32."""
+    from inca.bench.flop_model import gemm_peaks
+
+    info = list(backbone.taps.values())[-1]
+    peaks = gemm_peaks(info.tokens, info.dim, batch, rows=16 * 6)
+    print("matmul peak GFLOP/s: " + ", ".join(f"{k} {v['square_2048']:.0f} (pooling shape "
+                                              f"{v['pooling_shape']:.0f})"
+                                              for k, v in peaks.items()))  # fmt: skip
+    return peaks
 
 
 def measure_memory(model: str, image_size: int, data: str, batch_size: int) -> dict[str, float]:
