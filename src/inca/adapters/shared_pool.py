@@ -35,7 +35,11 @@ def shared_pool(queries: Sequence[Tensor], taps: Sequence[Tensor], x: Tensor) ->
     row_tap = torch.cat(
         [t.repeat_interleave(u.shape[1]) for u, t in zip(queries, taps, strict=True)]
     )  # (R,)
-    parts, order = [], []
+    adapter_of_row = torch.cat([
+        torch.arange(u.shape[0], device=row_tap.device).repeat_interleave(u.shape[1]) + start
+        for u, start in zip(queries, _starts([u.shape[0] for u in queries]), strict=True)
+    ])  # (R,): which adapter (counted over all stacks) each row belongs to  # fmt: skip
+    chunks: dict[int, Tensor] = {}
     for tap in row_tap.unique().tolist():
         sel = (row_tap == tap).nonzero().squeeze(1)  # the rows of every adapter on this tap
         xt = x[tap]  # (B, T, D)
@@ -44,15 +48,23 @@ def shared_pool(queries: Sequence[Tensor], taps: Sequence[Tensor], x: Tensor) ->
         logits = rows.index_select(0, sel) @ xt.reshape(B * T, D).transpose(0, 1)
         alpha = logits.float().view(-1, B, T).softmax(-1)  # (R_t, B, T), over tokens
         alpha = alpha.transpose(0, 1).to(x.dtype)  # (B, R_t, T)
-        parts.append(torch.bmm(alpha, xt))  # (B, R_t, D)
-        order.append(sel)
-    pooled = torch.cat(parts, 1)  # (B, R, D), rows grouped by tap
-    perm = torch.cat(order)
-    if not torch.equal(perm, torch.arange(len(perm), device=perm.device)):
-        inverse = torch.empty_like(perm)
-        inverse[perm] = torch.arange(len(perm), device=perm.device)
-        pooled = pooled.index_select(1, inverse)  # back to stack order
+        part = torch.bmm(alpha, xt)  # (B, R_t, D)
+        # each adapter's rows are consecutive here and in stack order: split into them (views;
+        # the backward is one concatenation, where a permuting index_select's was a zero
+        # fill of all the rows and a scatter)
+        ids, counts = torch.unique_consecutive(adapter_of_row[sel], return_counts=True)
+        chunks.update(zip(ids.tolist(), part.split(counts.tolist(), dim=1), strict=True))
+    pooled = torch.cat([chunks[a] for a in range(len(chunks))], 1)  # (B, R, D), stack order
     # split, not slices: the backward of a split is one concatenation, while each slice's
     # backward would fill a zero tensor the size of all of ``pooled``
     parts = pooled.split(sizes, dim=1)
     return [p.view(B, u.shape[0], u.shape[1], D) for p, u in zip(parts, queries, strict=True)]
+
+
+def _starts(counts: Sequence[int]) -> list[int]:
+    """Running offsets: [0, c0, c0 + c1, ...] (one per count)."""
+    out, total = [], 0
+    for c in counts:
+        out.append(total)
+        total += c
+    return out
