@@ -246,5 +246,7 @@ def joint_inca(data: str, tap: str, sizes: tuple, epochs: int, root: Path,
     return {"test_acc": best["test_acc"], "val_acc": best.get("val_acc")}
 
 
-def _acc(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((logits.argmax(1) == labels).double().mean())
+def _acc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    from inca.train.select import accuracy
+
+    return accuracy(scores, labels)

@@ -213,16 +213,24 @@ def token_source(
     """The task's backbone, and the tokens of ``tap`` on ``chosen``'s real images (from the
     cache in ``work``, built on first use) with the task's labels: what training starts from,
     and what calibration and the test read."""
-    from inca.cache.split_caches import open_caches
     from inca.tasks.multi import load_matching_backbone
-    from inca.train.batch_sources import TokenSource
 
     backbone = load_matching_backbone(task.backbone_info, device, precision)
+    return backbone, cached_tap_source(backbone, chosen, tap, table, config, work)
+
+
+def cached_tap_source(backbone: Any, chosen: Splits, tap: str, table: torch.Tensor,
+                      config: TrainConfig, work: Path) -> RemappedSource:  # fmt: skip
+    """The tokens of ``tap`` on ``chosen``'s images, from the cache in ``work`` (built on first
+    use), with labels mapped through ``table`` to the task's."""
+    from inca.cache.split_caches import open_caches
+    from inca.train.batch_sources import TokenSource
+
     caches = open_caches(
         backbone, chosen, [tap], work / "cache", 1, "auto", config.eval_batch_size, config.seed,
         config.workers, config.progress,
     )  # fmt: skip
-    return backbone, RemappedSource(TokenSource(backbone, chosen, [tap], config, caches), table)
+    return RemappedSource(TokenSource(backbone, chosen, [tap], config, caches), table)
 
 
 def tested(

@@ -82,7 +82,7 @@ def new_analytic_task(
     learning rates, are accepted and unused: nothing is trained.)"""
     from inca.backbones import load_backbone
     from inca.methods.analytic import AnalyticConfig, AnalyticHead, RidgeStatistics
-    from inca.recipes.add_classes import chosen_splits
+    from inca.recipes.add_classes import cached_tap_source, chosen_splits
     from inca.tasks import Task
 
     config = config or TrainConfig(epochs=1, augment=False, progress=False)
@@ -96,8 +96,8 @@ def new_analytic_task(
     head = AnalyticHead(AnalyticConfig(cells=cells), info.dim, len(classes), prefix,
                         patch_tokens=info.tokens - prefix)  # fmt: skip
     out = Path(out)
-    source = _source(backbone, chosen, tap, table, config, Path(cache or out.parent /
-                                                                 f".{out.name}.new"))  # fmt: skip
+    work = Path(cache or out.parent / f".{out.name}.new")
+    source = cached_tap_source(backbone, chosen, tap, table, config, work)
     stats = RidgeStatistics.empty(head.features, len(classes))
     accumulate(head, stats, source)
     weight, lam = stats.solve()
@@ -151,20 +151,6 @@ def add_analytic_classes(
                     data=task.data)  # fmt: skip
     with_statistics(new_task, stats).save(out)
     return record
-
-
-def _source(backbone: Any, chosen: Any, tap: str, table: torch.Tensor, config: TrainConfig,
-            work: Path) -> Any:  # fmt: skip
-    """The tokens of ``tap`` on ``chosen``'s images (cached in ``work``), task labels."""
-    from inca.cache.split_caches import open_caches
-    from inca.recipes.add_classes import RemappedSource
-    from inca.train.batch_sources import TokenSource
-
-    caches = open_caches(
-        backbone, chosen, [tap], work / "cache", 1, "auto", config.eval_batch_size, config.seed,
-        config.workers, config.progress,
-    )  # fmt: skip
-    return RemappedSource(TokenSource(backbone, chosen, [tap], config, caches), table)
 
 
 def refuse_trained_options(replay: int, calibrate: bool) -> None:

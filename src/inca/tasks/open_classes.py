@@ -95,11 +95,7 @@ def remove_class(task: Any, class_name: str, stats: Any = None) -> Any:
     if not is_analytic(task):
         return _task(task, task.name, classes, tap, without_class(adapter, i), removed, task.data)
     new = _task(task, task.name, classes, tap, adapter.without_class(i), removed, task.data)
-    return new if stats is None else _with_stats(new, stats.without_class(i))
-
-
-def _with_stats(task: Any, stats: Any) -> Any:
-    return with_statistics(task, stats)
+    return new if stats is None else with_statistics(new, stats.without_class(i))
 
 
 def merge_tasks(a: Any, b: Any, name: str, stats_a: Any = None, stats_b: Any = None) -> Any:
@@ -148,7 +144,7 @@ def merge_tasks(a: Any, b: Any, name: str, stats_a: Any = None, stats_b: Any = N
     weight, lam = stats.solve()
     head = adapter_a.set_solution(weight, lam)
     task = _task(a, name, a.class_names + b.class_names, tap_a, head, {"lam": lam}, source)
-    return _with_stats(task, stats)
+    return with_statistics(task, stats)
 
 
 Tokens = tuple[torch.Tensor, torch.Tensor]
