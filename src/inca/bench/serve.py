@@ -2,18 +2,20 @@
 
 The server runs as users run it (``inca serve`` in its own process, uvicorn on 127.0.0.1); the
 load comes from a real HTTP client (httpx, asyncio) sending a bounded number of one-image
-requests from C concurrent clients. For T loaded tasks (1, 4, 16) and C clients (1, 8, 32):
+requests from C concurrent clients. For T loaded tasks (1, 16, 256) and C clients (1, 8, 32):
 images/s and p50/p95/p99 latency (at the most clients, and offline, the median of 3 runs: on a
-small machine runs differ by 10-15%). Against it:
+small machine runs differ by 10-15%); where a request's time goes (the server's per-stage
+times from its /metrics, the difference over each run: read, decode, queue, pass, reply); the
+server's load time (start to ready) and resident memory once loaded. Against it:
 
-- the same tasks served one backbone pass per task (``--pass-per-task``): what sharing the
-  pass buys;
+- the same tasks served one backbone pass per task (``--pass-per-task``, up to 16 tasks: at
+  256 it would take many minutes): what sharing the pass buys;
 - ``inca predict``'s offline images/s on the same images and tasks (batches of 32, no HTTP).
 
 The tasks are InCA adapters with random weights on taps spread over the blocks, the deepest
 block in every task set, so every count runs the backbone to the same depth: throughput does
-not depend on what the adapters learned. Targets: 16 tasks at >= 80% of one task's images/s;
-32 clients at >= 90% of the offline images/s.
+not depend on what the adapters learned. Targets: every task count at >= 80% of one task's
+images/s (256 tasks included); 32 clients at >= 90% of the offline images/s.
 """
 
 from __future__ import annotations
@@ -35,10 +37,20 @@ from inca.recipes.data_options import DEFAULT_MODEL, MEASURED_IMAGE_SIZE
 from inca.report.format import markdown_table
 from inca.utils.io import write_json
 
-TASKS_VS_ONE = 0.80  # 16 tasks at >= this share of one task's throughput
+TASKS_VS_ONE = 0.80  # T tasks at >= this share of one task's throughput
 SERVED_VS_OFFLINE = 0.90  # 32 clients at >= this share of `inca predict`'s throughput
 REPEATS = 3  # the points the targets compare are the median of this many runs
+PASS_PER_TASK_UP_TO = 16  # the one-pass-per-task baseline beyond this would take minutes
 PNG = {"content-type": "image/png"}  # one image per request, as the raw body
+STAGE_NAMES = {
+    "read": "read",
+    "decode_wait": "decode wait",
+    "decode": "decode",
+    "queue": "queue",
+    "pass": "pass",
+    "compute": "(its share)",
+    "reply": "reply",
+}
 
 
 def make_tasks(model: str, image_size: int, count: int, root: Path) -> list[Path]:
@@ -107,10 +119,24 @@ def start_server(tasks: list[Path], *flags: str) -> tuple[subprocess.Popen, str]
         time.sleep(0.1)
 
 
+def resident_mib(pid: int) -> float:
+    """The resident memory of process ``pid`` (MiB)."""
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
 @contextlib.contextmanager
-def server(tasks: list[Path], *flags: str):
-    """A server for the benchmark (a deep queue, long timeouts); yields its URL."""
-    proc, url = start_server(tasks, "--max-queue", "1024", "--timeout-s", "600", *flags)
+def server(tasks: list[Path], *flags: str, info: dict[str, float] | None = None):
+    """A server for the benchmark (deep queues, long timeouts); yields its URL. ``info`` gets
+    ``load_s`` (from start to ready: imports, loading the tasks) and ``rss_mib`` (resident
+    memory once ready)."""
+    start = time.perf_counter()
+    proc, url = start_server(tasks, "--max-queue", "1024", "--max-decoding", "1024",
+                             "--timeout-s", "600", *flags)  # fmt: skip
+    if info is not None:
+        info["load_s"] = time.perf_counter() - start
+        info["rss_mib"] = resident_mib(proc.pid)
     try:
         yield url
     finally:
@@ -139,11 +165,12 @@ async def load(url: str, images: list[bytes], clients: int, requests: int) -> di
         for _ in range(2):  # warm-up at the same concurrency: kernels, allocator, batching
             await asyncio.gather(*(http.post("/v1/predict", content=images[i], headers=PNG)
                                    for i in range(clients)))  # fmt: skip
-        busy_before = await pass_seconds(http)
+        before = await server_metrics(http)
         start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(client(http) for _ in range(clients)))
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-        busy = await pass_seconds(http) - busy_before
+        after = await server_metrics(http)
+    busy = after["pass_s"] - before["pass_s"]
     q = statistics.quantiles(latencies, n=100, method="inclusive")
     return {
         "clients": clients,
@@ -156,14 +183,37 @@ async def load(url: str, images: list[bytes], clients: int, requests: int) -> di
         "client_cpu_cores": cpu / wall,
         "server_busy_share": busy / wall,  # time in backbone passes / wall time
         "pass_ms_per_image": 1e3 * busy / requests,
+        "mean_ms": 1e3 * statistics.fmean(latencies),
+        "mean_batch": (after["batch_images"] - before["batch_images"])
+        / max(1, after["batches"] - before["batches"]),
+        # the server's mean ms per request in each stage (inca.serve.metrics.STAGES)
+        "stages_ms": stage_means(before["stages"], after["stages"]),
     }
 
 
-async def pass_seconds(http) -> float:  # noqa: ANN001
-    """The server's time in backbone passes so far (its /metrics)."""
+async def server_metrics(http) -> dict[str, Any]:  # noqa: ANN001
+    """What the benchmark reads from the server's /metrics: seconds in backbone passes,
+    passes and their images, per-stage sums and counts."""
+    from inca.serve.metrics import stage_sums
+
     text = (await http.get("/metrics")).text
-    return float(next(x.split()[1] for x in text.splitlines()
-                      if x.startswith("inca_pass_seconds_total")))  # fmt: skip
+
+    def value(name: str) -> float:
+        return float(next(x.split()[1] for x in text.splitlines() if x.startswith(name + " ")))
+
+    return {"pass_s": value("inca_pass_seconds_total"), "batches": value("inca_batch_size_count"),
+            "batch_images": value("inca_batch_size_sum"), "stages": stage_sums(text)}  # fmt: skip
+
+
+def stage_means(before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]]
+                ) -> dict[str, float]:  # fmt: skip
+    """Mean ms per request of each stage over a run: the difference of the sums and counts."""
+    out = {}
+    for stage, (total, n) in after.items():
+        total0, n0 = before.get(stage, (0.0, 0))
+        if n > n0:
+            out[stage] = 1e3 * (total - total0) / (n - n0)
+    return out
 
 
 def measured(url: str, images: list[bytes], clients: int, requests: int, repeats: int) -> dict:
@@ -199,9 +249,13 @@ def run_serve_benchmark(
     client_counts: list[int] | None = None,
     requests: int = 256,
     out: str | Path = "benchmarks/results/serve.json",
+    server_flags: list[str] | None = None,
 ) -> dict[str, Any]:
-    task_counts = task_counts or [1, 4, 16]
-    client_counts = client_counts or [1, 8, 32]
+    """Every task count x client count (see the module docstring); ``server_flags``: more
+    ``inca serve`` flags for every server (to measure a setting)."""
+    task_counts = sorted(set(task_counts or [1, 16, 256]))
+    client_counts = sorted(set(client_counts or [1, 8, 32]))
+    flags = list(server_flags or [])
     images, most = test_images(64), max(client_counts)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as name:
@@ -209,14 +263,17 @@ def run_serve_benchmark(
         every = make_tasks(model, image_size, max(task_counts), root / "tasks")
         for t in task_counts:
             tasks = every[:t]
-            row = {"tasks": t, "offline_images_per_s": offline(tasks, images, requests, root)}
+            row: dict[str, Any] = {"tasks": t}
+            row["offline_images_per_s"] = offline(tasks, images, requests, root)
             print(f"{t} task(s): inca predict offline {row['offline_images_per_s']:.1f} img/s",
                   flush=True)  # fmt: skip
-            with server(tasks) as url:
+            with server(tasks, *flags, info=row) as url:
+                print(f"  server ready in {row['load_s']:.1f} s, {row['rss_mib']:.0f} MiB "
+                      "resident", flush=True)  # fmt: skip
                 row["shared"] = [measured(url, images, c, requests, REPEATS if c == most else 1)
                                  for c in client_counts]  # fmt: skip
-            if t > 1:  # the baseline: one backbone pass per task, at the most clients
-                with server(tasks, "--pass-per-task") as url:
+            if 1 < t <= PASS_PER_TASK_UP_TO:  # the baseline: one pass per task, most clients
+                with server(tasks, "--pass-per-task", *flags) as url:
                     row["pass_per_task"] = asyncio.run(
                         load(url, images, max(client_counts), max(8, requests // t))
                     )
@@ -224,10 +281,12 @@ def run_serve_benchmark(
                 print(f"  {m['clients']:>2} clients: {m['images_per_s']:.1f} img/s, p50 "
                       f"{m['p50_ms']:.0f} / p95 {m['p95_ms']:.0f} / p99 {m['p99_ms']:.0f} ms; "
                       f"server in passes {100 * m['server_busy_share']:.0f}% of the time, "
-                      f"{m['pass_ms_per_image']:.1f} ms/image; client "
-                      f"{m['client_cpu_cores']:.2f} cores", flush=True)  # fmt: skip
+                      f"{m['pass_ms_per_image']:.1f} ms/image, mean batch "
+                      f"{m['mean_batch']:.1f}; client {m['client_cpu_cores']:.2f} cores",
+                      flush=True)  # fmt: skip
             rows.append(row)
     res = summarise(rows, model, image_size, client_counts, requests)
+    res["setup"]["server_flags"] = flags
     write_json(Path(out), res)
     print(serve_table(res))
     return res
@@ -235,17 +294,16 @@ def run_serve_benchmark(
 
 def summarise(rows: list[dict], model: str, image_size: int, clients: list[int],
               requests: int) -> dict[str, Any]:  # fmt: skip
-    def at(row: dict, c: int) -> float:
-        return next(m["images_per_s"] for m in row["shared"] if m["clients"] == c)
-
+    """The rows, the ratios the targets compare (each task count vs one task, at the most
+    clients; served vs offline) and, where measured, memory per task."""
     most = max(clients)
     one = next((r for r in rows if r["tasks"] == 1), rows[0])
-    many = rows[-1]
-    ratios = {
-        f"{many['tasks']}_tasks_vs_1": at(many, most) / at(one, most),
-        f"{most}_clients_vs_offline": at(one, most) / one["offline_images_per_s"],
-    }
-    return {
+    targets = {f"{r['tasks']}_tasks_vs_1": TASKS_VS_ONE for r in rows if r is not one}
+    targets[f"{most}_clients_vs_offline"] = SERVED_VS_OFFLINE
+    ratios = {f"{r['tasks']}_tasks_vs_1": at(r, most) / at(one, most)
+              for r in rows if r is not one}  # fmt: skip
+    ratios[f"{most}_clients_vs_offline"] = at(one, most) / one["offline_images_per_s"]
+    res = {
         "setup": {
             "model": model,
             "image_size": image_size,
@@ -255,21 +313,26 @@ def summarise(rows: list[dict], model: str, image_size: int, clients: list[int],
         },  # fmt: skip
         "rows": rows,
         "ratios": ratios,
-        "targets": {
-            f"{many['tasks']}_tasks_vs_1": TASKS_VS_ONE,
-            f"{most}_clients_vs_offline": SERVED_VS_OFFLINE,
-        },  # fmt: skip
-        "met": {
-            k: ratios[k] >= v
-            for k, v in {
-                f"{many['tasks']}_tasks_vs_1": TASKS_VS_ONE,
-                f"{most}_clients_vs_offline": SERVED_VS_OFFLINE,
-            }.items()
-        },  # fmt: skip
+        "targets": targets,
+        "met": {k: ratios[k] >= v for k, v in targets.items()},
     }
+    if "rss_mib" in one:
+        res["memory"] = {
+            str(r["tasks"]): {"rss_mib": r["rss_mib"], "load_s": r["load_s"],
+                              "mib_per_task": (r["rss_mib"] - one["rss_mib"]) / (r["tasks"] - 1)}
+            for r in rows if r is not one
+        }  # fmt: skip
+    return res
+
+
+def at(row: dict, clients: int) -> float:
+    """The row's images/s with ``clients`` clients."""
+    return next(m["images_per_s"] for m in row["shared"] if m["clients"] == clients)
 
 
 def serve_table(res: dict[str, Any]) -> str:
+    """Markdown: throughput and latency, where a request's time goes, load time and memory
+    per task count, the targets. Reads results of older versions too (fewer tables)."""
     header = ["tasks", "clients", "images/s", "p50 ms", "p95 ms", "p99 ms",
               "one pass per task (img/s)", "inca predict offline (img/s)"]  # fmt: skip
     rows = []
@@ -293,8 +356,52 @@ def serve_table(res: dict[str, Any]) -> str:
         f"included), while the load generator itself used "
         f"{most['client_cpu_cores']:.2f} of the machine's {res['setup']['cpus']} cores.",
     ]
+    stages = stage_table(res)
+    if stages:
+        lines += ["", stages]
+    if "memory" in res:
+        lines += ["", memory_table(res)]
     lines.append("")
     for k, v in res["ratios"].items():
         lines.append(f"- {k.replace('_', ' ')}: {v:.3f} (target >= {res['targets'][k]}: "
                      f"{'met' if res['met'][k] else 'NOT met'})")  # fmt: skip
     return "\n".join(lines)
+
+
+def stage_table(res: dict[str, Any]) -> str:
+    """Where a request's time goes at the most clients, per task count (mean ms per request,
+    from the server's /metrics); "other" is the client's mean latency minus the server's
+    stages: HTTP parsing and sending, waiting for the event loop, the client itself."""
+    rows = []
+    for row in res["rows"]:
+        m = row["shared"][-1]
+        if "stages_ms" not in m:
+            continue
+        st = m["stages_ms"]
+        inside = sum(v for k, v in st.items() if k != "compute")
+        rows.append([row["tasks"], m["clients"], f"{m['mean_batch']:.1f}",
+                     *(f"{st.get(k, 0.0):.1f}" for k in STAGE_NAMES),
+                     f"{m['mean_ms'] - inside:.1f}", f"{m['mean_ms']:.1f}"])  # fmt: skip
+    if not rows:
+        return ""
+    header = ["tasks", "clients", "mean batch", *(f"{v} ms" for v in STAGE_NAMES.values()),
+              "other ms", "latency ms"]  # fmt: skip
+    return "Where a request's time goes (mean ms per request):\n\n" + markdown_table(header, rows)
+
+
+def memory_table(res: dict[str, Any]) -> str:
+    """Load time, resident memory and throughput at the most clients per task count."""
+    one = next((r for r in res["rows"] if r["tasks"] == 1), res["rows"][0])
+    most = one["shared"][-1]["clients"]
+    rows = [[one["tasks"], f"{one['load_s']:.1f}", f"{one['rss_mib']:.0f}", "",
+             f"{at(one, most):.1f}", "1.000"]]  # fmt: skip
+    for r in res["rows"]:
+        if r is one:
+            continue
+        mem = res["memory"][str(r["tasks"])]
+        rows.append([r["tasks"], f"{r['load_s']:.1f}", f"{r['rss_mib']:.0f}",
+                     f"{mem['mib_per_task']:.2f}", f"{at(r, most):.1f}",
+                     f"{at(r, most) / at(one, most):.3f}"])  # fmt: skip
+    header = ["tasks", "load s (start to ready)", "resident MiB", "MiB per extra task",
+              f"images/s at {most} clients", "vs 1 task"]  # fmt: skip
+    return markdown_table(header, rows)

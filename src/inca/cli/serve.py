@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 
 from inca.cli.options import positive_int
 from inca.recipes.data_options import DEFAULT_MODEL, MEASURED_IMAGE_SIZE
+from inca.serve.config import ServeConfig
+
+DEFAULTS = ServeConfig()  # the flags' defaults are the config's: one place to change them
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,18 +21,42 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
     )
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--max-batch", type=positive_int, default=32, help="images per backbone pass")
+    p.add_argument(
+        "--max-batch",
+        type=positive_int,
+        default=DEFAULTS.max_batch,
+        help="most images in one backbone pass (default %(default)s)",
+    )
     p.add_argument(
         "--max-wait-ms",
         type=float,
-        default=5.0,
-        help="how long a batch waits for more requests to join it (default 5)",
+        default=DEFAULTS.max_wait_ms,
+        help="how long a batch waits for the requests on their way to join it; a lone "
+        "request under light load does not wait (default %(default)s)",
     )
     p.add_argument(
         "--max-queue",
         type=positive_int,
-        default=256,
-        help="images waiting per backbone before requests get 429 (default 256)",
+        default=DEFAULTS.max_queue,
+        help="images waiting per backbone before requests get 429 (default %(default)s)",
+    )
+    p.add_argument(
+        "--decode-workers",
+        type=positive_int,
+        default=DEFAULTS.decode_workers,
+        help="threads decoding and resizing images beside the pass (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-decoding",
+        type=positive_int,
+        default=DEFAULTS.max_decoding,
+        help="images waiting for a decode worker before requests get 429 (default %(default)s)",
+    )
+    p.add_argument(
+        "--pass-threads",
+        type=positive_int,
+        default=DEFAULTS.pass_threads,
+        help="torch threads for the backbone passes (default: torch's, one per core)",
     )
     p.add_argument("--max-images", type=positive_int, default=32, help="images per request")
     p.add_argument("--max-image-bytes", type=positive_int, default=20 * 2**20)
@@ -54,18 +82,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-serve", help="the server's throughput and latency under load")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--image-size", type=positive_int, default=MEASURED_IMAGE_SIZE)
-    p.add_argument("--tasks", default="1,4,16", help="loaded task counts")
+    p.add_argument(
+        "--tasks",
+        default="1,16,256",
+        help="loaded task counts; each gets load time, memory and throughput (default %(default)s)",
+    )
     p.add_argument("--clients", default="1,8,32", help="concurrent client counts")
     p.add_argument("--requests", type=positive_int, default=256, help="per measurement")
+    p.add_argument(
+        "--server-flags",
+        default="",
+        help="more `inca serve` flags for every server, e.g. '--decode-workers 2 --max-batch 64'",
+    )
     p.add_argument("--out", default="benchmarks/results/serve.json")
     p.set_defaults(func=run_bench)
 
 
-def config_of(args: argparse.Namespace):  # noqa: ANN201
-    from inca.serve import ServeConfig
-
+def config_of(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+        decode_workers=args.decode_workers, max_decoding=args.max_decoding,
+        pass_threads=args.pass_threads,
         max_images=args.max_images, max_image_bytes=args.max_image_bytes,
         max_pixels=args.max_pixels, timeout_s=args.timeout_s, top_k=args.top_k,
         admin_token=args.admin_token or None, pass_per_task=args.pass_per_task,
@@ -93,4 +130,5 @@ def run_bench(args: argparse.Namespace) -> None:
         client_counts=[int(x) for x in args.clients.split(",")],
         requests=args.requests,
         out=args.out,
+        server_flags=shlex.split(args.server_flags),
     )

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import heapq
 import hmac
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -29,11 +31,12 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inca.errors import IncaError
-from inca.serve.batcher import MicroBatcher, QueueFull
+from inca.serve.batcher import MicroBatcher, QueueFull, Waits
 from inca.serve.config import ServeConfig
-from inca.serve.images import RequestError, decode_image
+from inca.serve.images import Decoder, RequestError, decode_image
 from inca.serve.metrics import Metrics
 from inca.serve.pool import BackboneGroup, TaskPool
 
@@ -41,18 +44,22 @@ RAW_TYPES = ("image/", "application/octet-stream")
 
 
 class Server:
-    """The app's state: the task pool, a batcher per backbone group, the metrics."""
+    """The app's state: the task pool, the decode pool, a batcher per backbone group, the
+    metrics."""
 
     def __init__(self, pool: TaskPool, config: ServeConfig) -> None:
         self.pool, self.config, self.metrics = pool, config, Metrics()
+        self.decoder = Decoder(config.decode_workers, config.max_decoding,
+                               self.metrics.decode_depth)  # fmt: skip
         self.batchers: dict[int, MicroBatcher] = {}
+        self.coming = 0  # predict requests being read or decoded: on their way to a queue
         self.draining = False
 
     def batcher(self, group: BackboneGroup) -> MicroBatcher:
         if id(group) not in self.batchers:
             c = self.config
             b = MicroBatcher(group, c.max_batch, c.max_wait_ms, c.max_queue, self.metrics,
-                             c.pass_per_task)  # fmt: skip
+                             c.pass_per_task, coming=lambda: self.coming)  # fmt: skip
             b.start()
             self.batchers[id(group)] = b
         return self.batchers[id(group)]
@@ -72,6 +79,43 @@ class Server:
     async def close(self) -> None:
         self.draining = True
         await asyncio.gather(*(b.close() for b in self.batchers.values()))
+        self.decoder.close()
+
+
+class CountRequests:
+    """Requests by route and status, and their latency to the last byte sent, in the metrics.
+
+    A plain ASGI middleware: ``@app.middleware("http")`` (Starlette's BaseHTTPMiddleware) runs
+    every request through extra tasks and streams, CPU taken from the backbone pass."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def sent(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:  # the router put the matched route in the scope
+            route = getattr(scope.get("route"), "path", "other")
+            self.metrics.request(route, status, time.perf_counter() - start)
+
+
+def set_pass_threads(threads: int | None) -> None:
+    """torch's intra-op threads (process-wide), when the config names a number: on a small
+    CPU, pass threads plus decode workers and the event loop should not outnumber the cores
+    (a descheduled torch thread stalls the whole pass at its next barrier)."""
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
 
 
 def create_app(tasks: Sequence[Any], config: ServeConfig | None = None,
@@ -80,6 +124,7 @@ def create_app(tasks: Sequence[Any], config: ServeConfig | None = None,
     from inca.tasks import load_task
 
     config = config or ServeConfig()
+    set_pass_threads(config.pass_threads)
     loaded = [t if hasattr(t, "class_names") else load_task(t) for t in tasks]
     server = Server(TaskPool(loaded, device, precision), config)
 
@@ -99,13 +144,7 @@ def create_app(tasks: Sequence[Any], config: ServeConfig | None = None,
         headers = {"Retry-After": "1"} if e.status == 429 else None
         return JSONResponse({"detail": str(e)}, status_code=e.status, headers=headers)
 
-    @app.middleware("http")
-    async def count(request: Request, call_next: Any) -> Any:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "other")
-        server.metrics.request(route, response.status_code, time.perf_counter() - start)
-        return response
+    app.add_middleware(CountRequests, metrics=server.metrics)
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
@@ -131,7 +170,7 @@ def create_app(tasks: Sequence[Any], config: ServeConfig | None = None,
 
     @app.post("/v1/predict")
     async def predict(request: Request, tasks: str | None = None, top_k: int | None = None
-                      ) -> dict[str, Any]:  # fmt: skip
+                      ) -> JSONResponse:  # fmt: skip
         return await answer(server, config, request, tasks, top_k)
 
     if config.admin_token:
@@ -182,28 +221,49 @@ async def read_images(request: Request, config: ServeConfig) -> list[tuple[str, 
 Batches = dict[BackboneGroup, tuple[torch.Tensor, list[str]]]
 
 
-def prepare(
-    pool: TaskPool, files: list[tuple[str, bytes]], names: list[str], config: ServeConfig
-) -> Batches:
-    """Decode every image once and preprocess it for each backbone group a chosen task is on:
-    {group: (pixels (n, 3, S, S), the chosen tasks of that group)} (runs off the event loop)."""
-    images = [decode_image(data, name, config.max_image_bytes, config.max_pixels)
-              for name, data in files]  # fmt: skip
+def groups_of(pool: TaskPool, names: list[str]) -> dict[BackboneGroup, list[str]]:
+    """{backbone group: the chosen tasks on it}; 404 for a task unloaded since it was chosen."""
     by_group: dict[BackboneGroup, list[str]] = {}
     for n in names:
         try:
             by_group.setdefault(pool.group_of(n), []).append(n)
         except KeyError:  # unloaded since the request came in
             raise RequestError(404, f"task {n!r} was unloaded; loaded: {pool.names}") from None
-    return {g: (torch.stack([g.transform(img) for img in images]), ns)
-            for g, ns in by_group.items()}  # fmt: skip
+    return by_group
+
+
+def prepare_image(groups: list[BackboneGroup], config: ServeConfig, name: str, data: bytes
+                  ) -> list[torch.Tensor]:  # fmt: skip
+    """One image decoded once and preprocessed for each group: [(3, S, S) per group] (in a
+    decode worker). A transform's refusal (e.g. NaN pixels) is the client's 400."""
+    img = decode_image(data, name, config.max_image_bytes, config.max_pixels)
+    try:
+        return [g.transform(img) for g in groups]
+    except RequestError:
+        raise
+    except IncaError as e:
+        raise RequestError(400, f"{name}: {e}") from None
+
+
+async def prepare(server: Server, files: list[tuple[str, bytes]], names: list[str],
+                  stages: dict[str, float]) -> Batches:  # fmt: skip
+    """Every image decoded once, in the decode pool, and preprocessed for each backbone group
+    a chosen task is on: {group: (pixels (n, 3, S, S), the chosen tasks of that group)}."""
+    by_group = groups_of(server.pool, names)
+    groups = list(by_group)
+    work = functools.partial(prepare_image, groups, server.config)
+    images, stages["decode_wait"], stages["decode"] = await server.decoder.run(work, files)
+    return {g: (torch.stack([img[j] for img in images]), by_group[g])
+            for j, g in enumerate(groups)}  # fmt: skip
 
 
 def top(pool: TaskPool, name: str, probs: torch.Tensor, k: int) -> list[dict[str, Any]]:
+    """The ``k`` likeliest classes of one image for task ``name`` (plain Python on the class
+    list: one torch.topk per image and task cost more than the sort, e.g. with 256 tasks)."""
     classes = pool.task(name).class_names
-    values, index = probs.topk(min(k, len(classes)))
-    return [{"label": classes[i], "index": i, "prob": v}
-            for v, i in zip(values.tolist(), index.tolist(), strict=True)]  # fmt: skip
+    values = probs.tolist()
+    best = heapq.nlargest(min(k, len(classes)), range(len(values)), key=values.__getitem__)
+    return [{"label": classes[i], "index": i, "prob": values[i]} for i in best]
 
 
 def add_admin_routes(app: FastAPI, server: Server) -> None:
@@ -247,9 +307,10 @@ def add_admin_routes(app: FastAPI, server: Server) -> None:
 
 async def answer(
     server: Server, config: ServeConfig, request: Request, tasks: str | None, top_k: int | None
-) -> dict[str, Any]:
-    """One /v1/predict request: its images read and prepared off the event loop, handed to
-    each backbone group's micro-batcher, the top classes of every task asked for."""
+) -> JSONResponse:
+    """One /v1/predict request: its images read, decoded in the decode pool, handed to each
+    backbone group's micro-batcher; the top classes of every task asked for. The time of each
+    stage goes to the metrics (``inca.serve.metrics``)."""
     start = time.perf_counter()
     if server.draining:
         raise RequestError(503, "the server is shutting down; retry on another instance")
@@ -257,11 +318,18 @@ async def answer(
     k = top_k if top_k is not None else config.top_k
     if k < 1:
         raise RequestError(400, f"top_k must be at least 1, got {k}")
-    files = await read_images(request, config)
-    rows = await run_in_threadpool(prepare, server.pool, files, names, config)
+    stages: dict[str, float] = {}
+    server.coming += 1
+    try:
+        files = await read_images(request, config)
+        stages["read"] = time.perf_counter() - start
+        rows = await prepare(server, files, names, stages)
+    finally:
+        server.coming -= 1
+    waits = Waits()
     try:
         results = await asyncio.wait_for(
-            asyncio.gather(*(server.batcher(g).submit(pixels, frozenset(ns))
+            asyncio.gather(*(server.batcher(g).submit(pixels, frozenset(ns), waits)
                              for g, (pixels, ns) in rows.items())),
             config.timeout_s,
         )  # fmt: skip
@@ -272,18 +340,29 @@ async def answer(
             503, f"no answer within {config.timeout_s:g} s (the server is overloaded); "
             "retry later"
         ) from None  # fmt: skip
+    replied = time.perf_counter()
+    stages |= {"queue": waits.queue, "pass": waits.pass_, "compute": waits.compute}
+    reply = build_reply(server.pool, files, names, results, k, replied - start)
+    stages["reply"] = time.perf_counter() - replied
+    server.metrics.stage_times(stages)
+    return reply
+
+
+def build_reply(pool: TaskPool, files: list[tuple[str, bytes]], names: list[str],
+                results: list[list[dict[str, torch.Tensor]]], k: int, seconds: float
+                ) -> JSONResponse:  # fmt: skip
+    """The JSON reply: per image the top ``k`` classes of each task, from each group's rows
+    (``results``: per group, per image {task: probabilities}). Serialised here, not by
+    FastAPI's encoder, which walks every value of the reply again."""
     probs: list[dict[str, torch.Tensor]] = [{} for _ in files]
     for part in results:
         for i, row in enumerate(part):
             probs[i] |= row
-    return {
+    return JSONResponse({
         "predictions": [
-            {
-                "file": name,
-                "tasks": {n: top(server.pool, n, p[n], k) for n in names if n in p},
-            }  # fmt: skip
+            {"file": name, "tasks": {n: top(pool, n, p[n], k) for n in names if n in p}}
             for (name, _), p in zip(files, probs, strict=True)
         ],
         "tasks": names,
-        "latency_ms": 1000 * (time.perf_counter() - start),
-    }
+        "latency_ms": 1000 * seconds,
+    })  # fmt: skip
