@@ -19,6 +19,7 @@ from inca.data.preprocess import ImageTransform
 from inca.errors import IncaError
 from inca.tasks import MultiTask
 from inca.tasks.multi import backbone_differences
+from inca.tasks.stacked import StackedTasks
 
 
 class BackboneGroup:
@@ -32,6 +33,7 @@ class BackboneGroup:
         self.transform = ImageTransform(self.backbone.preprocess)
         self.name = f"{self.backbone.name}@{self.backbone.preprocess.image_size}"
         self._lock = threading.Lock()  # tasks change between batches, never during one
+        self._stacked: StackedTasks | None = multi.stacked  # rebuilt after a change
 
     def accepts(self, task: Any) -> bool:
         """Whether ``task`` was trained on this group's backbone (then it shares the pass)."""
@@ -45,11 +47,13 @@ class BackboneGroup:
             self.tasks[task.name] = task
             if multi.separate:
                 self.separate.add(task.name)
+            self._stacked = None
 
     def remove(self, name: str) -> None:
         with self._lock:
             del self.tasks[name]
             self.separate.discard(name)
+            self._stacked = None
 
     @torch.inference_mode()
     def run(self, pixels: Tensor, wanted: Sequence[frozenset[str]], pass_per_task: bool = False
@@ -58,6 +62,7 @@ class BackboneGroup:
         with self._lock:
             tasks = {n: self.tasks[n] for n in sorted(set().union(*wanted)) if n in self.tasks}
             separate = set(self.separate)
+            stacked = self._stacked_tasks()
         out: list[dict[str, Tensor]] = [{} for _ in wanted]
         shared = [n for n in tasks if n not in separate]
         groups = [shared] if not pass_per_task else [[n] for n in shared]
@@ -68,8 +73,9 @@ class BackboneGroup:
             taps = list(dict.fromkeys(t for n in names for t in tasks[n].taps))
             tokens = self.backbone.forward_taps(pixels[rows], taps)  # {tap: (b, T, D)}
             normed = {tap: normalize_tokens(t) for tap, t in tokens.items()}
-            for n in names:
-                probs = tasks[n].forward_normalized(normed).float().cpu()  # (b, C)
+            # every wanted task's members in a few stacked calls, not a loop over tasks
+            for n, probs in stacked.forward_normalized(normed, names).items():
+                probs = probs.float().cpu()  # (b, C)
                 for j, i in enumerate(rows):
                     if n in wanted[i]:
                         out[i][n] = probs[j]
@@ -79,6 +85,15 @@ class BackboneGroup:
             for j, i in enumerate(rows):
                 out[i][n] = probs[j]
         return out
+
+    def _stacked_tasks(self) -> StackedTasks:
+        """The shared-pass tasks' members in stacks (rebuilt after a task is added or
+        removed; called under the lock)."""
+        if self._stacked is None:
+            self._stacked = StackedTasks(
+                {n: t for n, t in self.tasks.items() if n not in self.separate}
+            )
+        return self._stacked
 
 
 class TaskPool:

@@ -22,6 +22,7 @@ from inca.backbones.base import Backbone
 from inca.backbones.registry import load_backbone
 from inca.errors import IncaError
 from inca.tasks.finetuned import FineTunedTask
+from inca.tasks.stacked import StackedTasks
 from inca.tasks.storage import load_task
 from inca.tasks.task import Task, backbone_info
 
@@ -116,6 +117,8 @@ class MultiTask:
         for task in loaded:
             if task.name not in self.separate:
                 task.to(device=backbone.device, dtype=torch.float32).eval()
+        # every adapter task's members in a few stacks: one batched call each, not N tasks
+        self.stacked = StackedTasks({n: t for n, t in self.tasks.items() if n not in self.separate})
 
     def _check_taps(self) -> None:
         taps = self.backbone.taps
@@ -145,9 +148,7 @@ class MultiTask:
             tokens = self.backbone.forward_taps(pixels, self.taps)  # {tap: (B, T, D)}
             with torch.inference_mode():
                 normed = {tap: normalize_tokens(t) for tap, t in tokens.items()}  # float32
-                for name, task in self.tasks.items():
-                    if name not in self.separate:
-                        out[name] = task.forward_normalized(normed)
+                out |= self.stacked.forward_normalized(normed)
         for name in self.separate:  # each fine-tuned task: its own pass
             out[name] = self.tasks[name].predict_pixels(pixels, self.backbone)
         return {name: out[name] for name in self.tasks}

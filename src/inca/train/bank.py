@@ -71,6 +71,10 @@ class AdapterBank(nn.Module):
                 f"tap_index_{k}", index[:, 0] if index.shape[1] == 1 else index, persistent=False
             )
         self._contiguous = [self._as_slice(k) for k in range(len(self.stacks))]
+        # the same indices as Python ints: the shared pooling plans its matmuls from them
+        # without reading a device tensor back every batch
+        self._tap_lists = [getattr(self, f"tap_index_{k}").tolist()
+                           for k in range(len(self.stacks))]  # fmt: skip
 
     def _as_slice(self, k: int) -> slice | None:
         """The stack's taps as a slice of the stacked taps (a view, no copy), when they are one
@@ -124,9 +128,9 @@ class AdapterBank(nn.Module):
                 self.stacks[k].template.folded_queries(p)
                 for k, p in zip(pooling, params, strict=True)
             ]
-            taps = [getattr(self, f"tap_index_{k}") for k in pooling]
+            taps = [self._tap_lists[k] for k in pooling]
             for k, p, pooled in zip(pooling, params, shared_pool(queries, taps, x), strict=True):
-                logits = self.stacks[k].template.from_pooled(p, pooled.transpose(0, 1))
+                logits = self.stacks[k].template.from_pooled(p, pooled)
                 out.update(zip(self.stack_names[k], logits.unbind(0), strict=True))
         for k, stack in enumerate(self.stacks):
             if k in pooling:
