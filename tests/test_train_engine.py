@@ -5,6 +5,7 @@ one does: tests/test_method_matrix.py, for every adapter method and a one-pass s
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -74,3 +75,23 @@ def test_too_small_training_split(setup, tmp_path) -> None:
     specs = parse_plan("linear taps=final", list(backbone.taps))
     with pytest.raises(IncaError, match="fewer than one batch"):
         adapter_trainer(backbone, splits, specs, TrainConfig(batch_size=500), tmp_path, {})
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")  # fmt: skip
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own, while compiling
+def test_compiled_steps_train_as_eager_ones(setup, tmp_path) -> None:
+    """``compile=True`` changes how the step runs, not what it computes: after two epochs
+    every member's weights match the eager run's (float rounding of fused kernels), and a
+    checkpoint of either resumes the other (compiling is not part of the signature)."""
+    grid = "inca taps=block.1,final lr=3e-3,1e-3; linear taps=block.3 lr=1e-2"
+    eager = trainer(setup, grid, tmp_path / "eager")
+    compiled = trainer(setup, grid, tmp_path / "compiled", compile=True)
+    assert compiled._forward() is not compiled.members.forward_batch
+    eager.fit()
+    compiled.fit()
+    for name in eager.members.names:
+        mine, theirs = eager.members.member_state(name), compiled.members.member_state(name)
+        for key in mine:
+            torch.testing.assert_close(mine[key], theirs[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert eager.config.signature() == compiled.config.signature()

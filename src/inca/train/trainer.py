@@ -179,7 +179,7 @@ class Trainer:
 
     def train_step(self, inputs: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """One optimizer step on one batch: every member's loss, summed, ONE backward."""
-        logits = self.members.forward_batch(inputs.to(self.device))
+        logits = self._forward()(inputs.to(self.device))
         labels = labels.to(self.device)
         smoothing = self.config.label_smoothing
         weight = self.members.class_weights  # (C,): members that balance classes, or None
@@ -210,6 +210,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step += 1
         return dict(zip(names, agreed, strict=True))
+
+    def _forward(self) -> Any:
+        """The members' batch forward: through torch.compile with ``config.compile`` (one
+        compiled graph per set of members: a halving rung's subset compiles anew)."""
+        if not self.config.compile:
+            return self.members.forward_batch
+        if getattr(self, "_compiled_for", None) is not self.members:
+            self._compiled_for = self.members
+            self._compiled = torch.compile(self.members.forward_batch, dynamic=False)
+        return self._compiled
 
     def _average_gradients(self) -> None:
         """Under torchrun: every gradient averaged over the ranks in ONE flat all-reduce, so
