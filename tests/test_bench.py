@@ -99,3 +99,20 @@ def test_the_flop_model_matches_torchs_counter_and_the_peak_is_measured() -> Non
     assert step_flops(inca_spec, t.tokens, t.dim, 10) > step_flops(linear_spec, t.tokens, t.dim, 10)
     peaks = gemm_peaks(17, 32, 4, rows=12, seconds=0.01)
     assert set(peaks) == {"bf16", "fp32"} and all(v > 0 for p in peaks.values() for v in p.values())
+
+
+def test_the_byte_model_counts_the_adapters_weights() -> None:
+    """The per-step bytes are 40 per parameter (forward, backward, fused AdamW), with the
+    parameter count of a real adapter; the roofline adds both terms; bandwidth is measured."""
+    from inca.adapters import build_adapter
+    from inca.bench.flop_model import copy_bandwidth, inca_params, inca_step_bytes, step_seconds
+    from inca.methods.inca import InCAConfig
+
+    for queries, width in ((1, 384), (2, 64)):
+        adapter = build_adapter(InCAConfig(queries=queries), width, 10)
+        assert inca_params(width, queries, 10) == adapter.num_params()
+        assert inca_step_bytes(65, width, queries)["per_step"] == 40 * adapter.num_params()
+    small, large = inca_step_bytes(65, 384, heads=6), inca_step_bytes(65, 384, heads=12)
+    assert small["per_image"] < large["per_image"] and small["per_step"] == large["per_step"]
+    assert step_seconds(2e9, 1e9, 100, 10) == pytest.approx(0.02 + 0.1)
+    assert copy_bandwidth(megabytes=8, seconds=0.01) > 0

@@ -26,6 +26,7 @@ from inca.adapters import build_adapter
 from inca.adapters.stack import AdapterStack
 from inca.backbones import Backbone, load_backbone
 from inca.bench.backbone_throughput import images_per_second
+from inca.bench.flop_model import copy_bandwidth
 from inca.bench.report import TARGETS, format_table, plot_curve
 from inca.cache import ActivationCache, build_cache
 from inca.data import ImageTransform, Splits, make_loader, make_splits
@@ -84,36 +85,44 @@ def cached_cost(
     backbone: Backbone, splits: Splits, caches: dict, tmp: Path
 ) -> list[dict[str, Any]]:
     """Microseconds per training image per adapter of an epoch from the activation cache: the
-    unit cost of a grid. For this benchmark's plan at batch 64 (the old default) and for the
-    main job's InCA grid at batch 64 and at its default batch of 128."""
+    unit cost of a grid. For this benchmark's plan at batch 64 (the old default), the main
+    job's InCA grid at batch 64, at its default batch of 128, at 512 (the weights' traffic
+    spread over 4x the images: what the per-image work alone costs) and at 128 through
+    torch.compile (``--compile``; its compile time reported apart)."""
     from inca.train import DEFAULT_PLAN, FROZEN_DEFAULTS
 
     grid = DEFAULT_PLAN.split(";")[0]  # the SGD part: the InCA grid
+    default = FROZEN_DEFAULTS["batch_size"]
     rows = []
-    for what, plan, batch in (
-        (f"{PLAN} (15 adapters), batch 64", PLAN, 64),
-        ("main job's InCA grid (48 adapters), batch 64", grid, 64),
-        (
-            f"main job's InCA grid (48 adapters), batch {FROZEN_DEFAULTS['batch_size']}",
-            grid,
-            FROZEN_DEFAULTS["batch_size"],
-        ),
+    for what, plan, batch, compiled in (
+        (f"{PLAN} (15 adapters), batch 64", PLAN, 64, False),
+        ("main job's InCA grid (48 adapters), batch 64", grid, 64, False),
+        (f"main job's InCA grid (48 adapters), batch {default}", grid, default, False),
+        ("main job's InCA grid (48 adapters), batch 512", grid, 512, False),
+        (f"main job's InCA grid (48 adapters), batch {default}, --compile", grid, default, True),
     ):
-        cfg = TrainConfig(batch_size=batch, progress=False, augment=False)
+        cfg = TrainConfig(batch_size=batch, progress=False, augment=False, compile=compiled)
         tr = trainer_for(backbone, splits, plan, cfg, tmp / f"cost{len(rows)}", caches)
-        training_epoch(tr)  # warm-up
+        warm = training_epoch(tr)  # warm-up (and compiling)
         seconds = best_of(2, lambda tr=tr: training_epoch(tr))
         images = tr.steps_per_epoch * batch
-        flops = plan_flops(backbone, tr.members.specs.values(), len(splits.class_names))
+        specs = list(tr.members.specs.values())
+        flops = plan_flops(backbone, specs, len(splits.class_names))
+        per_step, per_image = plan_bytes(backbone, specs, len(splits.class_names))
         rows.append(
             {
                 "what": what,
                 "adapters": len(tr.members.names),
                 "batch_size": batch,
                 "epoch_s": seconds,
+                "first_epoch_s": warm,  # with --compile: the compiling
                 "us_per_image_per_adapter": 1e6 * seconds / (images * len(tr.members.names)),
                 "model_mflop_per_image": flops / 1e6,
                 "achieved_gflops": flops * images / seconds / 1e9,
+                "model_mb_per_step": per_step / 1e6,
+                "model_mb_per_image": per_image / 1e6,
+                "steps": tr.steps_per_epoch,
+                "images": images,
             }
         )
     return rows
@@ -126,6 +135,36 @@ def plan_flops(backbone: Backbone, specs: Any, classes: int) -> float:
     taps = backbone.taps
     return sum(step_flops(s, taps[s.tap].tokens, taps[s.tap].dim, classes)
                for s in specs if s.tap in taps)  # fmt: skip
+
+
+def plan_bytes(backbone: Backbone, specs: Any, classes: int) -> tuple[float, float]:
+    """The byte model's traffic of one training step of every InCA member: (per step, per
+    image); bf16 tokens (the cache's dtype here)."""
+    from inca.bench.flop_model import inca_step_bytes
+
+    per_step = per_image = 0.0
+    for s in specs:
+        if s.kind != "inca" or s.tap not in backbone.taps:
+            continue
+        info = backbone.taps[s.tap]
+        _, heads = s.config.resolved(info.dim)
+        b = inca_step_bytes(info.tokens, info.dim, s.config.queries, heads, classes)
+        per_step, per_image = per_step + b["per_step"], per_image + b["per_image"]
+    return per_step, per_image
+
+
+def add_roofline(rows: list[dict[str, Any]], gflops: float, gbytes_per_s: float) -> None:
+    """Each cached-cost row's share of the matmul peak (FLOPs alone) and of the roofline
+    (FLOPs at the peak plus the modelled bytes at the copy bandwidth)."""
+    from inca.bench.flop_model import step_seconds
+
+    for row in rows:
+        bytes_moved = row["model_mb_per_step"] * 1e6 * row["steps"]
+        bytes_moved += row["model_mb_per_image"] * 1e6 * row["images"]
+        flops = row["model_mflop_per_image"] * 1e6 * row["images"]
+        row["share_of_bf16_peak"] = row["achieved_gflops"] / gflops
+        row["roofline_s"] = step_seconds(flops, bytes_moved, gflops, gbytes_per_s)
+        row["share_of_roofline"] = row["roofline_s"] / row["epoch_s"]
 
 
 def training_epoch(trainer: Trainer) -> float:
@@ -219,6 +258,7 @@ def run_benchmark(
             "precision": backbone.precision.name,
             "device": str(backbone.device),
             "plan": PLAN,
+            "curve_images": curve_n,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "machine": platform.machine(),
@@ -246,9 +286,9 @@ def run_benchmark(
     res["curve_extraction_s"] = e_curve  # the extraction epoch of the curve's subset
     res |= measure_throughput(model)
     res["gemm_peak_gflops"] = gemm_peak(backbone, batch_size)
+    res["copy_gbytes_per_s"] = copy_bandwidth()
     peak = res["gemm_peak_gflops"]["bf16"]["square_2048"]
-    for row in cost:
-        row["share_of_bf16_peak"] = row["achieved_gflops"] / peak
+    add_roofline(cost, peak, res["copy_gbytes_per_s"])
     res["met"] = {
         k: (res["ratios"][k] <= v if op == "<=" else res["ratios"][k] >= v)
         for k, (op, v) in TARGETS.items()
@@ -294,7 +334,8 @@ def time_cached(
     cost = cached_cost(backbone, splits, caches, tmp)
     for row in cost:
         print(f"  cached cost: {row['what']}: {row['us_per_image_per_adapter']:.1f} us, "
-              f"{row['achieved_gflops']:.1f} GFLOP/s by the FLOP model")  # fmt: skip
+              f"{row['achieved_gflops']:.1f} GFLOP/s by the FLOP model "
+              f"(first epoch {row['first_epoch_s']:.1f} s)")  # fmt: skip
     return {"cache_build": t_build, "cached_epoch": t_cached}, cost
 
 

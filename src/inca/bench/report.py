@@ -51,8 +51,9 @@ def format_table(res: dict[str, Any]) -> str:
         ),
     ]
     if cost := res.get("cached_cost"):
-        rows = [[r["what"], f"{r['us_per_image_per_adapter']:.1f}"] for r in cost]
-        lines += ["", markdown_table(["cached epoch of", "us per image per adapter"], rows)]
+        lines += ["", cost_table(cost, res)]
+    if len(res["curve"]) > 1:
+        lines += ["", limits_table(res)]
     bb = [
         [s, f"{v['fp32']:.1f}", f"{v['bf16']:.1f}"] for s, v in res["backbone_images_per_s"].items()
     ]
@@ -64,6 +65,57 @@ def format_table(res: dict[str, Any]) -> str:
         f"img/s, folded {ad['folded']:.0f} img/s ({ad['folded'] / ad['plain']:.1f}x)",
     ]
     return "\n".join(lines)
+
+
+def cost_table(cost: list[dict[str, Any]], res: dict[str, Any]) -> str:
+    """The unit cost of cached training beside the FLOP and byte model (``flop_model``): what
+    share of the matmul peak the adapters' FLOPs reach, and of the roofline (FLOPs at the peak
+    plus the weights' and activations' bytes at the copy bandwidth)."""
+    rows = []
+    for r in cost:
+        rows.append([
+            r["what"],
+            f"{r['us_per_image_per_adapter']:.1f}",
+            f"{r['achieved_gflops']:.0f}" if "achieved_gflops" in r else "",
+            f"{100 * r['share_of_bf16_peak']:.0f}%" if "share_of_bf16_peak" in r else "",
+            f"{100 * r['share_of_roofline']:.0f}%" if "share_of_roofline" in r else "",
+            f"{r['model_mb_per_step']:.0f}" if "model_mb_per_step" in r else "",
+        ])  # fmt: skip
+    table = markdown_table(
+        [
+            "cached epoch of",
+            "us per image per adapter",
+            "GFLOP/s (model)",
+            "of bf16 peak",
+            "of roofline",
+            "MB per step (weights)",
+        ],  # fmt: skip
+        rows,
+    )
+    peak = res.get("gemm_peak_gflops", {}).get("bf16", {}).get("square_2048")
+    bandwidth = res.get("copy_gbytes_per_s")
+    if peak and bandwidth:
+        table += (f"\n\nMeasured here: bf16 matmul peak {peak:.0f} GFLOP/s (2048² square), copy "
+                  f"bandwidth {bandwidth:.1f} GB/s (read + write).")  # fmt: skip
+    return table
+
+
+def limits_table(res: dict[str, Any]) -> str:
+    """The figures issue 29 set goals for, from this run: R2, the unit cost at 64 adapters
+    and the online epoch's growth from 16 to 64 adapters."""
+    by = {r["adapters"]: r for r in res["curve"]}
+    rows = [["R2: cached epoch / extraction epoch", f"{res['ratios']['R2']:.3f}", "<= 0.05"]]
+    if 64 in by:
+        n = res["setup"].get("curve_images")
+        if n:
+            us = 1e6 * by[64]["cached_s"] / (n * 64)
+            rows.append(["cached training, us per image per adapter (64 adapters)", f"{us:.1f}",
+                         ">= 50% of the bf16 matmul peak"])  # fmt: skip
+    if 16 in by and 64 in by:
+        growth = by[64]["online_s"] / by[16]["online_s"] - 1
+        rows.append(["online epoch, 16 -> 64 adapters", f"{100 * growth:+.0f}%",
+                     "flat within 20%"])  # fmt: skip
+    return markdown_table(["figure", "measured", "goal"], rows)
 
 
 def plot_curve(curve: list[dict], extraction_s: float, path: Path, setup: dict) -> None:
