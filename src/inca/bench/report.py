@@ -106,7 +106,7 @@ def limits_table(res: dict[str, Any]) -> str:
     by = {r["adapters"]: r for r in res["curve"]}
     rows = [["R2: cached epoch / extraction epoch", f"{res['ratios']['R2']:.3f}", "<= 0.05"]]
     if 64 in by:
-        n = res["setup"].get("curve_images")
+        n = res.get("setup", {}).get("curve_images")
         if n:
             us = 1e6 * by[64]["cached_s"] / (n * 64)
             rows.append(["cached training, us per image per adapter (64 adapters)", f"{us:.1f}",
