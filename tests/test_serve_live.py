@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -80,11 +81,18 @@ def test_concurrent_requests_get_their_own_rows(task_dirs) -> None:  # noqa: F81
 
 
 def test_shutdown_finishes_every_accepted_request(task_dirs) -> None:  # noqa: F811
-    """SIGTERM while 6 requests wait in a 1.5 s batching window: all 6 are answered, then
+    """SIGTERM while 6 requests wait in a 1.5 s batching window, held open by a 7th whose body
+    is still arriving (a batch waits for the requests on their way): all 7 are answered, then
     the server exits cleanly."""
     server, url = start_server([task_dirs["pets"]], "--max-wait-ms", "1500", "--device", "cpu",
                                "--precision", "fp32")  # fmt: skip
     try:
+        host, port = url.removeprefix("http://").split(":")
+        body = png(99)
+        slow = socket.create_connection((host, int(port)), timeout=60)
+        slow.sendall(f"POST /v1/predict HTTP/1.1\r\nhost: {host}\r\ncontent-type: image/png\r\n"
+                     f"content-length: {len(body)}\r\n\r\n".encode() + body[:10])  # fmt: skip
+        time.sleep(0.2)  # its request is being read
 
         def call(i: int) -> int:
             files = [("file", (f"{i}.png", png(i), "image/png"))]
@@ -93,9 +101,14 @@ def test_shutdown_finishes_every_accepted_request(task_dirs) -> None:  # noqa: F
         with ThreadPoolExecutor(6) as pool:
             calls = [pool.submit(call, i) for i in range(6)]
             time.sleep(0.7)  # accepted, waiting in the window
+            assert not any(c.done() for c in calls), "the requests did not wait for the 7th"
             server.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            slow.sendall(body[10:])
             codes = [c.result() for c in calls]
         assert codes == [200] * 6
+        assert slow.recv(4096).startswith(b"HTTP/1.1 200")
+        slow.close()
         # uvicorn re-raises the signal once shut down: the exit status says SIGTERM ended it
         assert server.wait(timeout=60) in (0, -signal.SIGTERM)
         assert "stopped after answering every accepted request" in server.stdout.read()

@@ -315,3 +315,30 @@ def test_the_bench_report_reads_stage_times_memory_and_old_results() -> None:
     old = summarise(rows, "m", 112, [1, 32], 64)
     assert "memory" not in old and "Where a request" not in serve_table(old)
     assert stage_means({"read": (1.0, 2)}, {"read": (1.5, 4), "pass": (0.0, 0)}) == {"read": 250.0}
+
+
+def test_the_bench_load_generators_measure_a_live_server(task_dirs) -> None:  # noqa: F811
+    """Both load generators of ``inca bench-serve`` against uvicorn on 127.0.0.1: every request
+    answered and counted, the server's stage times read back; the light client refuses an
+    error reply."""
+    from inca.bench.serve import RawConnection, load
+    from tests.test_serve_live import live
+
+    app = create_app([task_dirs["pets"]], device="cpu", precision="fp32")
+    images = [png(400 + i) for i in range(4)]
+    with live(app) as url:
+        for client in ("raw", "httpx"):
+            m = asyncio.run(load(url, images, clients=3, requests=9, client=client))
+            assert m["client"] == client and m["requests"] == 9 and m["images_per_s"] > 0
+            assert set(m["stages_ms"]) == set(STAGES) and m["mean_batch"] >= 1
+            assert m["stages_ms"]["pass"] >= m["stages_ms"]["compute"] > 0
+
+        async def junk() -> None:
+            connection = RawConnection(url)
+            try:
+                await connection.post(b"not an image")
+            finally:
+                await connection.close()
+
+        with pytest.raises(RuntimeError, match="400"):
+            asyncio.run(junk())

@@ -1,12 +1,14 @@
 """`inca bench-serve`: throughput and latency of ``inca serve`` under concurrent HTTP clients.
 
 The server runs as users run it (``inca serve`` in its own process, uvicorn on 127.0.0.1); the
-load comes from a real HTTP client (httpx, asyncio) sending a bounded number of one-image
-requests from C concurrent clients. For T loaded tasks (1, 16, 256) and C clients (1, 8, 32):
-images/s and p50/p95/p99 latency (at the most clients, and offline, the median of 3 runs: on a
-small machine runs differ by 10-15%); where a request's time goes (the server's per-stage
-times from its /metrics, the difference over each run: read, decode, queue, pass, reply); the
-server's load time (start to ready) and resident memory once loaded. Against it:
+load comes from C concurrent HTTP/1.1 keep-alive connections sending a bounded number of
+one-image requests (a light asyncio client by default: on a small machine the load
+generator's CPU is taken from the server; ``client="httpx"`` measures as before). For T loaded
+tasks (1, 4, 16, 256) and C clients (1, 8, 32): images/s and p50/p95/p99 latency (at the most
+clients, and offline, the median of 3 runs: on a small machine runs differ by 10-15%); where a
+request's time goes (the server's per-stage times from its /metrics, the difference over each
+run: read, decode, queue, pass, reply); the server's load time (start to ready) and resident
+memory once loaded. Against it:
 
 - the same tasks served one backbone pass per task (``--pass-per-task``, up to 16 tasks: at
   256 it would take many minutes): what sharing the pass buys;
@@ -144,32 +146,82 @@ def server(tasks: list[Path], *flags: str, info: dict[str, float] | None = None)
         proc.communicate(timeout=60)
 
 
-async def load(url: str, images: list[bytes], clients: int, requests: int) -> dict[str, Any]:
-    """``requests`` one-image requests from ``clients`` concurrent clients: images/s and
-    latency percentiles (ms)."""
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection that POSTs one image as the raw body and reads the
+    reply: a few lines of asyncio, ~0.1 ms of CPU per request where httpx took ~3 ms. On a
+    2-core machine the load generator runs on the server's cores, so its CPU is taken from
+    the pass being measured (httpx: 0.2-0.25 cores at 70-80 requests/s)."""
+
+    def __init__(self, url: str) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.host, self.port, self.netloc = parts.hostname, parts.port, parts.netloc
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, body: bytes) -> None:
+        """POST /v1/predict; raises on any status but 200."""
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.streams
+        head = (f"POST /v1/predict HTTP/1.1\r\nhost: {self.netloc}\r\ncontent-type: image/png"
+                f"\r\ncontent-length: {len(body)}\r\n\r\n")  # fmt: skip
+        writer.write(head.encode() + body)
+        await writer.drain()
+        status, length = await reader.readline(), 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        reply = await reader.readexactly(length)
+        if status.split()[1:2] != [b"200"]:
+            raise RuntimeError(f"the server answered {status.decode().strip()}: {reply[:500]!r}")
+
+    async def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            with contextlib.suppress(ConnectionError):
+                await self.streams[1].wait_closed()
+
+
+async def load(url: str, images: list[bytes], clients: int, requests: int,
+               client: str = "raw") -> dict[str, Any]:  # fmt: skip
+    """``requests`` one-image requests from ``clients`` concurrent clients (each one keep-alive
+    connection; ``client``: "raw" (``RawConnection``) or "httpx"): images/s, latency
+    percentiles (ms), and the server's own figures over the run (its /metrics)."""
     import httpx
 
     latencies: list[float] = []
     counter = iter(range(requests))
 
-    async def client(http: httpx.AsyncClient) -> None:
-        for i in counter:
-            start = time.perf_counter()
-            reply = await http.post("/v1/predict", content=images[i % len(images)],
-                                    headers=PNG)  # fmt: skip
-            reply.raise_for_status()
-            latencies.append(time.perf_counter() - start)
+    async with httpx.AsyncClient(base_url=url, timeout=600,
+                                 limits=httpx.Limits(max_connections=clients)) as http:  # fmt: skip
+        if client == "raw":
+            connections = [RawConnection(url) for _ in range(clients)]
+            posts = [c.post for c in connections]
+        else:
 
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
-        for _ in range(2):  # warm-up at the same concurrency: kernels, allocator, batching
-            await asyncio.gather(*(http.post("/v1/predict", content=images[i], headers=PNG)
-                                   for i in range(clients)))  # fmt: skip
-        before = await server_metrics(http)
-        start, cpu = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(client(http) for _ in range(clients)))
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-        after = await server_metrics(http)
+            async def post(body: bytes) -> None:
+                (await http.post("/v1/predict", content=body, headers=PNG)).raise_for_status()
+
+            connections, posts = [], [post] * clients
+
+        async def one_client(post: Any) -> None:
+            for i in counter:
+                start = time.perf_counter()
+                await post(images[i % len(images)])
+                latencies.append(time.perf_counter() - start)
+
+        try:
+            for _ in range(2):  # warm-up at the same concurrency: kernels, allocator, batching
+                await asyncio.gather(*(p(images[i % len(images)]) for i, p in enumerate(posts)))
+            before = await server_metrics(http)
+            start, cpu = time.perf_counter(), time.process_time()
+            await asyncio.gather(*(one_client(p) for p in posts))
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+            after = await server_metrics(http)
+        finally:
+            await asyncio.gather(*(c.close() for c in connections))
     busy = after["pass_s"] - before["pass_s"]
     q = statistics.quantiles(latencies, n=100, method="inclusive")
     return {
@@ -179,6 +231,7 @@ async def load(url: str, images: list[bytes], clients: int, requests: int) -> di
         "p50_ms": 1e3 * q[49],
         "p95_ms": 1e3 * q[94],
         "p99_ms": 1e3 * q[98],
+        "client": client,
         # this client's own CPU, in cores: on a small machine it competes with the server
         "client_cpu_cores": cpu / wall,
         "server_busy_share": busy / wall,  # time in backbone passes / wall time
@@ -216,10 +269,11 @@ def stage_means(before: dict[str, tuple[float, int]], after: dict[str, tuple[flo
     return out
 
 
-def measured(url: str, images: list[bytes], clients: int, requests: int, repeats: int) -> dict:
+def measured(url: str, images: list[bytes], clients: int, requests: int, repeats: int,
+             client: str = "raw") -> dict:  # fmt: skip
     """The load measurement of median throughput over ``repeats`` runs (all kept)."""
-    runs = sorted((asyncio.run(load(url, images, clients, requests)) for _ in range(repeats)),
-                  key=lambda m: m["images_per_s"])  # fmt: skip
+    runs = sorted((asyncio.run(load(url, images, clients, requests, client))
+                   for _ in range(repeats)), key=lambda m: m["images_per_s"])  # fmt: skip
     return runs[len(runs) // 2] | {"repeats": [m["images_per_s"] for m in runs]}
 
 
@@ -250,10 +304,12 @@ def run_serve_benchmark(
     requests: int = 256,
     out: str | Path = "benchmarks/results/serve.json",
     server_flags: list[str] | None = None,
+    client: str = "raw",
 ) -> dict[str, Any]:
     """Every task count x client count (see the module docstring); ``server_flags``: more
-    ``inca serve`` flags for every server (to measure a setting)."""
-    task_counts = sorted(set(task_counts or [1, 16, 256]))
+    ``inca serve`` flags for every server (to measure a setting); ``client``: the load
+    generator, "raw" (a light asyncio HTTP/1.1 client) or "httpx" (as before: heavier)."""
+    task_counts = sorted(set(task_counts or [1, 4, 16, 256]))
     client_counts = sorted(set(client_counts or [1, 8, 32]))
     flags = list(server_flags or [])
     images, most = test_images(64), max(client_counts)
@@ -270,12 +326,13 @@ def run_serve_benchmark(
             with server(tasks, *flags, info=row) as url:
                 print(f"  server ready in {row['load_s']:.1f} s, {row['rss_mib']:.0f} MiB "
                       "resident", flush=True)  # fmt: skip
-                row["shared"] = [measured(url, images, c, requests, REPEATS if c == most else 1)
+                row["shared"] = [measured(url, images, c, requests,
+                                          REPEATS if c == most else 1, client)
                                  for c in client_counts]  # fmt: skip
             if 1 < t <= PASS_PER_TASK_UP_TO:  # the baseline: one pass per task, most clients
                 with server(tasks, "--pass-per-task", *flags) as url:
                     row["pass_per_task"] = asyncio.run(
-                        load(url, images, max(client_counts), max(8, requests // t))
+                        load(url, images, most, max(8, requests // t), client)
                     )
             for m in row["shared"]:
                 print(f"  {m['clients']:>2} clients: {m['images_per_s']:.1f} img/s, p50 "
@@ -286,7 +343,7 @@ def run_serve_benchmark(
                       flush=True)  # fmt: skip
             rows.append(row)
     res = summarise(rows, model, image_size, client_counts, requests)
-    res["setup"]["server_flags"] = flags
+    res["setup"] |= {"server_flags": flags, "client": client}
     write_json(Path(out), res)
     print(serve_table(res))
     return res
