@@ -48,6 +48,7 @@ def mixed_tasks(backbone, count: int) -> list[Task]:
         [("block.1", "inca", {"heads": 2, "path": "plain"})],
         [("final", "open-inca", {"heads": 2})],
         [("block.1", "inca", {"heads": 4, "mlp_ratio": 1.0})],
+        [("block.0+block.1+final", "inca", {"heads": 2})],  # a longer group, same shape
     ]
     tasks = []
     for i in range(count):
@@ -71,9 +72,9 @@ def test_stacked_tasks_equal_each_task_alone_and_run_only_what_is_asked(
     with torch.no_grad():
         alone = {t.name: t.forward_normalized(normed) for t in tasks}
     stacked = StackedTasks({t.name: t for t in tasks})
-    # 6 shapes (both linear probes pool cls+mean), and the 3 Open-InCA members each alone: 9
-    # calls for 24 tasks' 27 members
-    assert len(stacked.stacks) == 6 + 3
+    # 6 shapes (both linear probes pool cls+mean; each tap group apart: 7), and the 3
+    # 2 Open-InCA members each alone: 9 calls for 24 tasks' 26 members
+    assert len(stacked.stacks) == 7 + 2
     out = stacked.forward_normalized(normed)
     assert list(out) == [t.name for t in tasks]
     for name, probs in out.items():
@@ -87,7 +88,7 @@ def test_stacked_tasks_equal_each_task_alone_and_run_only_what_is_asked(
         return real(q, t, x)
 
     monkeypatch.setattr(stacked_module, "shared_pool", counted)
-    wanted = {"t000", "t003", "t008"}  # folded InCA (2 tasks) and an ensemble's InCA member
+    wanted = {"t000", "t003", "t009"}  # folded InCA (2 tasks) and an ensemble's InCA member
     out = stacked.forward_normalized(normed, wanted)
     assert set(out) == wanted and sum(rows) == 3
     for name in wanted:
@@ -120,5 +121,18 @@ def test_256_tasks_answer_as_each_alone(backbone) -> None:
     assert len(served.stacked.stacks) == 2  # InCA on two taps (one stack), linear probes
     out = served.predict_proba(x)
     assert list(out) == [t.name for t in tasks]
+    for name, probs in out.items():
+        torch.testing.assert_close(probs, alone[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_taps_of_other_token_counts_are_stacked_apart(backbone) -> None:
+    """A backbone whose taps differ in token count (CNN stages): members on each shape share
+    their own pooling, and the answers stay each task's own."""
+    tasks = mixed_tasks(backbone, 18)
+    normed = normed_tokens(backbone)
+    normed["final"] = normed["final"][:, :9]  # fewer tokens at one tap
+    with torch.no_grad():
+        alone = {t.name: t.forward_normalized(normed) for t in tasks}
+    out = StackedTasks({t.name: t for t in tasks}).forward_normalized(normed)
     for name, probs in out.items():
         torch.testing.assert_close(probs, alone[name], rtol=1e-5, atol=1e-5, msg=name)

@@ -56,7 +56,9 @@ class StackedTasks:
             for member, tap in task.member_taps.items():
                 adapter = task.member(member)
                 own = any(True for _ in adapter.buffers())  # per-adapter state: no stacking
-                key = (adapter.stack_key(), is_group(tap), id(adapter) if own else None)
+                # a tap group's tokens are as long as its taps together: one stack per group
+                key = (adapter.stack_key(), tap if is_group(tap) else None,
+                       id(adapter) if own else None)  # fmt: skip
                 groups.setdefault(key, []).append((Row(name, tap, weights[member]), adapter))
         self.stacks: list[AdapterStack] = []
         self.rows: list[list[Row]] = []
@@ -78,21 +80,43 @@ class StackedTasks:
         wanted = set(self.tasks if wanted is None else wanted)
         chosen = [[i for i, r in enumerate(rows) if r.task in wanted] for rows in self.rows]
         live = [k for k, idx in enumerate(chosen) if idx]
-        taps = [t for t in self.taps if t in normed]
-        index = {t: i for i, t in enumerate(taps)}
-        x = stack_taps(normed, taps, normalize=False) if taps else None  # (n_taps, B, T, D)
         params = {k: self._params(k, chosen[k]) for k in live}
         probs: dict[int, Tensor] = {}  # stack -> (N_chosen, B, C)
-        pooling = [k for k in live if self._pools(k, x)]
-        if pooling:
+        # taps of one token shape stack into one tensor (n_taps, B, T, D); a backbone whose
+        # taps differ in shape (CNN stages) gives one such tensor per shape
+        by_shape: dict[tuple, list[str]] = {}
+        for t in self.taps:
+            if t in normed:
+                by_shape.setdefault(tuple(normed[t].shape), []).append(t)
+        for taps in by_shape.values():
+            index = {t: i for i, t in enumerate(taps)}
+            tokens = normed[taps[0]].shape[-2]
+            pooling = [k for k in live
+                       if k not in probs and self._pools(k, chosen[k], index, tokens)]  # fmt: skip
+            if not pooling:
+                continue
+            x = stack_taps(normed, taps, normalize=False)  # (n_taps, B, T, D)
             queries = [self.stacks[k].template.folded_queries(params[k]) for k in pooling]
             tap_lists = [[index[self.rows[k][i].tap] for i in chosen[k]] for k in pooling]
             for k, pooled in zip(pooling, shared_pool(queries, tap_lists, x), strict=True):
                 probs[k] = self.stacks[k].template.from_pooled(params[k], pooled).float()
-        for k in (k for k in live if k not in pooling):
-            tokens = torch.stack([group_tokens(normed, self.rows[k][i].tap) for i in chosen[k]])
-            probs[k] = self.stacks[k].template.stacked_forward(params[k], tokens).float()
+        for k in (k for k in live if k not in probs):
+            probs[k] = self._run_alone(k, chosen[k], params[k], normed)
         return self._task_means(probs, chosen, wanted)
+
+    def _run_alone(self, k: int, rows: Sequence[int], params: dict[str, Tensor],
+                   normed: Mapping[str, Tensor]) -> Tensor:  # fmt: skip
+        """Stack k's ``rows`` on their own tokens: one stacked call when their tokens have one
+        shape, else row by row. -> logits (N_rows, B, C) in float32."""
+        template = self.stacks[k].template
+        tokens = [group_tokens(normed, self.rows[k][i].tap) for i in rows]
+        if len({t.shape for t in tokens}) == 1:
+            return template.stacked_forward(params, torch.stack(tokens)).float()
+        return torch.cat([
+            template.stacked_forward({n: p[j : j + 1] for n, p in params.items()},
+                                     t.unsqueeze(0)).float()
+            for j, t in enumerate(tokens)
+        ])  # fmt: skip
 
     def _params(self, k: int, rows: Sequence[int]) -> dict[str, Tensor]:
         """Stack k's weights for ``rows``: the stack itself when every row is wanted, else a
@@ -103,12 +127,14 @@ class StackedTasks:
         index = torch.tensor(rows, device=next(iter(stacked.values())).device)
         return {n: p.index_select(0, index) for n, p in stacked.items()}
 
-    def _pools(self, k: int, x: Tensor | None) -> bool:
-        """Whether stack k reads single taps only through attention pooling (then it shares
-        the pooling matmuls with every other such stack)."""
-        if x is None or any(is_group(r.tap) for r in self.rows[k]):
+    def _pools(self, k: int, rows: Sequence[int], index: Mapping[str, int], tokens: int) -> bool:
+        """Whether stack k's ``rows`` read single taps of ``index`` (taps of one shape) only
+        through attention pooling: then they share the pooling matmuls with every other such
+        stack."""
+        taps = [self.rows[k][i].tap for i in rows]
+        if any(t not in index for t in taps):  # groups, or taps of another shape
             return False
-        return self.stacks[k].template.pools_tokens(x.shape[2])
+        return self.stacks[k].template.pools_tokens(tokens)
 
     def _task_means(
         self, probs: Mapping[int, Tensor], chosen: Sequence[Sequence[int]], wanted: set[str]
