@@ -143,7 +143,10 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float, default=None, help="default: 0; plans: 0.1")
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
     p.add_argument(
-        "--workers", type=non_negative_int, default=None, help="loader processes (default: 2)"
+        "--workers",
+        type=non_negative_int,
+        default=None,
+        help="loader processes (default: 0 on 2 cores or fewer, else 2)",
     )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
