@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import inca
-import inca.tasks.stacked as stacked_module
 from inca.adapters import adapter_config, build_adapter, normalize_tokens
+from inca.methods.inca.adapter import InCAAdapter
 from inca.tasks import MultiTask, Task
 from inca.tasks.stacked import StackedTasks
 
@@ -81,13 +81,13 @@ def test_stacked_tasks_equal_each_task_alone_and_run_only_what_is_asked(
         torch.testing.assert_close(probs, alone[name], rtol=1e-5, atol=1e-5, msg=name)
     # a subset: only its tasks come back, and only their members' rows run
     rows: list[int] = []
-    real = stacked_module.shared_pool
+    real = InCAAdapter.from_pooled
 
-    def counted(q, t, x):  # noqa: ANN001, ANN202
-        rows.extend(len(u) for u in q)
-        return real(q, t, x)
+    def counted(self, P, pooled, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        rows.append(pooled.shape[0])
+        return real(self, P, pooled, *args, **kw)
 
-    monkeypatch.setattr(stacked_module, "shared_pool", counted)
+    monkeypatch.setattr(InCAAdapter, "from_pooled", counted)
     wanted = {"t000", "t003", "t009"}  # folded InCA (2 tasks) and an ensemble's InCA member
     out = stacked.forward_normalized(normed, wanted)
     assert set(out) == wanted and sum(rows) == 3

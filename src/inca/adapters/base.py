@@ -121,9 +121,15 @@ class Adapter(nn.Module):
         """params: name -> (N, *shape) -> the queries that pool the tokens, (N, J, D)."""
         raise NotImplementedError
 
-    def from_pooled(self, params: dict[str, Tensor], pooled: Tensor) -> Tensor:
-        """Pooled tokens (N, B, J, D) -> logits (N, B, C)."""
+    def from_pooled(self, params: dict[str, Tensor], pooled: Tensor, fold: Any = None) -> Tensor:
+        """Pooled tokens (N, B, J, D) -> logits (N, B, C); ``fold``: ``value_fold(params)``
+        computed beforehand (None: computed here)."""
         raise NotImplementedError
+
+    def value_fold(self, params: dict[str, Tensor]) -> Any:
+        """What ``from_pooled`` derives from the weights alone (folded matrices): computed once
+        where the weights do not change (serving), instead of every batch."""
+        return None
 
     def forward(self, x: Tensor) -> Tensor:
         """x: normalised tokens (B, T, D) -> logits (B, C)."""

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from inca.adapters import Adapter
-from inca.adapters.base import stack_taps
-from inca.adapters.shared_pool import shared_pool
 from inca.adapters.stack import AdapterStack
 from inca.adapters.tap_groups import group_tokens, is_group, tap_parts
 from inca.tasks.task import Task
@@ -63,6 +62,7 @@ class StackedTasks:
         self.stacks: list[AdapterStack] = []
         self.rows: list[list[Row]] = []
         for members in groups.values():
+            members.sort(key=lambda m: m[0].tap)  # rows of one tap next to each other
             stack = AdapterStack([a for _, a in members]).eval()
             share_weights(stack, [a for _, a in members])
             self.stacks.append(stack)
@@ -70,6 +70,7 @@ class StackedTasks:
         self.taps = list(dict.fromkeys(p for rows in self.rows for r in rows
                                        for p in tap_parts(r.tap)))  # fmt: skip
         self.tasks = list(tasks)
+        self._folds: dict[int, tuple[Tensor, Any]] = {}  # stack -> (queries, value fold)
 
     @torch.inference_mode()
     def forward_normalized(
@@ -82,27 +83,57 @@ class StackedTasks:
         live = [k for k, idx in enumerate(chosen) if idx]
         params = {k: self._params(k, chosen[k]) for k in live}
         probs: dict[int, Tensor] = {}  # stack -> (N_chosen, B, C)
-        # taps of one token shape stack into one tensor (n_taps, B, T, D); a backbone whose
-        # taps differ in shape (CNN stages) gives one such tensor per shape
-        by_shape: dict[tuple, list[str]] = {}
-        for t in self.taps:
-            if t in normed:
-                by_shape.setdefault(tuple(normed[t].shape), []).append(t)
-        for taps in by_shape.values():
-            index = {t: i for i, t in enumerate(taps)}
-            tokens = normed[taps[0]].shape[-2]
-            pooling = [k for k in live
-                       if k not in probs and self._pools(k, chosen[k], index, tokens)]  # fmt: skip
-            if not pooling:
-                continue
-            x = stack_taps(normed, taps, normalize=False)  # (n_taps, B, T, D)
-            queries = [self.stacks[k].template.folded_queries(params[k]) for k in pooling]
-            tap_lists = [[index[self.rows[k][i].tap] for i in chosen[k]] for k in pooling]
-            for k, pooled in zip(pooling, shared_pool(queries, tap_lists, x), strict=True):
-                probs[k] = self.stacks[k].template.from_pooled(params[k], pooled).float()
+        # folded InCA members pool tap by tap, every task's at once; others run per stack
+        pooling = [k for k in live if self._pools(k, chosen[k], normed)]
+        if pooling:
+            probs |= self._pool(pooling, chosen, params, normed)
         for k in (k for k in live if k not in probs):
             probs[k] = self._run_alone(k, chosen[k], params[k], normed)
         return self._task_means(probs, chosen, wanted)
+
+    def _pool(self, stacks: Sequence[int], chosen: Sequence[Sequence[int]],
+              params: Mapping[int, dict[str, Tensor]], normed: Mapping[str, Tensor]
+              ) -> dict[int, Tensor]:  # fmt: skip
+        """Folded InCA stacks: for each tap, the folded queries of every wanted member on it
+        (computed once, with the value weights' fold: the weights do not change) in ONE
+        pooling matmul; then each stack's rows of that tap (consecutive: rows are sorted by
+        tap) through the value projection and head. -> {stack: logits (N_chosen, B, C)}."""
+        pieces: dict[str, list[tuple[int, slice]]] = {}  # tap -> (stack, its rows' positions)
+        for k in stacks:
+            taps = [self.rows[k][i].tap for i in chosen[k]]
+            start = 0
+            for tap in dict.fromkeys(taps):
+                stop = start + taps.count(tap)
+                pieces.setdefault(tap, []).append((k, slice(start, stop)))
+                start = stop
+        folds = {k: self._fold(k, chosen[k]) for k in stacks}
+        logits: dict[int, list[Tensor]] = {k: [] for k in stacks}
+        for tap, parts in pieces.items():
+            x = normed[tap]  # (B, T, D)
+            B, T, D = x.shape
+            u = torch.cat([folds[k][0][sl].reshape(-1, D) for k, sl in parts])  # (R, D)
+            alpha = (u @ x.reshape(B * T, D).T).view(-1, B, T).softmax(-1)  # (R, B, T)
+            pooled = torch.bmm(alpha.transpose(0, 1), x)  # (B, R, D)
+            sizes = [folds[k][0][sl].numel() // D for k, sl in parts]
+            for (k, sl), p in zip(parts, pooled.split(sizes, dim=1), strict=True):
+                n = sl.stop - sl.start
+                fold = tuple(f[sl] for f in folds[k][1])
+                P = {name: v[sl] for name, v in params[k].items()}
+                p = p.view(B, n, -1, D).transpose(0, 1)  # (n, B, J, D)
+                logits[k].append(self.stacks[k].template.from_pooled(P, p, fold).float())
+        return {k: torch.cat(parts) for k, parts in logits.items()}
+
+    def _fold(self, k: int, rows: Sequence[int]) -> tuple[Tensor, Any]:
+        """Stack k's folded queries (N, J, D) and value fold, for ``rows``: computed for the
+        whole stack once, then picked."""
+        if k not in self._folds:
+            template, P = self.stacks[k].template, self.stacks[k].stacked()
+            self._folds[k] = (template.folded_queries(P), template.value_fold(P))
+        u, fold = self._folds[k]
+        if len(rows) == len(self.rows[k]):
+            return u, fold
+        index = torch.tensor(rows, device=u.device)
+        return u.index_select(0, index), tuple(f.index_select(0, index) for f in fold)
 
     def _run_alone(self, k: int, rows: Sequence[int], params: dict[str, Tensor],
                    normed: Mapping[str, Tensor]) -> Tensor:  # fmt: skip
@@ -127,14 +158,14 @@ class StackedTasks:
         index = torch.tensor(rows, device=next(iter(stacked.values())).device)
         return {n: p.index_select(0, index) for n, p in stacked.items()}
 
-    def _pools(self, k: int, rows: Sequence[int], index: Mapping[str, int], tokens: int) -> bool:
-        """Whether stack k's ``rows`` read single taps of ``index`` (taps of one shape) only
-        through attention pooling: then they share the pooling matmuls with every other such
-        stack."""
-        taps = [self.rows[k][i].tap for i in rows]
-        if any(t not in index for t in taps):  # groups, or taps of another shape
+    def _pools(self, k: int, rows: Sequence[int], normed: Mapping[str, Tensor]) -> bool:
+        """Whether stack k's ``rows`` read single taps only through attention pooling: then
+        they share each tap's pooling matmul with every other such stack."""
+        taps = {self.rows[k][i].tap for i in rows}
+        if any(is_group(t) for t in taps):
             return False
-        return self.stacks[k].template.pools_tokens(tokens)
+        template = self.stacks[k].template
+        return all(template.pools_tokens(normed[t].shape[-2]) for t in taps)
 
     def _task_means(
         self, probs: Mapping[int, Tensor], chosen: Sequence[Sequence[int]], wanted: set[str]

@@ -163,23 +163,36 @@ class InCAAdapter(Adapter):
         return (u * (P["norm_weight"].view(N, 1, 1, D) / math.sqrt(e))).reshape(N, -1, D)
 
     def from_pooled(
-        self, P: dict[str, Tensor], pooled: Tensor, mass: Tensor | float = 1.0
+        self,
+        P: dict[str, Tensor],
+        pooled: Tensor,
+        fold: tuple[Tensor, Tensor] | None = None,
+        mass: Tensor | float = 1.0,
     ) -> Tensor:
         """Phase 3: pooled tokens Σ_t α_t x̂_t, (N, B, m*h, D) -> logits (N, B, C).
 
         W_v (g ⊙ p + mass·b) + mass·b_v: the LayerNorm's affine folds into the value weights,
-        so nothing element-wise touches the (N, B, m, h, D) pooled tokens."""
+        so nothing element-wise touches the (N, B, m, h, D) pooled tokens. ``fold``: those
+        folded weights (``value_fold``) computed once, when the weights do not change
+        (serving)."""
         N, B, _, D = pooled.shape
         m, h, e = self.config.queries, self.heads, self.head_dim
         pooled = pooled.reshape(N, B, m, h, D)  # in the tokens' dtype: the value projection's
         # matmul runs in it (bf16 from a bf16 cache or backbone), everything after it in fp32
-        g, b = P["norm_weight"], P["norm_bias"]  # (N, D)
-        w_v = P["v_proj.weight"].view(N, h, e, D)
-        w = (w_v * g.view(N, 1, 1, D)).to(pooled.dtype)
-        v = torch.einsum("nbmhd,nhed->nbmhe", pooled, w).float()
-        shift = torch.einsum("nhed,nd->nhe", w_v, b) + P["v_proj.bias"].view(N, h, e)  # (N, h, e)
+        w, shift = fold if fold is not None else self.value_fold(P)
+        v = torch.einsum("nbmhd,nhed->nbmhe", pooled, w.to(pooled.dtype)).float()
         v = v + mass * shift.view(N, 1, 1, h, e)
         return self._finish(P, v.reshape(N, B, m, h * e))
+
+    def value_fold(self, P: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The value projection with the token LayerNorm's affine folded in: per head
+        W_v ⊙ g, (N, h, e, D), and the shift W_v b + b_v, (N, h, e)."""
+        N, D = P["norm_weight"].shape
+        h, e = self.heads, self.head_dim
+        w_v = P["v_proj.weight"].view(N, h, e, D)
+        w = w_v * P["norm_weight"].view(N, 1, 1, D)
+        shift = torch.einsum("nhed,nd->nhe", w_v, P["norm_bias"]) + P["v_proj.bias"].view(N, h, e)
+        return w, shift
 
     def _queries(self, P: dict[str, Tensor]) -> Tensor:
         """The projected queries, per head: (N, m, h, e)."""
@@ -221,4 +234,4 @@ class InCAAdapter(Adapter):
         else:
             mass = 1.0
         pooled = torch.bmm(alpha.to(x.dtype), x.reshape(N * B, T, D))  # Σ_t α_t x̂_t
-        return self.from_pooled(P, pooled.view(N, B, m * h, D), mass)
+        return self.from_pooled(P, pooled.view(N, B, m * h, D), mass=mass)
