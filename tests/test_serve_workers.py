@@ -342,3 +342,21 @@ def test_the_bench_load_generators_measure_a_live_server(task_dirs) -> None:  # 
 
         with pytest.raises(RuntimeError, match="400"):
             asyncio.run(junk())
+
+
+def test_ranked_rows_give_the_top_k_of_each_image() -> None:
+    """Ranking a batch once per task gives each image's top-k as torch.topk does; equal
+    probabilities keep the lower class first."""
+    import torch
+
+    from inca.serve.pool import Ranked
+
+    probs = torch.rand(5, 7, generator=torch.Generator().manual_seed(0)).softmax(-1)
+    probs[2] = 1 / 7  # a row of ties
+    for row, ranked in zip(probs, Ranked.rows(probs), strict=True):
+        values, index = row.topk(3)
+        if len(set(row.tolist())) > 1:
+            assert [i for i, _ in ranked.top(3)] == index.tolist()
+        else:
+            assert [i for i, _ in ranked.top(3)] == [0, 1, 2]
+        assert [p for _, p in ranked.top(3)] == pytest.approx(values.tolist())

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import heapq
 import hmac
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -38,7 +37,7 @@ from inca.serve.batcher import MicroBatcher, QueueFull, Waits
 from inca.serve.config import ServeConfig
 from inca.serve.images import Decoder, RequestError, decode_image
 from inca.serve.metrics import Metrics
-from inca.serve.pool import BackboneGroup, TaskPool
+from inca.serve.pool import BackboneGroup, Ranked, TaskPool
 
 RAW_TYPES = ("image/", "application/octet-stream")
 
@@ -257,13 +256,11 @@ async def prepare(server: Server, files: list[tuple[str, bytes]], names: list[st
             for j, g in enumerate(groups)}  # fmt: skip
 
 
-def top(pool: TaskPool, name: str, probs: torch.Tensor, k: int) -> list[dict[str, Any]]:
-    """The ``k`` likeliest classes of one image for task ``name`` (plain Python on the class
-    list: one torch.topk per image and task cost more than the sort, e.g. with 256 tasks)."""
+def top(pool: TaskPool, name: str, ranked: Ranked, k: int) -> list[dict[str, Any]]:
+    """The ``k`` likeliest classes of one image for task ``name``, ranked in the batch's thread
+    (``Ranked``): here only a slice and the labels."""
     classes = pool.task(name).class_names
-    values = probs.tolist()
-    best = heapq.nlargest(min(k, len(classes)), range(len(values)), key=values.__getitem__)
-    return [{"label": classes[i], "index": i, "prob": values[i]} for i in best]
+    return [{"label": classes[i], "index": i, "prob": p} for i, p in ranked.top(k)]
 
 
 def add_admin_routes(app: FastAPI, server: Server) -> None:
@@ -349,12 +346,12 @@ async def answer(
 
 
 def build_reply(pool: TaskPool, files: list[tuple[str, bytes]], names: list[str],
-                results: list[list[dict[str, torch.Tensor]]], k: int, seconds: float
+                results: list[list[dict[str, Ranked]]], k: int, seconds: float
                 ) -> JSONResponse:  # fmt: skip
     """The JSON reply: per image the top ``k`` classes of each task, from each group's rows
     (``results``: per group, per image {task: probabilities}). Serialised here, not by
     FastAPI's encoder, which walks every value of the reply again."""
-    probs: list[dict[str, torch.Tensor]] = [{} for _ in files]
+    probs: list[dict[str, Ranked]] = [{} for _ in files]
     for part in results:
         for i, row in enumerate(part):
             probs[i] |= row

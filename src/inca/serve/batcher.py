@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from inca.serve.metrics import Metrics
-from inca.serve.pool import BackboneGroup
+from inca.serve.pool import BackboneGroup, Ranked
 
 
 class QueueFull(Exception):
@@ -89,8 +89,8 @@ class MicroBatcher:
 
     async def submit(
         self, pixels: Tensor, tasks: frozenset[str], waits: Waits | None = None
-    ) -> list[dict[str, Tensor]]:
-        """Per image {task: probabilities}, once its batch has run (its times added to
+    ) -> list[dict[str, Ranked]]:
+        """Per image {task: its ranked probabilities}, once its batch has run (its times added to
         ``waits``). Images beyond ``max_batch`` go as several items, in order."""
         if self.waiting + len(pixels) > self.max_queue:
             raise QueueFull(f"{self.waiting} images are waiting for backbone {self.group.name}")
