@@ -80,7 +80,8 @@ class BackboneGroup:
     @torch.inference_mode()
     def run(self, pixels: Tensor, wanted: Sequence[frozenset[str]], pass_per_task: bool = False
             ) -> list[dict[str, Ranked]]:  # fmt: skip
-        """pixels (B, 3, S, S), the tasks each row asked for -> per row {task: probs (C,)}."""
+        """pixels (B, 3, S, S), the tasks each row asked for -> per row {task: its ranked
+        probabilities}."""
         with self._lock:
             tasks = {n: self.tasks[n] for n in sorted(set().union(*wanted)) if n in self.tasks}
             separate = set(self.separate)
