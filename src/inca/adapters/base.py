@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from inca.adapters.tap_batch import TapBatch
 from inca.errors import IncaError
 from inca.utils.typed_fields import typed_values
 
@@ -35,18 +36,24 @@ def stack_taps(
     taps: Sequence[str],
     normalize: bool,
     dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """{tap: (B, T, D)} -> (n_taps, B, T, D), LayerNorm'd (no affine) if ``normalize``.
+) -> Tensor | TapBatch:
+    """{tap: (B, T, D)} -> (n_taps, B, T, D), LayerNorm'd (no affine) if ``normalize``; a
+    ``TapBatch`` of per-tap tensors when the taps' shapes differ (a CNN's stages).
 
     One buffer for all taps, filled tap by tap (LayerNorm computes in fp32 whatever ``dtype``
     stores); an ordinary tensor even when the tokens came from inference mode. ``dtype`` bf16
     halves the memory traffic of the adapters' token-sized matmuls, most of their cost.
     """
+
+    def prepared(x: Tensor) -> Tensor:
+        return torch.nn.functional.layer_norm(x.to(dtype), x.shape[-1:]) if normalize else x
+
     first = tokens[taps[0]]
+    if any(tokens[t].shape != first.shape for t in taps):
+        return TapBatch([prepared(tokens[t]).to(dtype).clone() for t in taps])
     out = torch.empty((len(taps), *first.shape), dtype=dtype, device=first.device)
     for i, t in enumerate(taps):  # tap by tap: one (n_taps, B, T, D) buffer, no second one
-        x = tokens[t]
-        out[i] = torch.nn.functional.layer_norm(x.to(dtype), x.shape[-1:]) if normalize else x
+        out[i] = prepared(tokens[t])
     return out
 
 

@@ -25,9 +25,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from inca.adapters.tap_batch import TapBatch, same_shape, select_taps
+
 
 def shared_pool(
-    queries: Sequence[Tensor], taps: Sequence[Sequence[int]], x: Tensor
+    queries: Sequence[Tensor], taps: Sequence[Sequence[int]], x: Tensor | TapBatch
 ) -> list[Tensor]:
     """Softmax attention pooling of many adapters' folded queries over the tokens of their taps.
 
@@ -35,13 +37,14 @@ def shared_pool(
         queries: per stack i, folded queries u_i (N_i, J_i, D) (J_i = m·h rows per adapter).
         taps: per stack i, N_i ints: the index into ``x`` of the tap each adapter reads.
         x: normalised tokens (n_taps, B, T, D), possibly bf16: the matmuls run in its dtype,
-           the softmax in fp32.
+           the softmax in fp32; or a ``TapBatch`` of taps whose token counts differ (every
+           query's width D must be its taps' width).
 
     Returns:
         per stack i, the pooled tokens Σ_t α_t x̂_t, (N_i, B, J_i, D) in ``x``'s dtype.
     """
     taps = [list(t) for t in taps]
-    if is_grid(taps):
+    if is_grid(taps) and same_shape(x, taps[0]):
         return _pool_grid(queries, taps, x)
     return _pool_by_tap(queries, taps, x)
 
@@ -52,24 +55,25 @@ def is_grid(taps: Sequence[Sequence[int]]) -> bool:
     return len(set(first)) == len(first) and all(sorted(t) == first for t in taps)
 
 
-def _pool_grid(queries: Sequence[Tensor], taps: list[list[int]], x: Tensor) -> list[Tensor]:
+def _pool_grid(queries: Sequence[Tensor], taps: list[list[int]], x: Tensor | TapBatch
+               ) -> list[Tensor]:  # fmt: skip
     """Every tap's rows in one batched matmul: (n, R, D) @ (n, D, B·T), then (n·B, R, T) @
     (n·B, T, D); R = Σ_i J_i rows per tap, in stack order."""
-    _, B, T, D = x.shape
     order = sorted(taps[0])  # the taps read, ascending: position p holds tap order[p]
     n = len(order)
-    xs = x[order[0] : order[0] + n] if order == list(range(order[0], order[0] + n)) else x[order]
+    xs = select_taps(x, order)  # (n, B, T, D)
+    _, B, T, D = xs.shape
     # stack i's adapter j sits at position order.index(taps[i][j]); rows of position p
     at = [[order.index(t) for t in tap] for tap in taps]
     same = list(range(n))
     in_order = [q if pos == same else q[_inverse(pos)] for q, pos in zip(queries, at, strict=True)]
-    u = torch.cat(in_order, dim=1).to(x.dtype)  # (n, R, D)
+    u = torch.cat(in_order, dim=1).to(xs.dtype)  # (n, R, D)
     R = u.shape[1]
     # (n, R, D) @ (n, D, B·T): the long B·T side is the reduction of the backward's
     # grad_u = dlogits @ x̂, which keeps x̂ row-major there
     logits = torch.bmm(u, xs.reshape(n, B * T, D).transpose(1, 2))  # (n, R, B·T)
     alpha = logits.float().view(n, R, B, T).softmax(-1)  # over tokens, fp32
-    alpha = alpha.transpose(1, 2).to(x.dtype).reshape(n * B, R, T)  # (n·B, R, T), small
+    alpha = alpha.transpose(1, 2).to(xs.dtype).reshape(n * B, R, T)  # (n·B, R, T), small
     pooled = torch.bmm(alpha, xs.reshape(n * B, T, D)).view(n, B, R, D)
     # split, not slices: the backward of a split is one concatenation, while each slice's
     # backward would fill a zero tensor the size of all of ``pooled``
@@ -85,10 +89,12 @@ def _inverse(positions: Sequence[int]) -> list[int]:
     return inverse
 
 
-def _pool_by_tap(queries: Sequence[Tensor], taps: list[list[int]], x: Tensor) -> list[Tensor]:
+def _pool_by_tap(queries: Sequence[Tensor], taps: list[list[int]], x: Tensor | TapBatch
+                 ) -> list[Tensor]:  # fmt: skip
     """One matmul per tap over the rows of every adapter on it, then back in stack order."""
-    _, B, T, D = x.shape
-    rows = torch.cat([u.reshape(-1, D) for u in queries]).to(x.dtype)  # (R, D)
+    first = x[taps[0][0]]
+    B, D = first.shape[0], queries[0].shape[-1]
+    rows = torch.cat([u.reshape(-1, D) for u in queries]).to(first.dtype)  # (R, D)
     row_tap, row_adapter, first = [], [], 0  # per row: its tap, its adapter (over all stacks)
     for u, tap in zip(queries, taps, strict=True):
         for j, t in enumerate(tap):
@@ -98,11 +104,12 @@ def _pool_by_tap(queries: Sequence[Tensor], taps: list[list[int]], x: Tensor) ->
     chunks: dict[int, Tensor] = {}
     for tap in sorted(set(row_tap)):
         sel = [r for r, t in enumerate(row_tap) if t == tap]  # every adapter's rows on it
-        xt = x[tap]  # (B, T, D)
+        xt = x[tap]  # (B, T, D): T may differ from tap to tap
+        T = xt.shape[1]
         index = torch.tensor(sel, device=rows.device)
         logits = rows.index_select(0, index) @ xt.reshape(B * T, D).transpose(0, 1)
         alpha = logits.float().view(-1, B, T).softmax(-1)  # (R_t, B, T), over tokens
-        alpha = alpha.transpose(0, 1).to(x.dtype)  # (B, R_t, T)
+        alpha = alpha.transpose(0, 1).to(xt.dtype)  # (B, R_t, T)
         part = torch.bmm(alpha, xt)  # (B, R_t, D)
         # each adapter's rows are consecutive here and in stack order: split into them (the
         # backward is one concatenation, where a permuting index_select's was a zero fill of

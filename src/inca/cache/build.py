@@ -256,11 +256,11 @@ class _Extraction:
     def write(self, pixels: Tensor, first_row: int) -> None:
         """The taps' normalised tokens of ``pixels`` into rows ``first_row...``."""
         tokens = self.backbone.forward_taps(pixels, list(self.shapes))
-        x = stack_taps(tokens, list(self.shapes), normalize=True)
-        x = x.to(DTYPES[self.dtype][1]).cpu()
+        x = stack_taps(tokens, list(self.shapes), normalize=True)  # a TapBatch if ragged
         rows = slice(first_row, first_row + len(pixels))
         for i, tap in enumerate(self.shapes):
-            bits = x[i].view(torch.uint16) if self.dtype == "bfloat16" else x[i]
+            tap_x = x[i].to(DTYPES[self.dtype][1]).cpu()
+            bits = tap_x.view(torch.uint16) if self.dtype == "bfloat16" else tap_x
             self.arrays[tap][rows] = bits.numpy()
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from inca.adapters.tap_batch import TapBatch
 from inca.cache.build import file_crc32
 from inca.cache.format import DTYPES, differences, read_header, tap_file
 from inca.errors import IncaError
@@ -54,8 +55,8 @@ class ActivationCache:
                 )
         self.labels = torch.from_numpy(np.fromfile(d / "labels.bin", dtype="<i8"))
         self.indices = torch.from_numpy(np.fromfile(d / "indices.bin", dtype="<i8"))
-        self._out: Tensor | None = None  # the read buffer, reused batch after batch
-        self._rows: np.ndarray | None = None
+        # the read buffers, reused batch after batch: key -> (tokens, a scratch of rows)
+        self._buffers: dict[Any, tuple[Tensor, np.ndarray]] = {}
         self.arrays = {
             t: np.memmap(d / tap_file(t), np_dtype, "r", shape=(h["rows"], *s))
             for t, s in self.shapes.items()
@@ -82,9 +83,10 @@ class ActivationCache:
         taps: Sequence[str],
         view: int = 0,
         dtype: torch.dtype = torch.float32,
-    ) -> Tensor:
+    ) -> Tensor | TapBatch:
         """Normalised tokens of images ``positions`` (0..n-1) for ``taps``, view ``view``:
-        (n_taps, B, T, D) in ``dtype``.
+        (n_taps, B, T, D) in ``dtype`` (a ``TapBatch`` of per-tap tensors when the taps'
+        shapes differ).
 
         The result lives in a buffer that the next ``read`` of the same shape overwrites
         (training uses each batch before reading the next). Reusing buffers matters on CPU: a
@@ -92,22 +94,31 @@ class ActivationCache:
         When ``dtype`` is the stored dtype, rows are gathered straight into it: no conversion.
         """
         rows = np.asarray(positions, dtype=np.int64) + (view % self.views) * self.n
+        shapes = {tuple(self.shapes[t]) for t in taps}
+        if len(shapes) > 1:  # taps of other shapes (a CNN's stages): one tensor per tap
+            return TapBatch([self._gather(rows, [t], dtype, ("ragged", t))[0] for t in taps])
+        return self._gather(rows, taps, dtype, "stacked")
+
+    def _gather(self, rows: np.ndarray, taps: Sequence[str], dtype: torch.dtype, key: Any
+                ) -> Tensor:  # fmt: skip
+        """Rows ``rows`` of ``taps`` (one shape) into the reused buffer named ``key``:
+        (n_taps, B, T, D) in ``dtype``."""
         t0, d0 = self.shapes[taps[0]]
         shape = (len(taps), len(rows), t0, d0)
-        if self._out is None or self._out.shape != shape or self._out.dtype != dtype:
-            self._out = torch.empty(shape, dtype=dtype)
-            self._rows = np.empty(shape[1:], dtype=DTYPES[self.dtype][0])
+        out, scratch = self._buffers.get(key, (None, None))
+        if out is None or out.shape != shape or out.dtype != dtype:
+            out = torch.empty(shape, dtype=dtype)
+            scratch = np.empty(shape[1:], dtype=DTYPES[self.dtype][0])
+            self._buffers[key] = (out, scratch)
         direct = dtype == self.torch_dtype
         for i, tap in enumerate(taps):
             if direct:  # gather into the output itself (bf16 seen as its raw uint16 bits)
-                target = (
-                    self._out[i].view(torch.uint16) if dtype == torch.bfloat16 else self._out[i]
-                )
+                target = out[i].view(torch.uint16) if dtype == torch.bfloat16 else out[i]
                 np.take(self.arrays[tap], rows, axis=0, out=target.numpy())
                 continue
-            np.take(self.arrays[tap], rows, axis=0, out=self._rows)  # B rows, stored dtype
-            block = torch.from_numpy(self._rows)
+            np.take(self.arrays[tap], rows, axis=0, out=scratch)  # B rows, stored dtype
+            block = torch.from_numpy(scratch)
             if self.dtype == "bfloat16":
                 block = block.view(torch.bfloat16)
-            self._out[i].copy_(block)  # converts
-        return self._out
+            out[i].copy_(block)  # converts
+        return out

@@ -21,6 +21,7 @@ from inca.adapters import Adapter, build_adapter
 from inca.adapters.base import stack_taps
 from inca.adapters.shared_pool import shared_pool
 from inca.adapters.stack import AdapterStack
+from inca.adapters.tap_batch import TapBatch
 from inca.adapters.tap_groups import group_width
 from inca.backbones.base import TapInfo
 from inca.train.plan import AdapterSpec
@@ -102,7 +103,7 @@ class AdapterBank(nn.Module):
     def names(self) -> list[str]:
         return list(self.specs)
 
-    def forward_batch(self, x: Tensor) -> dict[str, Tensor]:
+    def forward_batch(self, x: Tensor | TapBatch) -> dict[str, Tensor]:
         """The trainer's view (``inca.train.trainer.Members``): stacked normalised tokens."""
         return self.forward_normalized(x)
 
@@ -111,33 +112,64 @@ class AdapterBank(nn.Module):
         x = stack_taps(tokens, self.taps, normalize=True, dtype=self.token_dtype)
         return self.forward_normalized(x)
 
-    def forward_normalized(self, x: Tensor) -> dict[str, Tensor]:
-        """x: normalised tokens of ``self.taps`` stacked, (n_taps, B, T, D) -> {name: (B, C)}.
+    def forward_normalized(self, x: Tensor | TapBatch) -> dict[str, Tensor]:
+        """x: normalised tokens of ``self.taps`` stacked, (n_taps, B, T, D), or a ``TapBatch``
+        when the taps differ in shape (a CNN's stages) -> {name: (B, C)}.
 
         Stacks whose adapters only pool the tokens by attention (folded InCA) share that work:
-        one matmul per tap for all of them (``shared_pool``); the others run on their own."""
+        one matmul per tap for all of them of one width (``shared_pool``); the others run on
+        their own."""
         out: dict[str, Tensor] = {}
-        pooling = [
-            k
-            for k, s in enumerate(self.stacks)
-            if s.template.pools_tokens(x.shape[2]) and getattr(self, f"tap_index_{k}").ndim == 1
-        ]  # groups pool over several taps' tokens at once: they run on their own
-        if pooling:
-            params = [self.stacks[k].stacked() for k in pooling]
+        pooling = [k for k in range(len(self.stacks)) if self._pools(k, x)]
+        by_width: dict[int, list[int]] = {}  # rows of one width pool together
+        for k in pooling:
+            by_width.setdefault(self.stacks[k].template.in_dim, []).append(k)
+        for ks in by_width.values():
+            params = [self.stacks[k].stacked() for k in ks]
             queries = [
-                self.stacks[k].template.folded_queries(p)
-                for k, p in zip(pooling, params, strict=True)
+                self.stacks[k].template.folded_queries(p) for k, p in zip(ks, params, strict=True)
             ]
-            taps = [self._tap_lists[k] for k in pooling]
-            for k, p, pooled in zip(pooling, params, shared_pool(queries, taps, x), strict=True):
+            taps = [self._tap_lists[k] for k in ks]
+            for k, p, pooled in zip(ks, params, shared_pool(queries, taps, x), strict=True):
                 logits = self.stacks[k].template.from_pooled(p, pooled)
                 out.update(zip(self.stack_names[k], logits.unbind(0), strict=True))
-        for k, stack in enumerate(self.stacks):
-            if k in pooling:
-                continue
-            logits = stack(self._tokens_of(k, x))  # (N, B, C)
-            out.update(zip(self.stack_names[k], logits.unbind(0), strict=True))
+        for k in range(len(self.stacks)):
+            if k not in pooling:
+                logits = self._run_alone(k, x)  # (N, B, C)
+                out.update(zip(self.stack_names[k], logits.unbind(0), strict=True))
         return out
+
+    def _pools(self, k: int, x: Tensor | TapBatch) -> bool:
+        """Whether stack k reads single taps only through attention pooling (a group pools
+        over several taps' tokens at once: it runs on its own)."""
+        taps = self._tap_lists[k]
+        if not isinstance(taps[0], int):
+            return False
+        template = self.stacks[k].template
+        return all(template.pools_tokens(x[t].shape[-2]) for t in set(taps))
+
+    def _run_alone(self, k: int, x: Tensor | TapBatch) -> Tensor:
+        """Stack k on its own tokens -> logits (N, B, C): one stacked call, or adapter by
+        adapter when their taps' tokens differ in shape."""
+        stack = self.stacks[k]
+        if isinstance(x, Tensor):
+            return stack(self._tokens_of(k, x))
+        rows = [self._row_tokens(taps, x) for taps in self._tap_lists[k]]  # (B, T_i, D)
+        if len({r.shape for r in rows}) == 1:
+            return stack(torch.stack(rows))
+        P = stack.stacked()
+        return torch.cat([
+            stack.template.stacked_forward({n: p[j : j + 1] for n, p in P.items()},
+                                           r.unsqueeze(0))
+            for j, r in enumerate(rows)
+        ])  # fmt: skip
+
+    @staticmethod
+    def _row_tokens(taps: int | list[int], x: TapBatch) -> Tensor:
+        """One adapter's tokens: its tap's (B, T, D), or a group's joined, (B, ΣT, D)."""
+        if isinstance(taps, int):
+            return x[taps]
+        return torch.cat([x[t] for t in taps], dim=-2)
 
     def subset(self, names: Sequence[str]) -> AdapterBank:
         """A bank of only ``names`` (kept in this bank's order) carrying their current weights:
