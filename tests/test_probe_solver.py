@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from inca.adapters import adapter_config, build_adapter, normalize_tokens
+from inca.errors import IncaError
 from inca.methods.linear import pool_tokens, select_pool
 from inca.methods.linear import solver as ps
 
@@ -187,6 +188,24 @@ def test_pool_features() -> None:
     torch.testing.assert_close(pools["mean"], x[:, 2:].mean(1))
     assert select_pool(pools, "cls+mean").shape == (4, 10)
     torch.testing.assert_close(pool_tokens(x, 0)["mean"], x.mean(1))
+    # a CNN's map has no CLS token: global average and max pooling
+    cnn = pool_tokens(x, 0, ("cls", "mean", "max"))
+    assert set(cnn) == {"mean", "max"}
+    torch.testing.assert_close(cnn["max"], x.amax(1))
+    torch.testing.assert_close(select_pool(cnn, "mean+max"), torch.cat([x.mean(1), x.amax(1)], 1))
+
+
+def test_a_probe_on_a_map_pools_mean_and_max_and_refuses_cls() -> None:
+    from inca.adapters import adapter_config, build_adapter
+
+    probe = build_adapter(adapter_config("linear", {"pool": "mean+max"}), 5, 3, 0)
+    x = torch.randn(4, 6, 5)
+    expected = torch.cat([x.mean(1), x.amax(1)], 1) @ probe.head.weight.T + probe.head.bias
+    torch.testing.assert_close(probe(x), expected)
+    with pytest.raises(IncaError, match="needs a CLS token.*mean"):
+        build_adapter(adapter_config("linear", {"pool": "cls+mean"}), 5, 3, 0)
+    with pytest.raises(IncaError, match="pool must be one of"):
+        adapter_config("linear", {"pool": "min"})
 
 
 # (e) --------------------------------------------------------------------------------------------

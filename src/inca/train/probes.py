@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from inca.adapters import build_adapter
 from inca.methods.linear import pool_tokens, select_pool
+from inca.methods.linear.probe import POOL_PARTS
 from inca.methods.linear.solver import fit_probes
 from inca.train.batch_sources import TokenSource
 from inca.train.candidate import Candidate
@@ -29,16 +30,17 @@ from inca.utils.io import write_json
 def pooled_features(
     source: TokenSource, split: str, progress: bool = True
 ) -> tuple[dict[str, dict[str, Tensor]], Tensor]:
-    """{tap: {"cls": (N, D), "mean": (N, D)}} float32 for every image of ``split`` (in the
-    split's order, unaugmented), and the labels (N,)."""
+    """{tap: {"cls": (N, D), "mean": (N, D), "max": (N, D)}} float32 for every image of
+    ``split`` (in the split's order, unaugmented; "cls" where the backbone has a prefix
+    token), and the labels (N,)."""
     prefix = source.backbone.num_prefix_tokens
-    parts: dict[str, dict[str, list[Tensor]]] = {t: {"cls": [], "mean": []} for t in source.taps}
+    parts: dict[str, dict[str, list[Tensor]]] = {t: {} for t in source.taps}
     labels = []
     batches = source.evaluate(split)
     for x, y in tqdm(batches, desc=f"probe features {split}", leave=False, disable=not progress):
         for i, tap in enumerate(source.taps):  # x: (n_taps, B, T, D) normalised tokens
-            for pool, f in pool_tokens(x[i], prefix).items():
-                parts[tap][pool].append(f.cpu())
+            for pool, f in pool_tokens(x[i], prefix, POOL_PARTS).items():
+                parts[tap].setdefault(pool, []).append(f.cpu())
         labels.append(y)
     feats = {t: {p: torch.cat(v) for p, v in d.items()} for t, d in parts.items()}
     return feats, torch.cat(labels)

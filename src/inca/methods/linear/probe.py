@@ -2,7 +2,9 @@
 
 Pooling reads the tap's shared non-affine LayerNorm'd tokens x̂ (the same the InCA adapters
 read): "cls" is the first token, "mean" the mean of the patch tokens (after any prefix tokens),
-"cls+mean" both concatenated (the usual DINOv2 linear-eval feature).
+"max" their maximum per channel; parts joined by "+" are concatenated: "cls+mean" is the usual
+DINOv2 linear-eval feature, "mean+max" a CNN map's (global average and max pooling), which has
+no CLS token.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from inca.adapters.base import Adapter, AdapterConfig, stacked_linear
 from inca.adapters.registry import register_adapter
 from inca.errors import IncaError
 
-POOLS = ("cls", "mean", "cls+mean")
+POOL_PARTS = ("cls", "mean", "max")
+POOLS = ("cls", "mean", "max", "cls+mean", "mean+max", "cls+max", "cls+mean+max")
 SOLVERS = ("lbfgs", "adamw")
 
 
@@ -52,42 +55,46 @@ class LinearProbe(Adapter):
         if "cls" in config.pool and num_prefix_tokens == 0:
             raise IncaError(
                 f"linear probe: pool {config.pool!r} needs a CLS token, but this backbone's "
-                "taps have none (e.g. CNN maps); use pool='mean'"
+                "taps have none (e.g. CNN maps); use pool='mean', 'max' or 'mean+max'"
             )
         self.config, self.in_dim, self.num_classes = config, in_dim, num_classes
         self.num_prefix_tokens = num_prefix_tokens
-        features = in_dim * (2 if config.pool == "cls+mean" else 1)
+        features = in_dim * len(config.pool.split("+"))
         self.head = nn.Linear(features, num_classes)
 
     def stacked_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         """x: normalised tokens (N, B, T, D) -> logits (N, B, C)."""
-        pooled = pool_tokens(x, self.num_prefix_tokens)
-        parts = [pooled[p] for p in ("cls", "mean") if p in self.config.pool]
-        features = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+        parts = self.config.pool.split("+")
+        features = select_pool(pool_tokens(x, self.num_prefix_tokens, parts), self.config.pool)
         return stacked_linear(features, params["head.weight"], params["head.bias"])
 
 
-def pool_tokens(x: Tensor, num_prefix_tokens: int) -> dict[str, Tensor]:
-    """Normalised tokens (..., T, D) -> {"cls": (..., D), "mean": (..., D)} in float32: the
-    first token (when there is a prefix) and the mean of the patch tokens. The one definition
-    of the probe's features: the L-BFGS solver pools through it too, so a fitted probe gives
-    the logits it was fitted for."""
+def pool_tokens(
+    x: Tensor, num_prefix_tokens: int, parts: tuple[str, ...] | list[str] = ("cls", "mean")
+) -> dict[str, Tensor]:
+    """Normalised tokens (..., T, D) -> {part: (..., D)} in float32 for each of ``parts``: "cls"
+    the first token (when there is a prefix), "mean" the mean of the patch tokens, "max" their
+    maximum per channel. The one definition of the probe's features: the L-BFGS solver pools
+    through it too, so a fitted probe gives the logits it was fitted for."""
     out = {}
-    if num_prefix_tokens:
+    p = num_prefix_tokens
+    if "cls" in parts and p:
         # a copy, always: x may be a buffer the next batch overwrites (the cache's reads), and
         # .float() of float32 tokens would return a view of it
         out["cls"] = x[..., 0, :].to(torch.float32, copy=True)
-    # the mean of the patch tokens as a matmul with averaging weights: no copy of x
-    T, p = x.shape[-2], num_prefix_tokens
-    weights = x.new_zeros(T)
-    weights[p:] = 1.0 / (T - p)
-    out["mean"] = torch.matmul(weights, x).float()
+    if "mean" in parts:
+        # the mean of the patch tokens as a matmul with averaging weights: no copy of x
+        T = x.shape[-2]
+        weights = x.new_zeros(T)
+        weights[p:] = 1.0 / (T - p)
+        out["mean"] = torch.matmul(weights, x).float()
+    if "max" in parts:
+        out["max"] = x[..., p:, :].amax(-2).float()
     return out
 
 
 def select_pool(pools: Mapping[str, Tensor], pool: str) -> Tensor:
-    """{"cls", "mean"} features (``pool_tokens``) -> those of ``pool``; "cls+mean" concatenates
-    them (B, 2D) in the order the probe's head reads them."""
-    if pool == "cls+mean":
-        return torch.cat([pools["cls"], pools["mean"]], -1)
-    return pools[pool]
+    """Pooled features (``pool_tokens``) -> those of ``pool``; parts joined by "+" are
+    concatenated in the order written, (B, k·D), the order the probe's head reads them."""
+    parts = pool.split("+")
+    return torch.cat([pools[p] for p in parts], -1) if len(parts) > 1 else pools[parts[0]]
