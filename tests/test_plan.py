@@ -104,3 +104,18 @@ def test_tap_groups_make_multi_tap_adapters() -> None:
         parse_plan("inca taps=block.5+block.5", TAPS)
     with pytest.raises(IncaError, match="match no tap"):
         parse_plan("inca taps=block.5+block.99", TAPS)
+
+
+def test_default_plans_read_a_maps_mean_and_max_where_there_is_no_cls_token() -> None:
+    """A CNN has no CLS token: the default plans' linear probes pool mean+max there; a plan a
+    user wrote runs as written (its CLS pool is refused when the probe is built)."""
+    from inca.methods import get_method
+    from inca.train.plan import DEFAULT_PLAN, default_plan_for
+
+    assert default_plan_for(DEFAULT_PLAN, 1) == DEFAULT_PLAN
+    cnn = default_plan_for(DEFAULT_PLAN, 0)
+    assert "pool=mean+max" in cnn and "cls" not in cnn and cnn.startswith(DEFAULT_PLAN[:40])
+    linear = default_plan_for(get_method("linear").default_plan, 0)
+    assert "pool=max,mean,mean+max" in linear
+    mine = "linear taps=block.1 pool=cls"
+    assert default_plan_for(mine, 0) == mine

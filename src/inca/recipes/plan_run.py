@@ -39,7 +39,7 @@ from inca.train.candidate import Candidate
 from inca.train.config import TrainConfig
 from inca.train.grid_shard import gather_on_main
 from inca.train.one_to_many import adapter_trainer
-from inca.train.plan import AdapterSpec, parse_plan
+from inca.train.plan import AdapterSpec, default_plan_for, parse_plan
 from inca.train.probes import fit_linear_probes
 from inca.train.resume import check_resumable, holds_checkpoint
 from inca.train.trainer import Trainer
@@ -130,6 +130,7 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
         data, train_size=o.train_size, val_size=o.val_size, test_size=o.test_size,
         seed=config.seed, rule=rule,
     )  # fmt: skip
+    plan = default_plan_for(plan, backbone.num_prefix_tokens)  # a CNN: no CLS features
     specs = parse_plan(plan, backbone.taps, lr=o.lr, weight_decay=o.weight_decay)
     scan_images(splits)  # a corrupt val/test image stops the run now, not after an epoch
     data_info = {

@@ -221,6 +221,31 @@ def _resolve_heads(
     return opts | {"heads": counts[swept["heads"].index(opts["heads"])]}
 
 
+POOL_ORDER = ("cls", "mean", "max")
+
+
+def default_plan_for(plan: str, prefix_tokens: int) -> str:
+    """``plan`` as it runs on a backbone with ``prefix_tokens`` prefix tokens. The default
+    plans' linear probes read CLS features (``pool=cls+mean``), which a backbone without a CLS
+    token (a CNN's maps) lacks: there a default plan's probes read the map's max instead
+    (``mean+max``, the usual global pooling of a CNN). A plan a user wrote runs as written,
+    and a CLS pool there is refused with what to use instead."""
+    from inca.methods import list_methods
+
+    defaults = {DEFAULT_PLAN} | {m.default_plan for m in list_methods() if m.default_plan}
+    if prefix_tokens or plan not in defaults:
+        return plan
+
+    def without_cls(match: re.Match) -> str:
+        pools = []
+        for value in match.group(1).split(","):
+            parts = {"max" if p == "cls" else p for p in value.split("+")}
+            pools.append("+".join(p for p in POOL_ORDER if p in parts))
+        return "pool=" + ",".join(dict.fromkeys(pools))
+
+    return re.sub(r"pool=([\w+,]+)", without_cls, plan)
+
+
 def parse_plan(
     text: str,
     taps: Sequence[str] | Mapping[str, TapInfo],
