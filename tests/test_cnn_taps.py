@@ -77,3 +77,16 @@ def test_the_default_grid_trains_from_a_cnns_cache_and_serves(setup, tmp_path) -
     assert len({(backbone.taps[t].tokens, backbone.taps[t].dim) for t in task.taps}) == 3
     served = MultiTask([task], backbone=backbone).predict_proba(x)["cnn"]
     torch.testing.assert_close(served, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bf16_cnns_cost_is_counted() -> None:
+    """``--image-size auto`` weighs each size by the backbone's FLOPs: a bf16 CNN counts too."""
+    from inca.backbones.cost import gflops_per_image
+
+    def at(size: int) -> float:
+        model = eff.EfficientNetLite()
+        return gflops_per_image(
+            eff.efficientnet_backbone(model, image_size=size, device="cpu", precision="bf16")
+        )
+
+    assert 0 < at(32) < at(64)

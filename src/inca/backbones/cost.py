@@ -13,7 +13,10 @@ def gflops_per_image(backbone: Backbone) -> float:
     size, counted by torch's FLOP counter on one forward. The model runs without tap hooks:
     stopping early at a hook interacts badly with the counter's own module tracking."""
     size = backbone.preprocess.image_size
-    pixels = torch.zeros(1, 3, size, size, device=backbone.device)
+    # in the weights' dtype, as forward_taps feeds them: a bf16 model does not cast fp32 input
+    # itself (a convolution refuses mixed types)
+    pixels = torch.zeros(1, 3, size, size, device=backbone.device,
+                         dtype=backbone.precision.weight_dtype)  # fmt: skip
     with torch.inference_mode(), backbone.precision.autocast(), FlopCounterMode(display=False) as c:
         backbone.run_model(backbone.model, pixels)
     return c.get_total_flops() / 1e9
