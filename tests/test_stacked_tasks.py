@@ -136,3 +136,19 @@ def test_taps_of_other_token_counts_are_stacked_apart(backbone) -> None:
     out = StackedTasks({t.name: t for t in tasks}).forward_normalized(normed)
     for name, probs in out.items():
         torch.testing.assert_close(probs, alone[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_stacks_whose_taps_interleave_keep_each_rows_answer(backbone) -> None:
+    """Rows of a stack are pooled tap by tap, in an order another stack may set: each row's
+    logits must still come back in the stack's row order (a review found two tasks swapped)."""
+    tasks = [
+        random_task(backbone, "t0", 0, [("final", "inca", {"heads": 2, "queries": 2})]),
+        random_task(backbone, "t1", 1, [("block.1", "inca", {"heads": 2})]),
+        random_task(backbone, "t2", 2, [("final", "inca", {"heads": 2})]),
+    ]
+    normed = normed_tokens(backbone)
+    with torch.no_grad():
+        alone = {t.name: t.forward_normalized(normed) for t in tasks}
+    out = StackedTasks({t.name: t for t in tasks}).forward_normalized(normed)
+    for name, probs in out.items():
+        torch.testing.assert_close(probs, alone[name], rtol=1e-5, atol=1e-5, msg=name)

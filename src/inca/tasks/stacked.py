@@ -107,7 +107,9 @@ class StackedTasks:
                 pieces.setdefault(tap, []).append((k, slice(start, stop)))
                 start = stop
         folds = {k: self._fold(k, chosen[k]) for k in stacks}
-        logits: dict[int, list[Tensor]] = {k: [] for k in stacks}
+        # per stack, (first row, logits) of each tap's piece: joined in row order at the end,
+        # whatever order the taps were pooled in
+        logits: dict[int, list[tuple[int, Tensor]]] = {k: [] for k in stacks}
         for tap, parts in pieces.items():
             x = normed[tap]  # (B, T, D)
             B, T, D = x.shape
@@ -120,8 +122,10 @@ class StackedTasks:
                 fold = tuple(f[sl] for f in folds[k][1])
                 P = {name: v[sl] for name, v in params[k].items()}
                 p = p.view(B, n, -1, D).transpose(0, 1)  # (n, B, J, D)
-                logits[k].append(self.stacks[k].template.from_pooled(P, p, fold).float())
-        return {k: torch.cat(parts) for k, parts in logits.items()}
+                piece = self.stacks[k].template.from_pooled(P, p, fold).float()
+                logits[k].append((sl.start, piece))
+        return {k: torch.cat([lg for _, lg in sorted(parts, key=lambda part: part[0])])
+                for k, parts in logits.items()}  # fmt: skip
 
     def _fold(self, k: int, rows: Sequence[int]) -> tuple[Tensor, Any]:
         """Stack k's folded queries (N, J, D) and value fold, for ``rows``: computed for the
