@@ -285,7 +285,8 @@ def test_decode_limits_are_checked() -> None:
 def test_the_bench_report_reads_stage_times_memory_and_old_results() -> None:
     """``inca bench-serve``'s summary and table: ratios per task count, memory per task, the
     stage table; results in the older format (no stages, no memory) still print."""
-    from inca.bench.serve import serve_table, stage_means, summarise
+    from inca.bench.serve import stage_means, summarise
+    from inca.bench.serve_report import serve_table
 
     stages = {"read": 1.0, "decode": 2.0, "queue": 30.0, "pass": 60.0, "compute": 5.0, "reply": 1.0}
 

@@ -26,14 +26,14 @@ from inca.adapters import build_adapter
 from inca.adapters.stack import AdapterStack
 from inca.backbones import Backbone, load_backbone
 from inca.bench.backbone_throughput import images_per_second
+from inca.bench.cached_cost import add_roofline, best_of, cached_cost, trainer_for, training_epoch
 from inca.bench.flop_model import copy_bandwidth
 from inca.bench.report import TARGETS, format_table, plot_curve
 from inca.cache import ActivationCache, build_cache
 from inca.data import ImageTransform, Splits, make_loader, make_splits
 from inca.methods.inca import InCAConfig
 from inca.recipes.data_options import DEFAULT_DATA, DEFAULT_MODEL, MEASURED_IMAGE_SIZE
-from inca.train import TrainConfig, adapter_trainer, parse_plan
-from inca.train.trainer import Trainer
+from inca.train import TrainConfig
 from inca.utils.io import write_json
 from inca.utils.process import peak_rss_mib, run_fresh
 
@@ -67,115 +67,6 @@ def extraction_epoch(
     for pixels, _, _ in loader:
         backbone.forward_taps(pixels, taps)
     return time.perf_counter() - start
-
-
-def trainer_for(
-    backbone: Backbone,
-    splits: Splits,
-    plan: str,
-    cfg: TrainConfig,
-    out: Path,
-    caches: dict | None = None,
-) -> Trainer:
-    specs = parse_plan(plan, backbone.taps)
-    return adapter_trainer(backbone, splits, specs, cfg, out, {}, caches)
-
-
-def cached_cost(
-    backbone: Backbone, splits: Splits, caches: dict, tmp: Path
-) -> list[dict[str, Any]]:
-    """Microseconds per training image per adapter of an epoch from the activation cache: the
-    unit cost of a grid. For this benchmark's plan at batch 64 (the old default), the main
-    job's InCA grid at batch 64, at its default batch of 128, at 512 (the weights' traffic
-    spread over 4x the images: what the per-image work alone costs) and at 128 through
-    torch.compile (``--compile``; its compile time reported apart)."""
-    from inca.train import DEFAULT_PLAN, FROZEN_DEFAULTS
-
-    grid = DEFAULT_PLAN.split(";")[0]  # the SGD part: the InCA grid
-    default = FROZEN_DEFAULTS["batch_size"]
-    rows = []
-    for what, plan, batch, compiled in (
-        (f"{PLAN} (15 adapters), batch 64", PLAN, 64, False),
-        ("main job's InCA grid (48 adapters), batch 64", grid, 64, False),
-        (f"main job's InCA grid (48 adapters), batch {default}", grid, default, False),
-        ("main job's InCA grid (48 adapters), batch 512", grid, 512, False),
-        (f"main job's InCA grid (48 adapters), batch {default}, --compile", grid, default, True),
-    ):
-        cfg = TrainConfig(batch_size=batch, progress=False, augment=False, compile=compiled)
-        tr = trainer_for(backbone, splits, plan, cfg, tmp / f"cost{len(rows)}", caches)
-        warm = training_epoch(tr)  # warm-up (and compiling)
-        seconds = best_of(2, lambda tr=tr: training_epoch(tr))
-        images = tr.steps_per_epoch * batch
-        specs = list(tr.members.specs.values())
-        flops = plan_flops(backbone, specs, len(splits.class_names))
-        per_step, per_image = plan_bytes(backbone, specs, len(splits.class_names))
-        rows.append(
-            {
-                "what": what,
-                "adapters": len(tr.members.names),
-                "batch_size": batch,
-                "epoch_s": seconds,
-                "first_epoch_s": warm,  # with --compile: the compiling
-                "us_per_image_per_adapter": 1e6 * seconds / (images * len(tr.members.names)),
-                "model_mflop_per_image": flops / 1e6,
-                "achieved_gflops": flops * images / seconds / 1e9,
-                "model_mb_per_step": per_step / 1e6,
-                "model_mb_per_image": per_image / 1e6,
-                "steps": tr.steps_per_epoch,
-                "images": images,
-            }
-        )
-    return rows
-
-
-def plan_flops(backbone: Backbone, specs: Any, classes: int) -> float:
-    """The FLOP model's cost per image of one training step of every member (``flop_model``)."""
-    from inca.bench.flop_model import step_flops
-
-    taps = backbone.taps
-    return sum(step_flops(s, taps[s.tap].tokens, taps[s.tap].dim, classes)
-               for s in specs if s.tap in taps)  # fmt: skip
-
-
-def plan_bytes(backbone: Backbone, specs: Any, classes: int) -> tuple[float, float]:
-    """The byte model's traffic of one training step of every InCA member: (per step, per
-    image); bf16 tokens (the cache's dtype here)."""
-    from inca.bench.flop_model import inca_step_bytes
-
-    per_step = per_image = 0.0
-    for s in specs:
-        if s.kind != "inca" or s.tap not in backbone.taps:
-            continue
-        info = backbone.taps[s.tap]
-        _, heads = s.config.resolved(info.dim)
-        b = inca_step_bytes(info.tokens, info.dim, s.config.queries, heads, classes)
-        per_step, per_image = per_step + b["per_step"], per_image + b["per_image"]
-    return per_step, per_image
-
-
-def add_roofline(rows: list[dict[str, Any]], gflops: float, gbytes_per_s: float) -> None:
-    """Each cached-cost row's share of the matmul peak (FLOPs alone) and of the roofline
-    (FLOPs at the peak plus the modelled bytes at the copy bandwidth)."""
-    from inca.bench.flop_model import step_seconds
-
-    for row in rows:
-        bytes_moved = row["model_mb_per_step"] * 1e6 * row["steps"]
-        bytes_moved += row["model_mb_per_image"] * 1e6 * row["images"]
-        flops = row["model_mflop_per_image"] * 1e6 * row["images"]
-        row["share_of_bf16_peak"] = row["achieved_gflops"] / gflops
-        row["roofline_s"] = step_seconds(flops, bytes_moved, gflops, gbytes_per_s)
-        row["share_of_roofline"] = row["roofline_s"] / row["epoch_s"]
-
-
-def training_epoch(trainer: Trainer) -> float:
-    start = time.perf_counter()
-    trainer.train_epoch()
-    return time.perf_counter() - start
-
-
-def best_of(repeats: int, measure) -> float:
-    """The fastest of ``repeats`` timings: this machine is shared, noise only ever adds time."""
-    return min(measure() for _ in range(repeats))
 
 
 def adapter_compute(
@@ -331,7 +222,7 @@ def time_cached(
     training_epoch(cached)  # warm-up
     t_cached = best_of(3, lambda: training_epoch(cached))
     print(f"cache build: {t_build:.1f} s; one-to-many epoch from the cache: {t_cached:.2f} s")
-    cost = cached_cost(backbone, splits, caches, tmp)
+    cost = cached_cost(backbone, splits, caches, tmp, PLAN)
     for row in cost:
         print(f"  cached cost: {row['what']}: {row['us_per_image_per_adapter']:.1f} us, "
               f"{row['achieved_gflops']:.1f} GFLOP/s by the FLOP model "

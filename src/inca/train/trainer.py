@@ -39,7 +39,7 @@ from inca.train.schedule import lr_factor
 from inca.train.select import rank
 from inca.train.split_predictions import predict_all
 from inca.train.trainer_state import Progress
-from inca.utils.distributed import World, all_reduce_mean_, gather_rows, world
+from inca.utils.distributed import World, all_reduce_mean_, average_gradients_, gather_rows, world
 from inca.utils.io import json_safe
 
 
@@ -203,7 +203,7 @@ class Trainer:
         if keep:  # a diverged member's loss leaves the sum: its NaN reaches no gradient
             stacked[keep].sum().backward()  # ONE backward for all
             if self.data_world.distributed:
-                self._average_gradients()
+                average_gradients_(self.optimizer)
             self.optimizer.step()
         # free gradients before the next backbone pass: they would otherwise sit in memory
         # beside its activations (peak memory)
@@ -220,17 +220,6 @@ class Trainer:
             self._compiled_for = self.members
             self._compiled = torch.compile(self.members.forward_batch, dynamic=False)
         return self._compiled
-
-    def _average_gradients(self) -> None:
-        """Under torchrun: every gradient averaged over the ranks in ONE flat all-reduce, so
-        every rank takes the same AdamW step (each rank's loss is its slice's mean)."""
-        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"]
-                 if p.grad is not None]  # fmt: skip
-        flat = all_reduce_mean_(torch.cat([g.reshape(-1) for g in grads]))
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the training split: returns each member's mean training loss."""

@@ -119,6 +119,18 @@ def on_main(fn: Any) -> Any:
     return box[0]
 
 
+def average_gradients_(optimizer: torch.optim.Optimizer) -> None:
+    """Under torchrun: every gradient of ``optimizer``'s parameters averaged over the ranks in
+    ONE flat all-reduce, so every rank takes the same step (each rank's loss is its slice's
+    mean)."""
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    flat = all_reduce_mean_(torch.cat([g.reshape(-1) for g in grads]))
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` replaced, in place, by its mean over the ranks (as is on one process)."""
     w = world()
