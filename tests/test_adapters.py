@@ -180,20 +180,35 @@ def test_both_layouts_of_the_shared_pooling_agree() -> None:
             torch.testing.assert_close(ta, tb, rtol=1e-5, atol=1e-6)
 
 
+SAME_SHAPES = [(7, 16)] * 3  # (tokens, width) per tap: a ViT's
+CNN_SHAPES = [(7, 16), (5, 16), (9, 24)]  # a CNN's stages: token counts and widths differ
+
+
 @pytest.mark.parametrize(
-    "plan",
+    ("plan", "shapes"),
     [
-        "inca taps=block.0,block.2 lr=1e-3,3e-3 queries=1,2 heads=2; "
-        "inca taps=block.1 path=plain heads=2; inca taps=block.2 dropout=0.5 heads=4; "
-        "linear taps=block.1; inca taps=block.2+block.0,block.1+block.2 heads=2; "
-        "inca taps=block.*+block.1 queries=2 heads=2 path=plain",
-        "inca taps=block.2,block.0 lr=1e-3,3e-3 queries=1,2 heads=2,4; linear taps=block.1",
-        "inca taps=block.* lr=1e-3,3e-3 heads=2; linear taps=block.*; "
-        "inca taps=block.0+block.1 heads=2; inca taps=block.2,block.1 path=plain heads=2",
+        (
+            "inca taps=block.0,block.2 lr=1e-3,3e-3 queries=1,2 heads=2; "
+            "inca taps=block.1 path=plain heads=2; inca taps=block.2 dropout=0.5 heads=4; "
+            "linear taps=block.1; inca taps=block.2+block.0,block.1+block.2 heads=2; "
+            "inca taps=block.*+block.1 queries=2 heads=2 path=plain",
+            SAME_SHAPES,
+        ),
+        (
+            "inca taps=block.2,block.0 lr=1e-3,3e-3 queries=1,2 heads=2,4; linear taps=block.1",
+            SAME_SHAPES,
+        ),
+        (
+            "inca taps=block.* lr=1e-3,3e-3 heads=2; linear taps=block.*; "
+            "inca taps=block.0+block.1 heads=2; inca taps=block.2,block.1 path=plain heads=2",
+            CNN_SHAPES,
+        ),
     ],
     ids=["by-tap", "grid", "taps-of-other-shapes"],
 )
-def test_a_bank_sharing_attention_pooling_equals_each_adapter_alone(plan: str) -> None:
+def test_a_bank_sharing_attention_pooling_equals_each_adapter_alone(
+    plan: str, shapes: list[tuple[int, int]]
+) -> None:
     """The bank joins the token-sized matmuls of every folded adapter on a tap (across stacks
     of other learning rates and query counts); each adapter must still compute exactly its own
     function, outputs and gradients, beside plain-path, dropout and multi-tap adapters that do
@@ -203,9 +218,6 @@ def test_a_bank_sharing_attention_pooling_equals_each_adapter_alone(plan: str) -
     from inca.backbones.base import TapInfo
     from inca.train import AdapterBank, parse_plan
 
-    # a CNN's stages: token counts and widths differ from tap to tap
-    ragged = "other" in plan or plan.startswith("inca taps=block.*")
-    shapes = [(7, 16), (5, 16), (9, 24)] if ragged else [(7, 16)] * 3
     taps = {f"block.{i}": TapInfo(f"block.{i}", t, d) for i, (t, d) in enumerate(shapes)}
     specs = parse_plan(plan, taps)
     bank = AdapterBank(specs, taps, num_classes=4, num_prefix_tokens=1, seed=0)
@@ -213,7 +225,7 @@ def test_a_bank_sharing_attention_pooling_equals_each_adapter_alone(plan: str) -
     with torch.no_grad():
         for p in bank.parameters():
             p.add_(0.1 * torch.randn_like(p))  # move off the init: norms and biases matter
-    if ragged:
+    if shapes != SAME_SHAPES:
         x = TapBatch([normalize_tokens(torch.randn(5, t, d)) for t, d in shapes])
     else:
         x = normalize_tokens(torch.randn(3, 5, 7, 16))  # (n_taps, B, T, D)

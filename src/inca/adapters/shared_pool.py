@@ -92,9 +92,8 @@ def _inverse(positions: Sequence[int]) -> list[int]:
 def _pool_by_tap(queries: Sequence[Tensor], taps: list[list[int]], x: Tensor | TapBatch
                  ) -> list[Tensor]:  # fmt: skip
     """One matmul per tap over the rows of every adapter on it, then back in stack order."""
-    first = x[taps[0][0]]
-    B, D = first.shape[0], queries[0].shape[-1]
-    rows = torch.cat([u.reshape(-1, D) for u in queries]).to(first.dtype)  # (R, D)
+    B, D = x[taps[0][0]].shape[0], queries[0].shape[-1]
+    rows = torch.cat([u.reshape(-1, D) for u in queries]).to(x[taps[0][0]].dtype)  # (R, D)
     row_tap, row_adapter, first = [], [], 0  # per row: its tap, its adapter (over all stacks)
     for u, tap in zip(queries, taps, strict=True):
         for j, t in enumerate(tap):

@@ -129,7 +129,7 @@ class MicroBatcher:
             self._arrived.clear()
             await self._arrived.wait()
         deadline = self._items[0].queued_at + self.max_wait
-        batch, size = [self._items.popleft()], 0
+        batch = [self._items.popleft()]
         size = batch[0].rows
         while True:
             while self._items and size + self._items[0].rows <= self.max_batch:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from inca.adapters import Adapter
 from inca.adapters.stack import AdapterStack
-from inca.adapters.tap_groups import group_tokens, is_group, tap_parts
+from inca.adapters.tap_groups import group_tokens, is_group
 from inca.tasks.task import Task
 
 
@@ -67,8 +67,6 @@ class StackedTasks:
             share_weights(stack, [a for _, a in members])
             self.stacks.append(stack)
             self.rows.append([r for r, _ in members])
-        self.taps = list(dict.fromkeys(p for rows in self.rows for r in rows
-                                       for p in tap_parts(r.tap)))  # fmt: skip
         self.tasks = list(tasks)
         self._folds: dict[int, tuple[Tensor, Any]] = {}  # stack -> (queries, value fold)
 
