@@ -9,6 +9,7 @@ inca cache --out DIR             activation caches of a dataset's splits   (cach
 inca compare [options]           every method in one harness               (compare.py)
 inca bench, inca bench-memory    the one-to-many claims; peak memory       (bench.py)
 inca eval RUN                    a run's saved tasks on a split            (evaluate.py)
+inca ensemble RUN_A RUN_B --out  one ensemble over runs (across backbones) (ensemble.py)
 inca predict TASK... IMAGE...    several tasks, one backbone pass          (predict.py)
 inca serve TASK...               the tasks over HTTP; bench-serve           (serve.py)
 inca classes remove|merge        an Open-InCA task's classes                (classes.py)
@@ -25,11 +26,22 @@ import sys
 from collections.abc import Sequence
 
 from inca._version import __version__
-from inca.cli import bench, cache, classes, compare, evaluate, info, predict, serve, train
+from inca.cli import (
+    bench,
+    cache,
+    classes,
+    compare,
+    ensemble,
+    evaluate,
+    info,
+    predict,
+    serve,
+    train,
+)
 from inca.errors import IncaError
 
 # in the order `inca --help` lists them
-SUBCOMMANDS = (info, train, cache, compare, bench, evaluate, predict, serve, classes)
+SUBCOMMANDS = (info, train, cache, compare, bench, evaluate, ensemble, predict, serve, classes)
 
 
 def build_parser() -> argparse.ArgumentParser:

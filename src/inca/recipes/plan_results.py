@@ -15,6 +15,7 @@ from inca.backbones import Backbone
 from inca.data import Splits
 from inca.data.splits import data_record
 from inca.errors import IncaError
+from inca.recipes.member_pool import save_member_pool
 from inca.train.candidate import Candidate
 from inca.train.metrics import balanced_accuracy, metrics_summary
 from inca.train.select import accuracy, choose_ensemble, rank, score_all
@@ -86,6 +87,8 @@ def finish(
     if reference:
         results["reference"] = reference
     _save_tasks(backbone, splits, members, results, data_info, out)
+    save_member_pool(backbone, splits, members, ensemble.members, _task_data(splits, data_info),
+                     out)  # fmt: skip
     write_results(results, out)
     return results
 
@@ -172,8 +175,7 @@ def _save_tasks(
     out: Path,
 ) -> None:
     """tasks/best and tasks/ensemble, each with the data record that rebuilds its splits."""
-    task_data = data_record(data_info["data"], splits, data_info["seed"],
-                            data_info.get("split_rule", 1))  # fmt: skip
+    task_data = _task_data(splits, data_info)
     best, ens = results["selection"]["best"], results["selection"]["ensemble"]
     scores = ("val_acc", "test_acc", "test_balanced_acc")
     _task(backbone, splits, members, f"{data_info['data']}-{best['name']}",
@@ -182,6 +184,12 @@ def _save_tasks(
     _task(backbone, splits, members, f"{data_info['data']}-ensemble{ens['k']}", "ensemble",
           ens["members"], ens["weights"], {k: ens[k] for k in scores}, task_data,
           ).save(out / "tasks" / "ensemble")  # fmt: skip
+
+
+def _task_data(splits: Splits, data_info: dict) -> dict[str, Any]:
+    """The data record a saved task carries: what rebuilds its splits."""
+    return data_record(data_info["data"], splits, data_info["seed"],
+                       data_info.get("split_rule", 1))  # fmt: skip
 
 
 # a confusion matrix of more classes is left out of results.json (K² counts; the recall per class

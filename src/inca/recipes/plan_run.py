@@ -11,7 +11,8 @@ The run directory holds ``plan.json`` (what was asked), ``log.jsonl`` (per-epoch
 ``checkpoint.safetensors`` (resume), ``probes.json`` (the linear probes' fits),
 ``results.json`` (every member: tap, kind, params, val and test accuracy and balanced accuracy,
 and the run's cost and validation curve; for the picks, recall per class and the test confusion
-matrix), ``tasks/best`` and ``tasks/ensemble`` (loadable with ``inca.load_task``), and
+matrix), ``tasks/best`` and ``tasks/ensemble`` (loadable with ``inca.load_task``), ``members/``
+(every member and its validation and test probabilities, for ``inca ensemble``), and
 ``report.md`` + ``accuracy_by_layer.png`` + ``confusion.png``. ``TrainConfig.metric`` says what
 ranks members in selection: accuracy, or balanced accuracy for imbalanced data. With ``seeds``
 > 1 the plan is repeated with other training seeds (same splits, same cache) under

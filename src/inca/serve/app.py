@@ -65,11 +65,15 @@ class Server:
 
     def describe(self, name: str) -> dict[str, Any]:
         task = self.pool.task(name)
+        infos = getattr(task, "backbone_infos", None) or [task.backbone_info]
         return {
             "name": name,
             "classes": list(task.class_names),
-            "backbone": task.backbone_info["name"],
-            "image_size": task.backbone_info["preprocess"]["image_size"],
+            "backbone": " + ".join(i["name"] for i in infos),
+            "image_size": infos[0]["preprocess"]["image_size"],
+            "backbones": [
+                {"name": i["name"], "image_size": i["preprocess"]["image_size"]} for i in infos
+            ],
             "method": task.method,
             "own_pass": bool(getattr(task, "own_pass", False)),
             "metrics": task.metrics,
@@ -221,11 +225,13 @@ Batches = dict[BackboneGroup, tuple[torch.Tensor, list[str]]]
 
 
 def groups_of(pool: TaskPool, names: list[str]) -> dict[BackboneGroup, list[str]]:
-    """{backbone group: the chosen tasks on it}; 404 for a task unloaded since it was chosen."""
+    """{backbone group: the tasks it runs for the chosen ones (a combined task's parts in
+    theirs)}; 404 for a task unloaded since it was chosen."""
     by_group: dict[BackboneGroup, list[str]] = {}
     for n in names:
         try:
-            by_group.setdefault(pool.group_of(n), []).append(n)
+            for group, served, _ in pool.routes(n):
+                by_group.setdefault(group, []).append(served)
         except KeyError:  # unloaded since the request came in
             raise RequestError(404, f"task {n!r} was unloaded; loaded: {pool.names}") from None
     return by_group
@@ -284,10 +290,11 @@ def add_admin_routes(app: FastAPI, server: Server) -> None:
         try:
             task = await run_in_threadpool(load_task, path)
             task.name = name
-            group, _ = await run_in_threadpool(server.pool.add, task)
+            groups = await run_in_threadpool(server.pool.add, task)
         except IncaError as e:
             raise RequestError(400, str(e)) from None
-        server.batcher(group)
+        for group in groups:
+            server.batcher(group)
         return server.describe(name)
 
     @app.delete("/v1/tasks/{name}")
@@ -295,8 +302,7 @@ def add_admin_routes(app: FastAPI, server: Server) -> None:
         authorize(request)
         if name not in server.pool.names:
             raise RequestError(404, f"unknown task {name!r}; loaded: {server.pool.names}")
-        emptied = server.pool.remove(name)
-        if emptied is not None:  # its backbone serves nothing now: finish, then stop
+        for emptied in server.pool.remove(name):  # a backbone serving nothing now: finish, stop
             batcher = server.batchers.pop(id(emptied))
             await batcher.close()
         return {"unloaded": name, "tasks": server.pool.names}
@@ -355,6 +361,14 @@ def build_reply(pool: TaskPool, files: list[tuple[str, bytes]], names: list[str]
     for part in results:
         for i, row in enumerate(part):
             probs[i] |= row
+    for n in (n for n in names if n in pool.combined):  # its parts' answers, mixed
+        try:
+            routes = pool.routes(n)
+        except KeyError:
+            continue  # unloaded meanwhile: left out, as a plain task would be
+        for p in probs:
+            if all(served in p for _, served, _ in routes):
+                p[n] = Ranked.mix([(w, p[served]) for _, served, w in routes])
     return JSONResponse({
         "predictions": [
             {"file": name, "tasks": {n: top(pool, n, p[n], k) for n in names if n in p}}

@@ -7,6 +7,7 @@ it. Tasks that need a pass of their own (fine-tuned, VQT) run it on their rows o
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,13 @@ class Ranked:
         probs = probs.float().cpu()
         order = probs.argsort(dim=1, descending=True, stable=True).tolist()
         return [Ranked(p, o) for p, o in zip(probs.tolist(), order, strict=True)]
+
+    @staticmethod
+    def mix(parts: Sequence[tuple[float, Ranked]]) -> Ranked:
+        """The weighted mean of several answers for one image (a combined task's parts)."""
+        probs = [math.fsum(w * r.probs[c] for w, r in parts) for c in range(len(parts[0][1].probs))]
+        order = sorted(range(len(probs)), key=lambda c: -probs[c])  # stable: ties, lower first
+        return Ranked(probs, order)
 
     def top(self, k: int) -> list[tuple[int, float]]:
         """The ``k`` likeliest classes: (index, probability)."""
@@ -120,31 +128,55 @@ class BackboneGroup:
 
 
 class TaskPool:
-    """Every loaded task, by name, in groups by backbone."""
+    """Every loaded task, by name, in groups by backbone.
+
+    A combined task (members on several backbones, ``CombinedTask``) is served as its parts:
+    each part joins the group of its backbone under a hidden name ("{task}#part{i}"), so it
+    shares that backbone's pass with the other tasks on it; a request for the combined task
+    reaches each part's group, and the reply mixes the parts' probabilities (``routes``)."""
 
     def __init__(self, tasks: Sequence[Any], device: str = "auto", precision: str = "auto"):
         self.device, self.precision = device, precision
         self.groups: list[BackboneGroup] = []
+        self.combined: dict[str, Any] = {}  # name -> CombinedTask
+        self._order: list[str] = []  # the names requests use, in loading order
         pending: list[list[Any]] = []
-        names: set[str] = set()
         for task in tasks:
-            if task.name in names:
-                raise IncaError(
-                    f"two tasks are both named {task.name!r}; requests pick tasks by name, so "
-                    "rename one (the 'name' field of its task.json)"
-                )
-            names.add(task.name)
-            for bucket in pending:
-                if not backbone_differences(bucket[0].backbone_info, task.backbone_info):
-                    bucket.append(task)
-                    break
-            else:
-                pending.append([task])
+            self._claim(task)
+            for part in self._served(task):
+                for bucket in pending:
+                    if not backbone_differences(bucket[0].backbone_info, part.backbone_info):
+                        bucket.append(part)
+                        break
+                else:
+                    pending.append([part])
         self.groups = [BackboneGroup(b, device, precision) for b in pending]
+
+    def _claim(self, task: Any) -> None:
+        """Record ``task``'s name (and a combined task's), refusing one loaded already."""
+        taken = set(self._order) | {n for g in self.groups for n in g.tasks}
+        hidden = [part_name(task.name, i) for i in range(len(getattr(task, "parts", [])))]
+        clash = [n for n in [task.name, *hidden] if n in taken]
+        if clash:
+            raise IncaError(
+                f"a task named {clash[0]!r} is loaded already; requests pick tasks by name, so "
+                "rename one (the 'name' field of its task.json) or unload the other first"
+            )
+        self._order.append(task.name)
+        if hidden:
+            self.combined[task.name] = task
+
+    def _served(self, task: Any) -> list[Any]:
+        """What the groups serve for ``task``: itself, or a combined task's parts renamed."""
+        if not hasattr(task, "parts"):
+            return [task]
+        for i, part in enumerate(task.parts):
+            part.name = part_name(task.name, i)
+        return list(task.parts)
 
     @property
     def names(self) -> list[str]:
-        return [n for g in self.groups for n in g.tasks]
+        return list(self._order)
 
     def group_of(self, name: str) -> BackboneGroup:
         for g in self.groups:
@@ -152,27 +184,69 @@ class TaskPool:
                 return g
         raise KeyError(name)
 
+    def routes(self, name: str) -> list[tuple[BackboneGroup, str, float]]:
+        """Where a request for ``name`` goes: (group, task name there, weight of its
+        probabilities); one route of weight 1 for a plain task, one per part for a combined
+        one. KeyError when it is not loaded."""
+        if name not in self._order:
+            raise KeyError(name)
+        task = self.combined.get(name)
+        if task is None:
+            return [(self.group_of(name), name, 1.0)]
+        return [(self.group_of(p.name), p.name, w)
+                for p, w in zip(task.parts, task.weights, strict=True)]  # fmt: skip
+
     def task(self, name: str) -> Any:
+        if name in self.combined:
+            return self.combined[name]
         return self.group_of(name).tasks[name]
 
-    def add(self, task: Any) -> tuple[BackboneGroup, bool]:
-        """Load ``task`` into the group of its backbone (a new group when none fits); returns
-        the group and whether it is new."""
-        if task.name in self.names:
-            raise IncaError(f"a task named {task.name!r} is loaded already; unload it first")
+    def add(self, task: Any) -> list[BackboneGroup]:
+        """Load ``task`` into the group of its backbone (a new group when none fits; a combined
+        task's parts each into theirs); returns the groups it joined."""
+        self._claim(task)
+        joined = []
+        try:
+            for part in self._served(task):
+                joined.append(self._join(part))
+        except BaseException:
+            for group in joined:  # all or nothing
+                self._leave(group, task)
+            self._order.remove(task.name)
+            self.combined.pop(task.name, None)
+            raise
+        return joined
+
+    def _join(self, task: Any) -> BackboneGroup:
         for g in self.groups:
             if g.accepts(task):
                 g.add(task)
-                return g, False
+                return g
         group = BackboneGroup([task], self.device, self.precision)
         self.groups.append(group)
-        return group, True
+        return group
 
-    def remove(self, name: str) -> BackboneGroup | None:
-        """Unload ``name``; returns its group when that is left empty (to be closed)."""
-        group = self.group_of(name)
-        group.remove(name)
-        if not group.tasks:
+    def _leave(self, group: BackboneGroup, task: Any) -> None:
+        for part in self._served(task):
+            if part.name in group.tasks:
+                group.remove(part.name)
+        if not group.tasks and group in self.groups:
             self.groups.remove(group)
-            return group
-        return None
+
+    def remove(self, name: str) -> list[BackboneGroup]:
+        """Unload ``name``; returns the groups left empty by it (to be closed)."""
+        routes = self.routes(name)
+        emptied = []
+        for group, served, _ in routes:
+            group.remove(served)
+            if not group.tasks and group in self.groups:
+                self.groups.remove(group)
+                emptied.append(group)
+        self._order.remove(name)
+        self.combined.pop(name, None)
+        return emptied
+
+
+def part_name(task: str, i: int) -> str:
+    """The hidden name part ``i`` of combined task ``task`` is served under."""
+    return f"{task}#part{i}"

@@ -21,7 +21,7 @@ from inca.adapters.tap_groups import tap_parts
 from inca.backbones.base import Backbone
 from inca.backbones.registry import load_backbone
 from inca.errors import IncaError
-from inca.tasks.finetuned import FineTunedTask
+from inca.tasks.finetuned import FineTunedTask  # noqa: F401  (registers its task kind)
 from inca.tasks.stacked import StackedTasks
 from inca.tasks.storage import load_task
 from inca.tasks.task import Task, backbone_info
@@ -71,9 +71,16 @@ class MultiTask:
         device: str | torch.device | None = None,
         precision: str | None = "auto",
     ) -> None:
-        loaded = [t if isinstance(t, Task | FineTunedTask) else load_task(t) for t in tasks]
+        loaded = [t if hasattr(t, "class_names") else load_task(t) for t in tasks]
         if not loaded:
             raise IncaError("MultiTask needs at least one task")
+        for task in loaded:
+            if hasattr(task, "backbone_infos"):  # a CombinedTask
+                raise IncaError(
+                    f"task {task.name!r} combines backbones {task.backbone_names}; one backbone "
+                    "pass cannot serve it: predict with CombinedTask.predict_proba, or serve it "
+                    "(inca serve), which runs each backbone once per batch"
+                )
         self.tasks: dict[str, Task] = {}
         for task in loaded:
             if task.name in self.tasks:

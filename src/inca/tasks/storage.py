@@ -46,14 +46,16 @@ class TaskKind:
     """How one class of task is stored: ``key`` is the task.json field only its records have
     ("members", "finetune"); ``fields(task)`` gives that part of the record, ``tensors(task)``
     its weights; ``check(record, file)`` refuses a damaged record with a clear error;
-    ``read(record, tensors, path)`` rebuilds the task. Task classes register themselves
-    (``register_task_kind``): storage imports none of them."""
+    ``read(record, tensors, path)`` rebuilds the task. ``one_backbone``: its record has the
+    common "backbone" field (a combined task's parts have one each instead). Task classes
+    register themselves (``register_task_kind``): storage imports none of them."""
 
     key: str
     fields: Callable[[Any], dict[str, Any]]
     tensors: Callable[[Any], dict[str, Tensor]]
     check: Callable[[dict[str, Any], Path], None]
     read: Callable[[dict[str, Any], dict[str, Tensor], Path], Any]
+    one_backbone: bool = True
 
 
 TASK_KINDS: dict[type, TaskKind] = {}
@@ -63,14 +65,14 @@ def register_task_kind(cls: type, kind: TaskKind) -> None:
     TASK_KINDS[cls] = kind
 
 
-def _kind_of_task(task: Any) -> TaskKind:
+def kind_of_task(task: Any) -> TaskKind:
     for cls in type(task).__mro__:
         if cls in TASK_KINDS:
             return TASK_KINDS[cls]
     raise IncaError(f"{type(task).__name__} is not a task inca can save")
 
 
-def _kind_of_record(record: dict[str, Any], file: Path) -> TaskKind:
+def kind_of_record(record: dict[str, Any], file: Path) -> TaskKind:
     for kind in TASK_KINDS.values():
         if kind.key in record:
             return kind
@@ -80,18 +82,18 @@ def _kind_of_record(record: dict[str, Any], file: Path) -> TaskKind:
 
 def task_record(task: Any) -> dict[str, Any]:
     """The content of ``task.json``: a common header, then the task kind's own part."""
+    kind = kind_of_task(task)
     record = {
         "format": FORMAT,
         "version": VERSION,
         "name": task.name,
         "method": task.method,
-        "backbone": task.backbone_info,
         "class_names": task.class_names,
         "metrics": task.metrics,
         "data": task.data,
         "created": task.created,
-    }
-    return record | _kind_of_task(task).fields(task)
+    } | ({"backbone": task.backbone_info} if kind.one_backbone else {})
+    return record | kind.fields(task)
 
 
 # --------------------------------------------------------------------------- saving
@@ -103,7 +105,7 @@ def save_task(task: Any, path: str | os.PathLike) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     make_private_dir_public(tmp)
     try:
-        tensors = {k: v.contiguous() for k, v in _kind_of_task(task).tensors(task).items()}
+        tensors = {k: v.contiguous() for k, v in kind_of_task(task).tensors(task).items()}
         save_checked(tensors, tmp / WEIGHTS, {"format": FORMAT})
         write_json(tmp / TASK_JSON, task_record(task))
         written = [tmp / WEIGHTS, tmp / TASK_JSON]
@@ -159,7 +161,7 @@ def load_task(path: str | os.PathLike) -> Any:
     file = path / TASK_JSON
     record = _read_record(file)
     tensors = _read_tensors(path / WEIGHTS)
-    return _kind_of_record(record, file).read(record, tensors, path).eval()
+    return kind_of_record(record, file).read(record, tensors, path).eval()
 
 
 def read_side_file(path: str | os.PathLike, name: str) -> dict[str, Tensor] | None:
@@ -199,17 +201,19 @@ def _read_record(file: Path) -> dict[str, Any]:
             f"{file} has task format version {record.get('version')!r}; this inca reads version "
             f"{VERSION}: use the inca version that saved it, or re-train the task"
         )
-    require(record, file, "", name=str, method=str, backbone=dict, class_names=list)
-    kind = _kind_of_record(record, file)
-    require(
-        record["backbone"],
-        file,
-        "backbone.",
-        name=str,
-        weights_hash=str,
-        preprocess=dict,
-        num_prefix_tokens=int,
-    )
+    require(record, file, "", name=str, method=str, class_names=list)
+    kind = kind_of_record(record, file)
+    if kind.one_backbone:
+        require(record, file, "", backbone=dict)
+        require(
+            record["backbone"],
+            file,
+            "backbone.",
+            name=str,
+            weights_hash=str,
+            preprocess=dict,
+            num_prefix_tokens=int,
+        )
     kind.check(record, file)
     return record
 
