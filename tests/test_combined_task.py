@@ -124,9 +124,8 @@ def test_loaded_and_unloaded_while_serving(setup) -> None:
         r = client.post("/v1/tasks/mix", json={"path": str(root / "both")}, headers=auth)
         assert r.status_code == 201 and r.json()["backbone"] == "tiny-dinov2 + tiny-vit"
         data, _ = image(7)
-        r = client.post(
-            "/v1/predict?tasks=mix", content=data, headers={"content-type": "image/png"}
-        )
+        png = {"content-type": "image/png"}
+        r = client.post("/v1/predict?tasks=mix", content=data, headers=png)
         assert r.status_code == 200 and r.json()["tasks"] == ["mix"]
         assert client.delete("/v1/tasks/mix", headers=auth).json()["tasks"] == ["plain"]
         assert len(app.state.server.pool.groups) == 1  # tiny-vit's group closed with it
