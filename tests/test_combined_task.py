@@ -163,3 +163,29 @@ def test_damaged_files_are_refused(setup, tmp_path) -> None:
         (path / "task.json").write_text(json.dumps(damaged))
         with pytest.raises(IncaError, match=message):
             load_task(path)
+
+
+def test_predicted_from_the_command_line_beside_a_task_on_one_backbone(setup, tmp_path) -> None:
+    """`inca predict` runs each backbone once for every task on it, and mixes the parts."""
+    import csv
+
+    from inca.cli import main
+
+    raw = [image(s) for s in range(3)]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, (data, _) in enumerate(raw):
+        (folder / f"{i}.png").write_bytes(data)
+    out = tmp_path / "p.csv"
+    root = setup["root"]
+    args = ["predict", str(root / "both"), str(root / "plain"), str(folder), "--out", str(out),
+            "--precision", "fp32", "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    want = by_hand(setup, setup["both"], [img for _, img in raw])
+    for i, row in enumerate(rows):
+        got = torch.tensor([float(row[f"both:p:{c}"]) for c in CLASSES])
+        torch.testing.assert_close(got, want[i], rtol=1e-5, atol=1e-5)
+        assert row["both:class"] == CLASSES[int(want[i].argmax())]
+        assert row["plain:class"] in CLASSES

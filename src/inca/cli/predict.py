@@ -1,4 +1,5 @@
-"""`inca predict TASK... IMAGE...`: labels of images for one or more tasks, one backbone pass.
+"""`inca predict TASK... IMAGE...`: labels of images for one or more tasks, one pass of each
+backbone they read (tasks on several backbones, and combined tasks, are fine).
 
 A folder, more than ``TABLE_MAX_IMAGES`` images, or ``--out`` writes a CSV (one row per image:
 each task's class and every class's probability;
@@ -26,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="predict images with one or more tasks, one pass (folders: a CSV)",
         description=(
-            "Predict images with one or more saved tasks, one backbone pass for all. A folder, "
+            "Predict images with one or more saved tasks, one pass of each backbone for all the "
+            "tasks on it (a combined task runs each of its backbones). A folder, "
             f"more than {TABLE_MAX_IMAGES} images or --out write a CSV (path, then per task "
             "'<task>:class' and '<task>:p:<class>' for every class), skipping unreadable images "
             "with a warning; a few single images print a table."
@@ -47,7 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from inca.tasks import MultiTask, load_task
+    from inca.tasks import load_task
+    from inca.tasks.by_backbone import MultiBackbone
     from inca.tasks.predict_images import (
         format_predictions,
         image_files,
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> None:
     if out is not None and out.is_dir():
         raise IncaError(f"--out {out} is a folder; give a file name such as {out / DEFAULT_CSV}")
 
-    multi = MultiTask([load_task(t) for t in tasks], device=args.device, precision=args.precision)
+    multi = MultiBackbone([load_task(t) for t in tasks], args.device, args.precision)
     progress = not args.no_progress
     if out is None:  # a few single images: a table, an unreadable one is an error
         rows = list(iter_predictions(multi, files, args.batch_size, progress=progress))

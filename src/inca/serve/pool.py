@@ -20,6 +20,7 @@ from inca.adapters import normalize_tokens
 from inca.data.preprocess import ImageTransform
 from inca.errors import IncaError
 from inca.tasks import MultiTask
+from inca.tasks.by_backbone import bucket_by_backbone, part_name, served_tasks
 from inca.tasks.multi import backbone_differences
 from inca.tasks.stacked import StackedTasks
 
@@ -140,17 +141,9 @@ class TaskPool:
         self.groups: list[BackboneGroup] = []
         self.combined: dict[str, Any] = {}  # name -> CombinedTask
         self._order: list[str] = []  # the names requests use, in loading order
-        pending: list[list[Any]] = []
         for task in tasks:
             self._claim(task)
-            for part in self._served(task):
-                for bucket in pending:
-                    if not backbone_differences(bucket[0].backbone_info, part.backbone_info):
-                        bucket.append(part)
-                        break
-                else:
-                    pending.append([part])
-        self.groups = [BackboneGroup(b, device, precision) for b in pending]
+        self.groups = [BackboneGroup(b, device, precision) for b in bucket_by_backbone(tasks)]
 
     def _claim(self, task: Any) -> None:
         """Record ``task``'s name (and a combined task's), refusing one loaded already."""
@@ -165,14 +158,6 @@ class TaskPool:
         self._order.append(task.name)
         if hidden:
             self.combined[task.name] = task
-
-    def _served(self, task: Any) -> list[Any]:
-        """What the groups serve for ``task``: itself, or a combined task's parts renamed."""
-        if not hasattr(task, "parts"):
-            return [task]
-        for i, part in enumerate(task.parts):
-            part.name = part_name(task.name, i)
-        return list(task.parts)
 
     @property
     def names(self) -> list[str]:
@@ -207,7 +192,7 @@ class TaskPool:
         self._claim(task)
         joined = []
         try:
-            for part in self._served(task):
+            for part in served_tasks(task):
                 joined.append(self._join(part))
         except BaseException:
             for group in joined:  # all or nothing
@@ -227,7 +212,7 @@ class TaskPool:
         return group
 
     def _leave(self, group: BackboneGroup, task: Any) -> None:
-        for part in self._served(task):
+        for part in served_tasks(task):
             if part.name in group.tasks:
                 group.remove(part.name)
         if not group.tasks and group in self.groups:
@@ -245,8 +230,3 @@ class TaskPool:
         self._order.remove(name)
         self.combined.pop(name, None)
         return emptied
-
-
-def part_name(task: str, i: int) -> str:
-    """The hidden name part ``i`` of combined task ``task`` is served under."""
-    return f"{task}#part{i}"

@@ -35,6 +35,7 @@ from inca.data import IMAGE_EXTENSIONS, images_in
 from inca.data.preprocess import ImageTransform
 from inca.errors import IncaError
 from inca.tasks import MultiTask
+from inca.tasks.by_backbone import MultiBackbone
 from inca.utils.io import atomic_write
 
 Row = dict[str, Any]
@@ -82,17 +83,27 @@ def open_image(path: Path) -> Image.Image:
         raise UnreadableImage(path, str(e)) from None
 
 
-def _pixels(path: Path, transform: ImageTransform) -> torch.Tensor:
-    """(3, S, S): the image decoded and preprocessed; ``UnreadableImage`` if it cannot be."""
+Predictor = MultiTask | MultiBackbone
+
+
+def _pixels(path: Path, transforms: Sequence[ImageTransform]) -> list[torch.Tensor]:
+    """[(3, S, S) per backbone]: the image decoded once and preprocessed for each backbone;
+    ``UnreadableImage`` if it cannot be."""
     img = open_image(path)
     try:
-        return transform(img)
+        return [t(img) for t in transforms]
     except IncaError as e:  # e.g. a float image with values no scaling explains
         raise UnreadableImage(path, str(e)) from None
 
 
+def _transforms(predictor: Predictor) -> list[ImageTransform]:
+    if isinstance(predictor, MultiTask):
+        return [ImageTransform(predictor.backbone.preprocess)]
+    return predictor.transforms
+
+
 def iter_predictions(
-    multitask: MultiTask,
+    multitask: Predictor,
     files: Sequence[Path],
     batch_size: int = 32,
     *,
@@ -101,22 +112,23 @@ def iter_predictions(
 ) -> Iterator[Row]:
     """Rows (see the module docstring) of ``files``, in order, a batch at a time.
 
-    Each batch is one ``MultiTask`` pass: one backbone forward for all tasks. An unreadable
+    Each batch is one pass of each backbone for all tasks on it (``MultiTask`` for one
+    backbone, ``MultiBackbone`` for several, combined tasks included). An unreadable
     file raises ``UnreadableImage``, or, when ``skipped`` is a list, is appended to it and
     gets no row; if every file is unreadable, that is an ``IncaError``. ``progress``: a bar
     over images (on stderr).
     """
     if batch_size < 1:
         raise IncaError(f"batch size must be at least 1, got {batch_size}")
-    transform = ImageTransform(multitask.backbone.preprocess)
+    transforms = _transforms(multitask)
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)
     try:
-        batch: list[tuple[Path, torch.Tensor]] = []
+        batch: list[tuple[Path, list[torch.Tensor]]] = []
         seen = 0  # files read since the bar last moved, skipped ones included
         unread: list[UnreadableImage] = []
         for i, f in enumerate(files):
             try:
-                batch.append((f, _pixels(f, transform)))
+                batch.append((f, _pixels(f, transforms)))
             except UnreadableImage as e:
                 if skipped is None:
                     raise
@@ -136,10 +148,12 @@ def iter_predictions(
         )
 
 
-def _predict_batch(multitask: MultiTask, batch: list[tuple[Path, torch.Tensor]]) -> list[Row]:
+def _predict_batch(multitask: Predictor, batch: list[tuple[Path, list[torch.Tensor]]]
+                   ) -> list[Row]:  # fmt: skip
     if not batch:
         return []
-    pixels = torch.stack([x for _, x in batch])  # (B, 3, S, S)
+    views = [torch.stack([x[j] for _, x in batch]) for j in range(len(batch[0][1]))]
+    pixels = views[0] if isinstance(multitask, MultiTask) else views  # (B, 3, S, S) each
     probs = {n: p.float().cpu() for n, p in multitask.predict_proba(pixels).items()}
     rows = []
     for i, (f, _) in enumerate(batch):
@@ -157,7 +171,7 @@ def _predict_batch(multitask: MultiTask, batch: list[tuple[Path, torch.Tensor]])
 
 
 def predict_images(
-    multitask: MultiTask,
+    multitask: Predictor,
     paths: Sequence[str | os.PathLike],
     batch_size: int = 32,
     *,
@@ -170,7 +184,7 @@ def predict_images(
     return list(iter_predictions(multitask, files, batch_size, progress=progress, skipped=skipped))
 
 
-def csv_header(multitask: MultiTask) -> list[str]:
+def csv_header(multitask: Predictor) -> list[str]:
     """``path``, then per task ``<task>:class`` and ``<task>:p:<class>`` for every class."""
     header = ["path"]
     for name in multitask.task_names:
@@ -187,7 +201,7 @@ def csv_header(multitask: MultiTask) -> list[str]:
 def write_predictions_csv(
     path: str | os.PathLike,
     rows: Iterable[Row],
-    multitask: MultiTask,
+    multitask: Predictor,
     relative_to: str | os.PathLike | None = None,
 ) -> int:
     """Write ``rows`` (consumed as they come) as a CSV at ``path``, atomically: the file appears,
