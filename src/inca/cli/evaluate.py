@@ -42,10 +42,11 @@ def task_dirs(path: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> None:
     from inca.data import Subset, load_dataset
-    from inca.tasks import MultiTask, evaluate_tasks, load_task, run_split
+    from inca.tasks import evaluate_tasks, load_task, run_split
+    from inca.tasks.by_backbone import MultiBackbone
 
     tasks = [load_task(p) for p in task_dirs(args.run)]
-    multi = MultiTask(tasks, device=args.device, precision=args.precision)
+    multi = MultiBackbone(tasks, device=args.device, precision=args.precision)
     if args.data:
         subset = Subset.whole(load_dataset(args.data, "test" if args.split == "test" else "train"))
         where = f"{args.data} ({subset.dataset.split})"
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> None:
     accuracies, n = evaluate_tasks(
         multi, subset, batch_size=args.batch_size, progress=not args.no_progress
     )
-    print(f"{n} images of {where}; one backbone pass for {len(tasks)} task(s):")
+    passes = "one backbone pass" if len(multi.groups) == 1 else f"{len(multi.groups)} backbones"
+    print(f"{n} images of {where}; {passes} for {len(tasks)} task(s):")
     for name, acc in accuracies.items():
         saved = multi.tasks[name].metrics.get(f"{args.split}_acc") if not args.data else None
         note = f" (saved: {100 * saved:.2f}%)" if saved is not None else ""

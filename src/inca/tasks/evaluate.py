@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from inca.data import ImageTransform, Subset, make_loader, make_splits
 from inca.errors import IncaError
+from inca.tasks.by_backbone import MultiBackbone
 from inca.tasks.finetuned import FineTunedTask
 from inca.tasks.multi import MultiTask
 from inca.tasks.task import Task
@@ -53,21 +54,39 @@ def run_split(task: Task | FineTunedTask, split: str) -> Subset:
 
 
 def evaluate_tasks(
-    multi: MultiTask,
+    multi: MultiTask | MultiBackbone,
     subset: Subset,
     batch_size: int = 128,
     progress: bool = True,
     workers: int | None = None,
 ) -> tuple[dict[str, float], int]:
     """Top-1 accuracy of every task of ``multi`` on ``subset`` -> ({task name: accuracy in
-    [0, 1]}, number of images). Each batch runs the backbone once for all tasks (tasks trained
-    through the backbone run their own pass). ``workers``: loader processes (None: default)."""
+    [0, 1]}, number of images). Each batch runs each backbone once for all tasks on it (tasks
+    trained through the backbone run their own pass; a combined task's parts run in their
+    backbones' passes and are mixed). ``workers``: loader processes (None: default)."""
     for t in multi.tasks.values():
         if list(t.class_names) != list(subset.class_names):
             raise IncaError(
                 f"task {t.name} knows classes {t.class_names[:5]}..., the data has "
                 f"{subset.class_names[:5]}...; evaluate on data with its classes"
             )
+    groups = [multi] if isinstance(multi, MultiTask) else multi.groups
+    probs: dict[str, torch.Tensor] = {}
+    for group in groups:  # one pass over the images per backbone
+        got, y = _probabilities(group, subset, batch_size, progress, workers)
+        probs |= got
+    out = {}
+    for name, task in multi.tasks.items():
+        p = task.mix([probs[part.name] for part in task.parts]) if hasattr(task, "parts") else (
+            probs[name])  # fmt: skip
+        out[name] = accuracy(p, y)
+    return out, len(y)
+
+
+def _probabilities(
+    multi: MultiTask, subset: Subset, batch_size: int, progress: bool, workers: int | None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """{task of ``multi``: probabilities (N, C)} on ``subset``, in its order, and the labels."""
     loader = make_loader(
         subset,
         ImageTransform(multi.backbone.preprocess),
@@ -76,11 +95,11 @@ def evaluate_tasks(
     )
     probs: dict[str, list[torch.Tensor]] = {n: [] for n in multi.task_names}
     labels = []
-    for pixels, y, _ in tqdm(loader, desc="eval", unit="batch", disable=not progress):
+    desc = f"eval {multi.backbone.name}"
+    for pixels, y, _ in tqdm(loader, desc=desc, unit="batch", disable=not progress):
         for n, p in multi.predict_proba(pixels).items():  # ONE backbone pass for all tasks
-            probs[n].append(p.cpu())
+            probs[n].append(p.float().cpu())
         labels.append(y)
     if not labels:
         raise IncaError("nothing to evaluate: the dataset split is empty")
-    y = torch.cat(labels)
-    return {n: accuracy(torch.cat(probs[n]), y) for n in multi.task_names}, len(y)
+    return {n: torch.cat(p) for n, p in probs.items()}, torch.cat(labels)
