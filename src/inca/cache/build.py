@@ -37,6 +37,7 @@ from inca.cache.format import (
     write_header,
 )
 from inca.data import ImageTransform, Subset, make_loader
+from inca.data.views import apply_view, views_of
 from inca.errors import IncaError
 from inca.utils.distributed import agree, barrier, my_share, on_main, world
 from inca.utils.run_lock import exclusive
@@ -72,11 +73,12 @@ def cache_request(
     views: int,
     augment: bool,
     seed: int,
+    view_set: str = "none",
 ) -> dict[str, Any]:
     dtype = resolve_dtype(dtype, backbone)
     shapes = {t: list(backbone.taps[t].shape) for t in backbone.validate_taps(list(taps))}
     return make_request(
-        backbone.identity(), shapes, dtype, subset_info(subset), views, augment, seed
+        backbone.identity(), shapes, dtype, subset_info(subset), views, augment, seed, view_set
     )
 
 
@@ -131,14 +133,18 @@ def build_cache(
     seed: int = 0,
     workers: int | None = None,
     progress: bool = True,
+    view_set: str = "none",
 ) -> Path:
-    """Extract ``taps`` for every image of ``subset`` (``views`` augmented views each) to
-    ``directory``. A complete matching cache is reused; an interrupted one is resumed. The
-    directory is locked while this runs: a second process building it gets a clear error."""
+    """Extract ``taps`` for every image of ``subset`` (``views`` augmented views each, or each
+    exact view of ``view_set``: ``inca.data.views``) to ``directory``. A complete matching
+    cache is reused; an interrupted one is resumed. The directory is locked while this runs: a
+    second process building it gets a clear error."""
     directory = Path(directory)
+    if view_set != "none":
+        views, augment = len(views_of(view_set)), False
     with exclusive(directory, "cache"):
         return _build(backbone, subset, taps, directory, views, augment, dtype, batch_size, seed,
-                      workers, progress)  # fmt: skip
+                      workers, progress, view_set)  # fmt: skip
 
 
 def _build(
@@ -153,8 +159,9 @@ def _build(
     seed: int,
     workers: int | None,
     progress: bool,
+    view_set: str,
 ) -> Path:
-    request = cache_request(backbone, subset, taps, dtype, views, augment, seed)
+    request = cache_request(backbone, subset, taps, dtype, views, augment, seed, view_set)
     n, shapes, dtype = len(subset), request["taps"], request["dtype"]
     total_rows = views * n
     agree({"request": request, "batch_size": batch_size, "directory": str(directory.resolve())},
@@ -167,7 +174,7 @@ def _build(
         for tap, (t, d) in shapes.items()
     }
     job = _Extraction(backbone, subset, shapes, directory, header, arrays, views, augment, dtype,
-                      batch_size, seed, workers, progress)  # fmt: skip
+                      batch_size, seed, workers, progress, views_of(view_set))  # fmt: skip
     if world().distributed:
         _extract_sharded(job)
         if not world().is_main:
@@ -242,6 +249,7 @@ class _Extraction:
     seed: int
     workers: int | None
     progress: bool
+    view_set: tuple[int, ...]  # exact view of each cached view (one: (0,), as they come)
 
     def transform(self) -> ImageTransform:
         return ImageTransform(self.backbone.preprocess, augment=self.augment,
@@ -253,8 +261,11 @@ class _Extraction:
         return make_loader(part, self.transform(), self.batch_size,
                            seed=self.seed * 1000 + view, num_workers=self.workers)  # fmt: skip
 
-    def write(self, pixels: Tensor, first_row: int) -> None:
-        """The taps' normalised tokens of ``pixels`` into rows ``first_row...``."""
+    def write(self, pixels: Tensor, first_row: int, view: int = 0) -> None:
+        """The taps' normalised tokens of ``pixels`` (cached view ``view``) into rows
+        ``first_row...``."""
+        if len(self.view_set) > 1:
+            pixels = apply_view(pixels, self.view_set[view])
         tokens = self.backbone.forward_taps(pixels, list(self.shapes))
         x = stack_taps(tokens, list(self.shapes), normalize=True)  # a TapBatch if ragged
         rows = slice(first_row, first_row + len(pixels))
@@ -275,7 +286,7 @@ def _extract(job: _Extraction) -> None:
         while done < total_rows:
             view, start = divmod(done, n)
             for pixels, _, _ in job.loader(job.subset.indices[start:], view):
-                job.write(pixels, done)
+                job.write(pixels, done, view)
                 done += len(pixels)
                 bar.update(len(pixels))
                 if time.perf_counter() - last_save > SAVE_EVERY_S:
@@ -319,7 +330,7 @@ def _extract_sharded(job: _Extraction) -> None:
         k = r * w.size + w.rank
         if k < len(todo):
             view, start = todo[k]
-            job.write(next(loaders[view])[0], view * n + start)
+            job.write(next(loaders[view])[0], view * n + start, view)
             for a in job.arrays.values():
                 a.flush()  # on disk before rank 0 may say so
         barrier()

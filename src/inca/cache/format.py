@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from inca.data.views import views_of
 from inca.errors import IncaError
 
 VERSION = 1
@@ -35,7 +36,8 @@ DTYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
     "float32": (np.dtype(np.float32), torch.float32),
 }
 # what must be equal for a cache to serve a request (the rest is progress and bookkeeping)
-REQUEST_KEYS = ("version", "backbone", "taps", "dtype", "data", "views", "augment", "seed")
+REQUEST_KEYS = ("version", "backbone", "taps", "dtype", "data", "views", "augment", "seed",
+                "view_set")  # fmt: skip
 
 
 def tap_file(tap: str) -> str:
@@ -60,11 +62,23 @@ def make_request(
     views: int,
     augment: bool,
     seed: int,
+    view_set: str = "none",
 ) -> dict[str, Any]:
-    """The header fields that identify what a cache holds (JSON-normalised for comparing)."""
+    """The header fields that identify what a cache holds (JSON-normalised for comparing).
+
+    ``view_set`` (``inca.data.views``): the rows of view v are that set's v-th exact view of
+    each image (``views`` is then the set's size, and nothing is augmented); recorded only
+    when not "none", so caches made before view sets compare equal."""
     if views < 1:
         raise IncaError(f"views must be at least 1, got {views}")
-    if views > 1 and not augment:
+    if view_set != "none":
+        wanted = len(views_of(view_set))
+        if views != wanted or augment:
+            raise IncaError(
+                f"the view set {view_set!r} caches its {wanted} exact views, not augmented ones; "
+                "cache either augmented views (--cache-views) or a view set (--views)"
+            )
+    elif views > 1 and not augment:
         raise IncaError(
             "several views of an image are only different with augmentation; "
             "use views=1 or turn augmentation on"
@@ -78,7 +92,7 @@ def make_request(
         "views": views,
         "augment": augment,
         "seed": seed,
-    }
+    } | ({"view_set": view_set} if view_set != "none" else {})
     return json.loads(json.dumps(request))
 
 

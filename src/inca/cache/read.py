@@ -34,6 +34,7 @@ class ActivationCache:
                 "command again to finish it: it resumes"
             )
         self.n, self.views, self.dtype = h["data"]["n"], h["views"], h["dtype"]
+        self.view_set: str = h.get("view_set", "none")  # exact views (inca.data.views)
         self.shapes: dict[str, list[int]] = h["taps"]
         np_dtype, self.torch_dtype = DTYPES[self.dtype]
         expected = {
@@ -81,10 +82,11 @@ class ActivationCache:
         self,
         positions: Tensor | np.ndarray,
         taps: Sequence[str],
-        view: int = 0,
+        view: int | Tensor | np.ndarray = 0,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor | TapBatch:
-        """Normalised tokens of images ``positions`` (0..n-1) for ``taps``, view ``view``:
+        """Normalised tokens of images ``positions`` (0..n-1) for ``taps``, view ``view`` (one
+        for all, or one per position):
         (n_taps, B, T, D) in ``dtype`` (a ``TapBatch`` of per-tap tensors when the taps'
         shapes differ).
 
@@ -93,7 +95,7 @@ class ActivationCache:
         fresh 77 MB tensor per batch costs more in page faults than the copy itself (4x here).
         When ``dtype`` is the stored dtype, rows are gathered straight into it: no conversion.
         """
-        rows = np.asarray(positions, dtype=np.int64) + (view % self.views) * self.n
+        rows = np.asarray(positions, dtype=np.int64) + (np.asarray(view) % self.views) * self.n
         shapes = {tuple(self.shapes[t]) for t in taps}
         if len(shapes) > 1:  # taps of other shapes (a CNN's stages): one tensor per tap
             return TapBatch([self._gather(rows, [t], dtype, ("ragged", t))[0] for t in taps])

@@ -12,6 +12,7 @@ from inca.cache.build import build_cache, cache_request
 from inca.cache.format import read_header
 from inca.cache.read import ActivationCache
 from inca.data import Splits
+from inca.data.views import views_of
 from inca.utils.distributed import world
 from inca.utils.io import write_json
 
@@ -27,14 +28,19 @@ def open_caches(
     seed: int,
     workers: int | None = None,
     progress: bool = True,
+    view_set: str = "none",
+    test_views: bool = False,
 ) -> dict[str, ActivationCache]:
     """The activation cache of each split under ``root``: reused when it matches, finished when
-    interrupted, built when absent, refused (with the differences) when it is another's."""
+    interrupted, built when absent, refused (with the differences) when it is another's.
+    ``views`` augmented views of each training image, or each exact view of ``view_set``
+    (``inca.data.views``), for validation and test too with ``test_views``."""
     caches, started, built_any = {}, time.perf_counter(), False
     for split in ("train", "val", "test"):
         subset = getattr(splits, split)
-        v = views if split == "train" else 1
-        augment = split == "train" and v > 1
+        exact = view_set if split == "train" or test_views else "none"
+        v = len(views_of(exact)) if exact != "none" else (views if split == "train" else 1)
+        augment = split == "train" and v > 1 and exact == "none"
         directory = root / split
         built = False
         if not (directory / "header.json").exists() or not read_header(directory)["complete"]:
@@ -50,12 +56,13 @@ def open_caches(
                 seed=seed,
                 workers=workers,
                 progress=progress,
+                view_set=exact,
             )
             built = built_any = True
         # just built here: its checksums were computed from the bytes on disk a moment ago,
         # so reading them all again would only cost time (a reused cache is verified)
         cache = ActivationCache(directory, verify=not built)
-        cache.check(cache_request(backbone, subset, taps, dtype, v, augment, seed))
+        cache.check(cache_request(backbone, subset, taps, dtype, v, augment, seed, exact))
         caches[split] = cache
     if built_any and world().is_main:  # what the passes cost, for reports that count it in
         write_json(root / BUILD_RECORD, {"seconds": time.perf_counter() - started})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from inca.errors import IncaError
 from inca.recipes.data_options import DATA_FIELDS, DEFAULT_MODEL
 
 if TYPE_CHECKING:
@@ -54,6 +55,21 @@ def size_or_auto(text: str) -> int | str:
     return "auto" if text.strip().lower() == "auto" else positive_int(text)
 
 
+def crop_fraction(text: str) -> float:
+    """argparse type of --crop: "center:F" or "F", the fraction of each side kept, centred."""
+    value = text.strip().lower().removeprefix("center:").removeprefix("centre:")
+    try:
+        fraction = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--crop takes center:F or F, the fraction of each side kept (e.g. center:0.5), "
+            f"not {text!r}"
+        ) from None
+    if not 0.05 <= fraction <= 1:
+        raise argparse.ArgumentTypeError(f"--crop keeps a fraction in [0.05, 1], got {fraction}")
+    return fraction
+
+
 def add_backbone_options(
     p: argparse.ArgumentParser, model: str = DEFAULT_MODEL, auto_size: bool = False
 ) -> None:
@@ -71,6 +87,14 @@ def add_backbone_options(
             default="auto",
             help="square input size in pixels, or auto (the default): the backbone's native "
             "size, or the images' own when they are smaller (never below half the native)",
+        )
+        p.add_argument(
+            "--crop",
+            type=crop_fraction,
+            default=1.0,
+            help="keep the centred part of each image first: center:F keeps the fraction F of "
+            "each side (center:0.5: a small object in the middle of a large frame); saved with "
+            "the tasks and applied when they predict (default: the whole image)",
         )
     else:
         p.add_argument(
@@ -142,6 +166,20 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=float, default=None, help="fraction of steps (default 0.1)")
     p.add_argument("--label-smoothing", type=float, default=None, help="default: 0; plans: 0.1")
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
+    p.add_argument(
+        "--views",
+        default="none",
+        choices=["none", "flip", "rot90", "dihedral"],
+        help="orientation-free images: show each training image as one of these exact views "
+        "(dihedral: its 4 rotations by 90 degrees and their mirror images); from the cache, "
+        "each image is cached once per view (x8 extraction and disk for dihedral)",
+    )
+    p.add_argument(
+        "--test-views",
+        action="store_true",
+        help="with --views: average the class probabilities over the same views on "
+        "validation, test and in the saved tasks (x views the backbone cost of a prediction)",
+    )
     p.add_argument(
         "--workers",
         type=non_negative_int,
@@ -229,6 +267,10 @@ def train_config(args: argparse.Namespace, frozen: bool = False) -> TrainConfig:
         base["augment"] = False
     if frozen and getattr(args, "compile", False):
         base["compile"] = True
+    if getattr(args, "views", "none") != "none":
+        base |= {"views": args.views, "test_views": args.test_views}
+    elif getattr(args, "test_views", False):
+        raise IncaError("--test-views averages over --views; name the set (--views dihedral)")
     return TrainConfig(
         **(base | given),
         seed=args.seed,
@@ -262,4 +304,6 @@ def backbone_of(args: argparse.Namespace, name: str | None = None) -> Backbone:
     options = {"precision": args.precision, "device": args.device}
     if args.image_size:
         options["image_size"] = args.image_size
+    if getattr(args, "crop", 1.0) != 1.0:
+        options["crop"] = args.crop
     return load_backbone(name or args.model, **options)

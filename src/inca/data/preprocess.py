@@ -57,16 +57,33 @@ class ImageTransform:
             f"allow_hflip={self.allow_hflip})"
         )
 
-    def fixed_box(self, width: int, height: int) -> Box:
-        """The source region used without augmentation."""
-        if self.preprocess.resize == "stretch":
+    def crop_box(self, width: int, height: int) -> Box:
+        """The centred region ``preprocess.crop`` keeps (the whole image at crop 1)."""
+        crop = self.preprocess.crop
+        if crop == 1:
             return (0, 0, width, height)
+        w, h = max(1, round(width * crop)), max(1, round(height * crop))
+        left, upper = (width - w) // 2, (height - h) // 2  # whole pixels
+        return (left, upper, left + w, upper + h)
+
+    def fixed_box(self, width: int, height: int) -> Box:
+        """The source region used without augmentation: within the crop, the whole (stretch)
+        or the centred square (shorter-crop)."""
+        x0, y0, x1, y1 = self.crop_box(width, height)
+        width, height = x1 - x0, y1 - y0
+        if self.preprocess.resize == "stretch":
+            return (x0, y0, x1, y1)
         side = min(width, height)
         left, upper = (width - side) // 2, (height - side) // 2  # whole pixels: no half-pixel blur
-        return (left, upper, left + side, upper + side)
+        return (x0 + left, y0 + upper, x0 + left + side, y0 + upper + side)
 
     def random_box(self, width: int, height: int, generator: torch.Generator | None) -> Box:
-        """A random region of 50-100% of the area with aspect ratio 3/4..4/3."""
+        """A random region of 50-100% of the (cropped) area with aspect ratio 3/4..4/3."""
+        x0, y0, x1, y1 = self.crop_box(width, height)
+        left, upper, right, lower = self._random_box(x1 - x0, y1 - y0, generator)
+        return (x0 + left, y0 + upper, x0 + right, y0 + lower)
+
+    def _random_box(self, width: int, height: int, generator: torch.Generator | None) -> Box:
         area = width * height
         log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
         for _ in range(_CROP_TRIES):

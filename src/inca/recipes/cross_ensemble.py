@@ -148,11 +148,19 @@ def _build(
                 members.append((member, pool.task.member_taps[m], pool.task.member(m)))
                 member_weights.append(w)
         first = pools[g[0]].task
+        views = {pools[i].task.views for i in g}
+        if len(views) > 1:
+            raise IncaError(
+                f"runs {[str(pools[i].run) for i in g]} read one backbone with other test-time "
+                f"views ({sorted(views)}); a part averages over one set: ensemble runs trained "
+                "with the same --views and --test-views"
+            )
         label = keys[g[0]] if not merged else first.backbone_info["name"]
         part_name = name if len(groups) == 1 else f"{name}-{label}"
         own = metrics if len(groups) == 1 else None  # a part's score is the whole's, not its own
         parts.append(Task(part_name, "ensemble", first.backbone_info, first.class_names, members,
-                          metrics=own, data=data, weights=member_weights))  # fmt: skip
+                          metrics=own, data=data, weights=member_weights,
+                          views=first.views))  # fmt: skip
         weights.append(sum(member_weights))
     if len(parts) == 1:
         return parts[0]

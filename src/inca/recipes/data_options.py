@@ -19,7 +19,8 @@ class DataOptions:
     pixels, None for the backbone's own, or "auto": chosen from the data
     (``inca.recipes.data_fit``); train/val/test_size: the splits, None for the data's
     defaults (``inca.data.make_splits``; val a count or a fraction); precision, device: how
-    the backbone runs."""
+    the backbone runs; crop: the centred fraction of each side kept before resizing
+    (``Preprocess.crop``)."""
 
     model: str = DEFAULT_MODEL
     data: str = DEFAULT_DATA
@@ -29,6 +30,11 @@ class DataOptions:
     test_size: int | None = None
     precision: str = "auto"
     device: str = "auto"
+    crop: float = 1.0
+
+    def backbone_options(self) -> dict[str, Any]:
+        """The preprocessing options a backbone is loaded with beyond its size."""
+        return {"crop": self.crop} if self.crop != 1.0 else {}
 
     def data_options(self) -> dict[str, Any]:
         """Just these fields, by name: to make another options class from this one."""

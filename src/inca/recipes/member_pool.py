@@ -62,12 +62,14 @@ def save_member_pool(
     data: dict[str, Any],
     out: Path,
     max_bytes: int = MAX_BYTES,
+    views: str = "none",
 ) -> Path:
-    """``out/members``: the kept members as one task, their probabilities beside them."""
+    """``out/members``: the kept members as one task (averaging over the test ``views`` their
+    probabilities were averaged over), their probabilities beside them."""
     names = kept_members(members, must_keep, max_bytes)
     task = Task.from_adapters(
         f"{data['data']}-members", "members", backbone, splits.class_names,
-        [(n, members[n].spec.tap, members[n].adapter) for n in names], data=data,
+        [(n, members[n].spec.tap, members[n].adapter) for n in names], data=data, views=views,
     )  # fmt: skip
     predictions = {
         "val_labels": torch.as_tensor(splits.val.labels, dtype=torch.long),

@@ -61,6 +61,7 @@ def run_method(
         image_size=options.image_size,
         precision=options.precision,
         device=options.device,
+        **options.backbone_options(),
     )
     start = time.perf_counter()
     run = frozen_rows if get_method(method).from_tokens else finetune_rows

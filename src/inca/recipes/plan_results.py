@@ -34,10 +34,12 @@ def finish(
     data_info: dict,
     cache_info: dict | None = None,
     metric: str = "accuracy",
+    test_views: str = "none",
 ) -> dict[str, Any]:
     """Select on validation by ``metric``, compute test metrics once (accuracy and balanced
     accuracy of every member; recall per class and the confusion matrix of the picks), save
-    tasks, results and report."""
+    tasks, results and report. ``test_views``: the view set every member's probabilities
+    average over (saved with the tasks); the picks' accuracy on view 0 alone is recorded too."""
     if not members:
         raise IncaError("every member of the plan diverged: lower the learning rates")
     val_labels = torch.as_tensor(splits.val.labels, dtype=torch.long)  # split order, as the
@@ -83,14 +85,35 @@ def finish(
             },
         },
     }  # fmt: skip
+    if test_views != "none":
+        results["selection"]["test_views"] = test_views
+        _one_view_scores(results["selection"], members, ensemble, val_labels, test_labels)
     reference = _reference(adapters, val["score"], metric)
     if reference:
         results["reference"] = reference
-    _save_tasks(backbone, splits, members, results, data_info, out)
+    _save_tasks(backbone, splits, members, results, data_info, out, test_views)
     save_member_pool(backbone, splits, members, ensemble.members, _task_data(splits, data_info),
-                     out)  # fmt: skip
+                     out, views=test_views)  # fmt: skip
     write_results(results, out)
     return results
+
+
+def _one_view_scores(selection: dict, members: dict[str, Candidate], ensemble: Any,
+                     val_labels: torch.Tensor, test_labels: torch.Tensor) -> None:  # fmt: skip
+    """Each pick's accuracy on the images as they are (view 0 alone), beside the test-view
+    average it was selected with: what the views buy."""
+    one = {s: {n: m.one_view[s] for n, m in members.items() if m.one_view} for s in ("val", "test")}
+    best = selection["best"]["name"]
+    if best in one["val"]:
+        selection["best"]["one_view"] = {
+            "val_acc": accuracy(one["val"][best], val_labels),
+            "test_acc": accuracy(one["test"][best], test_labels),
+        }
+    if all(m in one["val"] for m in ensemble.members):
+        selection["ensemble"]["one_view"] = {
+            "val_acc": accuracy(ensemble.probs(one["val"]), val_labels),
+            "test_acc": accuracy(ensemble.probs(one["test"]), test_labels),
+        }  # fmt: skip
 
 
 def _adapter_records(
@@ -173,6 +196,7 @@ def _save_tasks(
     results: dict[str, Any],
     data_info: dict,
     out: Path,
+    views: str = "none",
 ) -> None:
     """tasks/best and tasks/ensemble, each with the data record that rebuilds its splits."""
     task_data = _task_data(splits, data_info)
@@ -180,9 +204,9 @@ def _save_tasks(
     scores = ("val_acc", "test_acc", "test_balanced_acc")
     _task(backbone, splits, members, f"{data_info['data']}-{best['name']}",
           members[best["name"]].spec.kind, [best["name"]], None,
-          {k: best[k] for k in scores}, task_data).save(out / "tasks" / "best")  # fmt: skip
+          {k: best[k] for k in scores}, task_data, views).save(out / "tasks" / "best")  # fmt: skip
     _task(backbone, splits, members, f"{data_info['data']}-ensemble{ens['k']}", "ensemble",
-          ens["members"], ens["weights"], {k: ens[k] for k in scores}, task_data,
+          ens["members"], ens["weights"], {k: ens[k] for k in scores}, task_data, views,
           ).save(out / "tasks" / "ensemble")  # fmt: skip
 
 
@@ -223,6 +247,7 @@ def _task(
     weights: list[float] | None,
     metrics: dict,
     data: dict,
+    views: str = "none",
 ):
     from inca.tasks import Task
 
@@ -235,6 +260,7 @@ def _task(
         metrics=metrics,
         data=data,
         weights=weights,
+        views=views,
     )
 
 

@@ -32,6 +32,7 @@ from inca.cache import ActivationCache
 from inca.cache.split_caches import build_seconds, open_caches
 from inca.data import Splits, make_splits
 from inca.data.splits import SPLIT_RULE, scan_images
+from inca.data.views import views_of
 from inca.errors import IncaError
 from inca.recipes.plan_results import finish, seed_summary, write_results
 from inca.recipes.run_options import RunOptions
@@ -91,12 +92,24 @@ def _cached(
             "cached training with one view per image: no augmentation (--cache-views K "
             "caches K augmented views)"
         )
+    if config.views != "none":
+        k = len(views_of(config.views))
+        print(
+            f"--views {config.views}: each training image cached {k} times (x{k} extraction "
+            "and disk)" + (", validation and test too (--test-views)" if config.test_views else "")
+        )
     wanted = {t for s in specs for t in s.taps} | set(o.cache_taps or [])
     taps = [t for t in backbone.taps if t in wanted]
     t0 = time.perf_counter()
+    if o.cache_views > 1 and config.views != "none":
+        raise IncaError(
+            f"--cache-views {o.cache_views} caches augmented views and --views {config.views} "
+            "exact ones; choose one of the two"
+        )
     caches = open_caches(
         backbone, splits, taps, cache, o.cache_views, o.cache_dtype,
         config.eval_batch_size, config.seed, config.workers, config.progress,
+        config.views, config.test_views,
     )  # fmt: skip
     info = {
         "dir": str(o.cache),
@@ -125,6 +138,7 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
     if backbone is None:
         image_size = o.resolved_image_size()
         size = {"image_size": image_size} if image_size else {}
+        size |= o.backbone_options()
         backbone = load_backbone(o.model, precision=o.precision, device=o.device, **size)
     rule = split_rule_of(out) if resume else SPLIT_RULE
     splits = make_splits(
@@ -184,6 +198,7 @@ def _train(o: RunOptions, out: Path, resume: bool, backbone: Backbone | None) ->
             finish(
                 backbone, splits, members, trainer, run_out, o.max_ensemble, started, data_info,
                 cache_info, metric=config.metric,
+                test_views=config.views if config.test_views else "none",
             )
         )  # fmt: skip
     if not runs:
@@ -219,6 +234,10 @@ def train_members(
         trainer.fit(resume=resume)
         trainer.load_best()
         test_probs, _ = trainer.predict("test")
+        one_view = (
+            {split: trainer.predict(split, one_view=True)[0] for split in ("val", "test")}
+            if config.test_views else None
+        )  # fmt: skip
         for n, spec in trainer.members.specs.items():
             if n in trainer.progress.diverged:  # never selected, exported or reported as trained
                 continue
@@ -232,6 +251,7 @@ def train_members(
                     "best_epoch": trainer.progress.best_epoch[n],
                     "dropped_after": trainer.progress.dropped_at.get(n),
                 },
+                one_view={k: v[n] for k, v in one_view.items()} if one_view else None,
             )
         if grid:
             gathered = gather_on_main(members)

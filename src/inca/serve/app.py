@@ -77,6 +77,11 @@ class Server:
             "method": task.method,
             "own_pass": bool(getattr(task, "own_pass", False)),
             "metrics": task.metrics,
+            # test-time views: backbone images per requested image (the views' cost)
+            "views": [getattr(p, "views", "none") for p in getattr(task, "parts", [task])],
+            "backbone_images_per_image": sum(
+                len(getattr(p, "view_set", (0,))) for p in getattr(task, "parts", [task])
+            ),
         }
 
     async def close(self) -> None:

@@ -157,12 +157,13 @@ class MicroBatcher:
             wanted = [i.tasks for i in live for _ in range(i.rows)]
             self.running = len(pixels)
             begun, started = loop.time(), time.perf_counter()
+            views_before = self.group.view_images
             try:
                 rows = await loop.run_in_executor(
                     self._executor, self.group.run, pixels, wanted, self.pass_per_task
                 )
                 seconds = time.perf_counter() - started
-                self.metrics.batch(len(pixels), seconds)
+                self.metrics.batch(len(pixels), seconds, self.group.view_images - views_before)
             except Exception as e:  # the batch's requests fail with it; the server goes on
                 for i in live:
                     if not i.future.done():

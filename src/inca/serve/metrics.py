@@ -58,6 +58,7 @@ class Metrics:
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, int], int] = defaultdict(int)
         self.images = 0
+        self.view_images = 0
         self.pass_seconds = 0.0
         self.batch_sizes = Histogram(BATCH_BUCKETS)
         self.latency = Histogram(LATENCY_BUCKETS)
@@ -70,8 +71,11 @@ class Metrics:
             self.requests[(route, status)] += 1
             self.latency.observe(seconds)
 
-    def batch(self, size: int, seconds: float) -> None:
+    def batch(self, size: int, seconds: float, view_images: int = 0) -> None:
+        """A backbone pass of ``size`` requested images, plus ``view_images`` more for the
+        tasks' test-time views."""
         with self._lock:
+            self.view_images += view_images
             self.images += size
             self.pass_seconds += seconds
             self.batch_sizes.observe(size)
@@ -105,6 +109,9 @@ class Metrics:
                 "# HELP inca_images_total Images run through a backbone pass.",
                 "# TYPE inca_images_total counter",
                 f"inca_images_total {self.images}",
+                "# HELP inca_view_images_total Extra images the backbone ran for test-time views.",
+                "# TYPE inca_view_images_total counter",
+                f"inca_view_images_total {self.view_images}",
                 "# HELP inca_pass_seconds_total Time spent in backbone passes (busy time).",
                 "# TYPE inca_pass_seconds_total counter",
                 f"inca_pass_seconds_total {self.pass_seconds:.6f}",

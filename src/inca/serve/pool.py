@@ -18,6 +18,7 @@ from torch import Tensor
 
 from inca.adapters import normalize_tokens
 from inca.data.preprocess import ImageTransform
+from inca.data.views import expand_views, mean_over_views, union_views
 from inca.errors import IncaError
 from inca.tasks import MultiTask
 from inca.tasks.by_backbone import bucket_by_backbone, part_name, served_tasks
@@ -65,6 +66,7 @@ class BackboneGroup:
         self.name = f"{self.backbone.name}@{self.backbone.preprocess.image_size}"
         self._lock = threading.Lock()  # tasks change between batches, never during one
         self._stacked: StackedTasks | None = multi.stacked  # rebuilt after a change
+        self.view_images = 0  # backbone images run for test-time views beyond the requests
 
     def accepts(self, task: Any) -> bool:
         """Whether ``task`` was trained on this group's backbone (then it shares the pass)."""
@@ -103,10 +105,14 @@ class BackboneGroup:
                 continue
             rows = [i for i, w in enumerate(wanted) if w & set(names)]
             taps = list(dict.fromkeys(t for n in names for t in tasks[n].taps))
-            tokens = self.backbone.forward_taps(pixels[rows], taps)  # {tap: (b, T, D)}
+            views = union_views([tasks[n].view_set for n in names])  # test-time views
+            x = expand_views(pixels[rows], views)  # (V * b, 3, S, S)
+            tokens = self.backbone.forward_taps(x, taps)  # {tap: (V * b, T, D)}
             normed = {tap: normalize_tokens(t) for tap, t in tokens.items()}
+            self.view_images += len(x) - len(rows)  # what the views cost, beyond the images
             # every wanted task's members in a few stacked calls, not a loop over tasks
             for n, probs in stacked.forward_normalized(normed, names).items():
+                probs = mean_over_views(probs, views, tasks[n].view_set)  # (b, C)
                 ranked = Ranked.rows(probs)  # (b, C) -> b rows, in two calls per task
                 for j, i in enumerate(rows):
                     if n in wanted[i]:

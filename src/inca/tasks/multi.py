@@ -20,6 +20,7 @@ from inca.adapters import normalize_tokens
 from inca.adapters.tap_groups import tap_parts
 from inca.backbones.base import Backbone
 from inca.backbones.registry import load_backbone
+from inca.data.views import expand_views, mean_over_views, union_views
 from inca.errors import IncaError
 from inca.tasks.finetuned import FineTunedTask  # noqa: F401  (registers its task kind)
 from inca.tasks.stacked import StackedTasks
@@ -148,14 +149,20 @@ class MultiTask:
     def predict_proba(self, pixels: Tensor) -> dict[str, Tensor]:
         """Pixels (B, 3, S, S) -> {task name: probabilities (B, C)} on the backbone's device.
 
-        One ``forward_taps`` call for all tasks; each tap normalised once for all of them.
+        One ``forward_taps`` call for all tasks; each tap normalised once for all of them. A
+        task with test-time views gets the mean over its views: the pass then runs on every
+        view any task needs (V * B images).
         """
         out: dict[str, Tensor] = {}
-        if self.taps:  # ONE frozen pass for every adapter task
-            tokens = self.backbone.forward_taps(pixels, self.taps)  # {tap: (B, T, D)}
+        if self.taps:  # ONE frozen pass for every adapter task (and every view it averages)
+            shared = [t for n, t in self.tasks.items() if n not in self.separate]
+            views = union_views([t.view_set for t in shared])
+            x = expand_views(pixels, views)  # (V * B, 3, S, S), view-major
+            tokens = self.backbone.forward_taps(x, self.taps)  # {tap: (V * B, T, D)}
             with torch.inference_mode():
                 normed = {tap: normalize_tokens(t) for tap, t in tokens.items()}  # float32
-                out |= self.stacked.forward_normalized(normed)
+                for name, p in self.stacked.forward_normalized(normed).items():
+                    out[name] = mean_over_views(p, views, self.tasks[name].view_set)
         for name in self.separate:  # each fine-tuned task: its own pass
             out[name] = self.tasks[name].predict_pixels(pixels, self.backbone)
         return {name: out[name] for name in self.tasks}

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from inca.adapters import Adapter, adapter_config, build_adapter, normalize_tokens
 from inca.adapters.tap_groups import group_tokens, group_width, is_group, single_taps
 from inca.backbones.base import Backbone
+from inca.data.views import VIEW_SETS, views_of
 from inca.errors import IncaError, UnknownNameError
 from inca.tasks.storage import (
     TASK_JSON,
@@ -118,6 +119,9 @@ class Task(nn.Module):
         weights: one finite weight > 0 per member, in member order, or {member: weight} (e.g.
             greedy selection's multiplicities); scaled to sum 1 and kept as ``member_weights``
             {member: weight}. None (the default): a uniform mean, ``member_weights`` None.
+        views: test-time views (``inca.data.views``: "none", "flip", "rot90", "dihedral"):
+            whoever runs the backbone for this task (``MultiTask``, ``inca serve``) averages its
+            probabilities over these exact views of each image, as its selection did.
     """
 
     def __init__(
@@ -131,6 +135,7 @@ class Task(nn.Module):
         data: Mapping[str, Any] | None = None,
         created: str | None = None,
         weights: Weights | None = None,
+        views: str = "none",
     ) -> None:
         super().__init__()
         if not isinstance(name, str) or not name:
@@ -148,6 +153,8 @@ class Task(nn.Module):
         for member, tap, adapter in members:
             self._add(member, tap, adapter)
         self.member_weights = normalize_weights(name, self.member_names, weights)
+        views_of(views)  # a clear error for an unknown set
+        self.views = views
 
     def _add(self, member: str, tap: str, adapter: Adapter) -> None:
         where = f"task {self.name!r}, member {member!r}"
@@ -177,9 +184,10 @@ class Task(nn.Module):
         metrics: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
         weights: Weights | None = None,
+        views: str = "none",
     ) -> Task:
         """A task from adapters trained on ``backbone``; checks each tap exists and fits.
-        ``weights``: as for ``Task`` (one per member; None for a uniform mean)."""
+        ``weights``, ``views``: as for ``Task``."""
         widths = {t: info.dim for t, info in backbone.taps.items()}
         for member, tap, adapter in members:
             if is_group(tap):
@@ -200,7 +208,8 @@ class Task(nn.Module):
                     f"in_dim={dim}"
                 )
         info = backbone_info(backbone)
-        return cls(name, method, info, class_names, members, metrics, data, weights=weights)
+        return cls(name, method, info, class_names, members, metrics, data, weights=weights,
+                   views=views)  # fmt: skip
 
     # ----------------------------------------------------------------- what it holds
     @property
@@ -224,6 +233,11 @@ class Task(nn.Module):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def view_set(self) -> tuple[int, ...]:
+        """The exact views its probabilities average over ((0,): the image as it is)."""
+        return views_of(self.views)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, method={self.method!r}, classes={self.num_classes}"
@@ -280,7 +294,7 @@ def _record_fields(task: Task) -> dict[str, Any]:
         if task.member_weights is not None:
             member["weight"] = task.member_weights[name]
         members.append(member)
-    return {"members": members}
+    return {"members": members} | ({"views": task.views} if task.views != "none" else {})
 
 
 def _tensors(task: Task) -> dict[str, Tensor]:
@@ -301,6 +315,11 @@ def _check(record: dict[str, Any], file: Path) -> None:
             raise IncaError(f"{file}: members[{i}] is not an object; re-save the task")
         require(m, file, f"members[{i}].", name=str, kind=str, tap=str, config=dict, in_dim=int)
     _check_weights(record["members"], file)
+    if record.get("views", "none") not in VIEW_SETS:
+        raise IncaError(
+            f"{file}: field views is {record['views']!r}, not one of {', '.join(VIEW_SETS)}; "
+            "re-save the task"
+        )
 
 
 def _check_weights(members: list[dict], file: Path) -> None:
@@ -359,6 +378,7 @@ def _read(record: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> Tas
         data=record.get("data"),
         created=record.get("created"),
         weights=[m["weight"] for m in record["members"]] if weighted else None,
+        views=record.get("views", "none"),
     )
     return task.eval()
 

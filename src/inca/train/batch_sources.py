@@ -9,6 +9,11 @@ so that methods compared in one harness see the same data and a resumed run the 
 * :class:`TokenSource`: the frozen backbone's normalised tokens of the members' taps,
   (n_taps, B, T, D): from one backbone pass per batch (online) or, where an activation cache is
   given for a split, read from it with no backbone pass at all.
+
+With ``config.views`` (exact views of orientation-free images, ``inca.data.views``) every
+training image is shown in one view of the set, drawn per image and epoch. With
+``config.test_views``, validation and test batches hold every view of their b images, view-major
+(V * b rows for b labels): ``predict_all`` averages the probabilities over them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from inca.adapters.base import stack_taps
 from inca.backbones.base import Backbone
 from inca.cache import ActivationCache
 from inca.data import ImageTransform, Splits, Subset, make_loader
+from inca.data.views import expand_views, random_views, views_of
+from inca.errors import IncaError
 from inca.train.config import TrainConfig
 from inca.train.schedule import epoch_order
 from inca.utils.distributed import World, my_block, world
@@ -93,14 +100,33 @@ class PixelSource:
             num_workers=self.config.workers,
         )
 
-    def train(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        for pixels, labels, _ in self._train_loader(epoch):
-            yield pixels, labels
+    @property
+    def views(self) -> tuple[int, ...]:
+        return views_of(self.config.views)
 
-    def evaluate(self, split: str) -> Iterator[tuple[Tensor, Tensor]]:
-        """Split ``split`` in order, not augmented (``train`` too: features to select on)."""
+    def view_generator(self, epoch: int) -> torch.Generator:
+        """The draw of training views for ``epoch`` (rank ``r`` its own stream)."""
+        return torch.Generator().manual_seed(
+            (self.config.seed * 1000 + epoch) * 64 + self.world.rank
+        )
+
+    def eval_views(self, split: str, one_view: bool = False) -> tuple[int, ...]:
+        """The views a batch of ``split`` holds: the set on val and test with test views."""
+        if self.config.test_views and split != "train" and not one_view:
+            return self.views
+        return (0,)
+
+    def train(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        gen = self.view_generator(epoch)
+        for pixels, labels, _ in self._train_loader(epoch):
+            yield random_views(pixels, self.views, gen), labels
+
+    def evaluate(self, split: str, one_view: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        """Split ``split`` in order, not augmented (``train`` too: features to select on); each
+        batch with every test view (``eval_views``) unless ``one_view``."""
+        views = self.eval_views(split, one_view)
         for pixels, labels, _ in self._eval_loader(split):
-            yield pixels, labels
+            yield expand_views(pixels, views), labels
 
 
 class TokenSource(PixelSource):
@@ -125,24 +151,41 @@ class TokenSource(PixelSource):
         self.taps = list(members.taps)  # read only the taps the members still need
 
     def train(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        gen = self.view_generator(epoch)
         if "train" in self.caches:
             cache = self.caches["train"]
-            for pos in self._order(epoch).split(self.batch_size):
-                yield cache.read(pos, self.taps, epoch, self.token_dtype), cache.labels[pos]
+            order = self._order(epoch)
+            # a cache of exact views: one drawn per image; of augmented views: the epoch's
+            drawn = (torch.randint(cache.views, (len(order),), generator=gen)
+                     if cache.view_set != "none" else torch.full((len(order),), epoch))  # fmt: skip
+            for pos, view in zip(order.split(self.batch_size), drawn.split(self.batch_size),
+                                 strict=True):  # fmt: skip
+                yield cache.read(pos, self.taps, view, self.token_dtype), cache.labels[pos]
             return
-        yield from self._online(self._train_loader(epoch))
+        yield from self._online(
+            self._train_loader(epoch), lambda x: random_views(x, self.views, gen)
+        )
 
-    def evaluate(self, split: str) -> Iterator[tuple[Tensor, Tensor]]:
+    def evaluate(self, split: str, one_view: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        views = self.eval_views(split, one_view)
         if split in self.caches:
             cache = self.caches[split]
+            if len(views) > cache.views:
+                raise IncaError(
+                    f"the {split} cache holds {cache.views} view(s) of each image, not the "
+                    f"{len(views)} test views; build it with the same --views and --test-views"
+                )
             block = my_block(len(getattr(self.splits, split)), self.world)
             for pos in torch.arange(block.start, block.stop).split(self.config.eval_batch_size):
-                yield cache.read(pos, self.taps, 0, self.token_dtype), cache.labels[pos]
+                every = torch.arange(len(views)).repeat_interleave(len(pos))  # view-major
+                x = cache.read(pos.repeat(len(views)), self.taps, every, self.token_dtype)
+                yield x, cache.labels[pos]
             return
-        yield from self._online(self._eval_loader(split))
+        yield from self._online(self._eval_loader(split), lambda x: expand_views(x, views))
 
-    def _online(self, loader) -> Iterator[tuple[Tensor, Tensor]]:
+    def _online(self, loader, viewed) -> Iterator[tuple[Tensor, Tensor]]:
         for pixels, labels, _ in loader:
+            pixels = viewed(pixels)
             t0 = time.perf_counter()
             tokens = self.backbone.forward_taps(pixels, self.taps)  # ONE pass, no grad
             x = stack_taps(tokens, self.taps, normalize=True, dtype=self.token_dtype)

@@ -23,3 +23,6 @@ class Candidate:
     val_probs: Tensor  # (N_val, C), rows in the split's order
     test_probs: Tensor  # (N_test, C)
     info: dict[str, Any] = field(default_factory=dict)  # best epoch, fitted l2, ...
+    # with test-time views: {"val": (N_val, C), "test": (N_test, C)} of the images as they are
+    # (view 0 alone), to report what the views buy
+    one_view: dict[str, Tensor] | None = None

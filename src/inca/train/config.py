@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from inca.data.views import views_of
 from inca.errors import IncaError
 from inca.train.budget import PATIENCE_MAX_EPOCHS, Budget, fitted_batch_size, resolve_budget
 from inca.train.metrics import check_metric
@@ -43,6 +44,11 @@ class TrainConfig:
     # 1.3x faster steps on this CPU, after ~30 s of compiling for each set of members (again
     # after every halving rung); needs a C++ compiler. Off by default: short runs lose.
     compile: bool = False
+    # exact views (inca.data.views) of orientation-free images: ``views`` names the set a
+    # training image is shown in (one drawn per image and epoch); ``test_views`` averages the
+    # class probabilities over the same set on validation and test (and in the saved tasks)
+    views: str = "none"
+    test_views: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -56,6 +62,11 @@ class TrainConfig:
                 "min_steps, patience, patience_cap_epochs and halving_epochs must be >= 0 (0: off)"
             )
         check_metric(self.metric)
+        views_of(self.views)  # a clear error for an unknown set
+        if self.test_views and self.views == "none":
+            raise IncaError(
+                "test-time views average over --views; name the set (e.g. --views dihedral)"
+            )
         if not 0 < self.halving_keep <= 1 or self.halving_min < 1:
             raise IncaError(
                 f"halving keeps a fraction in (0, 1] and at least 1 member, got "
@@ -121,4 +132,4 @@ FROZEN_DEFAULTS: dict[str, Any] = {
 }
 
 LATER_FIELDS = ("min_steps", "patience", "halving_epochs", "halving_keep", "halving_min", "metric",
-                "patience_cap_epochs", "fit_batch", "compile")  # fmt: skip
+                "patience_cap_epochs", "fit_batch", "compile", "views", "test_views")  # fmt: skip

@@ -24,25 +24,26 @@ from inca.methods.linear.solver import fit_probes
 from inca.train.batch_sources import TokenSource
 from inca.train.candidate import Candidate
 from inca.train.plan import AdapterSpec
+from inca.train.select import accuracy
 from inca.utils.io import write_json
 
 
 def pooled_features(
     source: TokenSource, split: str, progress: bool = True
 ) -> tuple[dict[str, dict[str, Tensor]], Tensor]:
-    """{tap: {"cls": (N, D), "mean": (N, D), "max": (N, D)}} float32 for every image of
-    ``split`` (in the split's order, unaugmented; "cls" where the backbone has a prefix
-    token), and the labels (N,)."""
+    """{tap: {"cls": (V, N, D), "mean": (V, N, D), "max": (V, N, D)}} float32 for every image
+    of ``split`` (in the split's order, unaugmented; "cls" where the backbone has a prefix
+    token; V: the test views of the split, 1 without), and the labels (N,)."""
     prefix = source.backbone.num_prefix_tokens
     parts: dict[str, dict[str, list[Tensor]]] = {t: {} for t in source.taps}
     labels = []
     batches = source.evaluate(split)
     for x, y in tqdm(batches, desc=f"probe features {split}", leave=False, disable=not progress):
-        for i, tap in enumerate(source.taps):  # x: (n_taps, B, T, D) normalised tokens
+        for i, tap in enumerate(source.taps):  # x: (n_taps, V * b, T, D) normalised tokens
             for pool, f in pool_tokens(x[i], prefix, POOL_PARTS).items():
-                parts[tap].setdefault(pool, []).append(f.cpu())
+                parts[tap].setdefault(pool, []).append(f.cpu().reshape(-1, len(y), f.shape[-1]))
         labels.append(y)
-    feats = {t: {p: torch.cat(v) for p, v in d.items()} for t, d in parts.items()}
+    feats = {t: {p: torch.cat(v, dim=1) for p, v in d.items()} for t, d in parts.items()}
     return feats, torch.cat(labels)
 
 
@@ -62,10 +63,10 @@ def fit_linear_probes(
     start = time.perf_counter()
     feats = {s: pooled_features(source, s, progress) for s in ("train", "val", "test")}
     (tr, ytr), (va, yva), (te, _) = feats["train"], feats["val"], feats["test"]
-    fits = fit_probes(
-        {s.name: _select(tr, s) for s in specs},
+    fits = fit_probes(  # on the images as they are (view 0); test views average below
+        {s.name: _select(tr, s)[0] for s in specs},
         ytr,
-        {s.name: _select(va, s) for s in specs},
+        {s.name: _select(va, s)[0] for s in specs},
         yva,
         num_classes,
     )
@@ -77,12 +78,20 @@ def fit_linear_probes(
         probe.load_state_dict({"head.weight": fit.weight, "head.bias": fit.bias})
         probe.eval()
 
-        def probs(x: Tensor, fit=fit) -> Tensor:
-            return torch.addmm(fit.bias, x, fit.weight.t()).softmax(-1)  # (N, C)
+        def probs(x: Tensor, fit=fit) -> Tensor:  # (V, N, F) -> mean over views (N, C)
+            return (x @ fit.weight.t() + fit.bias).softmax(-1).mean(0)
 
+        val_probs = probs(_select(va, s))  # what selection reads: its accuracy, over views
+        val_acc = fit.val_acc if va[s.tap][next(iter(va[s.tap]))].shape[0] == 1 else (
+            accuracy(val_probs, yva))  # fmt: skip
         members[s.name] = Candidate(
-            s, probe, fit.val_acc, probs(_select(va, s)), probs(_select(te, s)), {"l2": fit.l2}
+            s, probe, val_acc, val_probs, probs(_select(te, s)), {"l2": fit.l2}
         )
+        if va[s.tap][next(iter(va[s.tap]))].shape[0] > 1:  # test views: the first alone too
+            members[s.name].one_view = {
+                "val": probs(_select(va, s)[:1]),
+                "test": probs(_select(te, s)[:1]),
+            }
         record[s.name] = {"l2": fit.l2, "val_acc": fit.val_acc, "curve": fit.curve,
                           "seconds": fit.seconds}  # fmt: skip
     seconds = time.perf_counter() - start

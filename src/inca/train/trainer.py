@@ -249,12 +249,13 @@ class Trainer:
         self.progress.images_seen += seen
         return {n: s / max(1, steps) for n, s in loss_sum.items()}
 
-    def predict(self, split: str) -> tuple[dict[str, Tensor], Tensor]:
+    def predict(self, split: str, one_view: bool = False) -> tuple[dict[str, Tensor], Tensor]:
         """The current members' probabilities on ``split`` and its labels (under torchrun each
-        rank predicts its block of the split; every rank gets the whole, in split order)."""
+        rank predicts its block of the split; every rank gets the whole, in split order);
+        averaged over the test views unless ``one_view``."""
         total = self.val_batches if split == "val" and not self.data_world.distributed else None
         probs, labels = predict_all(self.source, self.members, split, self.device,
-                                    self.config.progress, total)  # fmt: skip
+                                    self.config.progress, total, one_view)  # fmt: skip
         if self.data_world.distributed:
             probs = {n: gather_rows(p) for n, p in probs.items()}
             labels = gather_rows(labels)
