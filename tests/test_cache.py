@@ -238,4 +238,4 @@ def test_probe_features_over_many_cached_batches_are_each_batchs_own(setup, tmp_
         for start in (0, 50, 110):
             x = cache.read(torch.arange(start, start + 5), TAPS, 0, source.token_dtype)[i]
             for pool, expected in pool_tokens(x, backbone.num_prefix_tokens).items():
-                torch.testing.assert_close(feats[tap][pool][start : start + 5], expected)
+                torch.testing.assert_close(feats[tap][pool][0, start : start + 5], expected)

@@ -247,6 +247,7 @@ def test_the_batcher_splits_rows_back_and_never_mixes_requests() -> None:
     class Echo:  # a group whose "probabilities" are the pixels' first value, per task
         name = "echo"
         batches: list[int] = []
+        view_images = 0
 
         def run(self, pixels, wanted, pass_per_task=False):
             self.batches.append(len(pixels))

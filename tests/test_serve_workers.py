@@ -209,6 +209,7 @@ class Echo:
     """A group whose "probabilities" are the pixels' first value; it records its batches."""
 
     name = "echo"
+    view_images = 0  # backbone images beyond one per image (test-time views); none here
 
     def __init__(self) -> None:
         self.batches: list[int] = []

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from inca.errors import IncaError
 from inca.methods import get_method
 from inca.recipes.compare_options import CompareOptions
 from inca.recipes.data_options import DATA_FIELDS
@@ -143,6 +144,11 @@ def finetune_rows(
     from inca.train.select import accuracy
 
     cfg = options.train
+    if cfg.test_views:
+        raise IncaError(
+            f"--test-views averages adapter tasks over views; {method} saves a fine-tuned model "
+            "that predicts one view: train it with --views alone (views as augmentation)"
+        )
     plan = options.sweep_plan(method)
     lrs = list(plan.lrs)
     splits = make_splits(options.data, train_size=options.train_size,

@@ -157,8 +157,8 @@ class MicroBatcher:
             wanted = [i.tasks for i in live for _ in range(i.rows)]
             self.running = len(pixels)
             begun, started = loop.time(), time.perf_counter()
-            views_before = self.group.view_images
             try:
+                views_before = self.group.view_images
                 rows = await loop.run_in_executor(
                     self._executor, self.group.run, pixels, wanted, self.pass_per_task
                 )
