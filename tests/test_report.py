@@ -333,3 +333,18 @@ def test_seeds_table_shows_balanced_accuracy_when_recorded() -> None:
     md = results_table(results)
     assert "|  | val acc | test acc | test bal acc |" in md
     assert "| ensemble | 70.00 ± 1.00% | 70.00 ± 1.00% | — |" in md
+
+
+def test_the_summary_says_what_test_time_views_buy() -> None:
+    results = make_results()
+    sel = results["selection"]
+    sel["test_views"] = "dihedral"
+    sel["best"]["one_view"] = {"val_acc": sel["best"]["val_acc"] - 0.05, "test_acc": 0.70}
+    sel["ensemble"]["one_view"] = {"val_acc": 0.80, "test_acc": 0.80}
+    summary = summary_of(results_table(results, every_adapter=False))
+    gain = (sel["best"]["test_acc"] - 0.70) * 100
+    assert "Test-time views (dihedral)" in summary
+    assert f"best single adapter: test {pct(sel['best']['test_acc'])} with them, 70.00% without " \
+           f"({gain:+.2f} points" in summary  # fmt: skip
+    assert "ensemble: test 84.50% with them, 80.00% without (+4.50 points" in summary
+    assert "Test-time views" not in summary_of(results_table(make_results(), every_adapter=False))

@@ -111,11 +111,13 @@ def reserve(file: Path, size: int) -> None:
     os.close(fd)
 
 
-def check_disk(directory: Path, needed: int) -> None:
+def check_disk(directory: Path, needed: int, what: str = "") -> None:
+    """Refuse, before anything is extracted, a cache of ``needed`` bytes that ``directory``'s
+    disk cannot hold; ``what`` says where the size comes from (e.g. the views)."""
     free = shutil.disk_usage(directory).free
     if needed * DISK_MARGIN > free:
         raise IncaError(
-            f"the activation cache needs {needed / 2**30:.2f} GiB but {directory} has "
+            f"the activation cache needs {needed / 2**30:.2f} GiB{what} but {directory} has "
             f"{free / 2**30:.2f} GiB free; free some space, cache fewer taps or views, or use "
             "dtype float16/bfloat16"
         )
@@ -141,7 +143,13 @@ def build_cache(
     second process building it gets a clear error."""
     directory = Path(directory)
     if view_set != "none":
-        views, augment = len(views_of(view_set)), False
+        if augment or views not in (1, len(views_of(view_set))):
+            raise IncaError(
+                f"the view set {view_set!r} caches its {len(views_of(view_set))} exact views, "
+                f"not {views} augmented ones; pass view_set alone (or augment with views=K "
+                "and no view set)"
+            )
+        views = len(views_of(view_set))
     with exclusive(directory, "cache"):
         return _build(backbone, subset, taps, directory, views, augment, dtype, batch_size, seed,
                       workers, progress, view_set)  # fmt: skip
@@ -214,7 +222,8 @@ def _open_or_create(
         )
     else:
         directory.mkdir(parents=True, exist_ok=True)
-        check_disk(directory, total_rows * row_bytes(shapes, dtype) + 16 * n)
+        what = f" ({n} images x {total_rows // n} views)" if total_rows > n else ""
+        check_disk(directory, total_rows * row_bytes(shapes, dtype) + 16 * n, what)
         header = request | {
             "format": "inca-activation-cache",
             "rows_done": 0,

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from inca.backbones.base import Backbone
-from inca.cache.build import build_cache, cache_request
-from inca.cache.format import read_header
+from inca.cache.build import build_cache, cache_request, check_disk
+from inca.cache.format import read_header, row_bytes
 from inca.cache.read import ActivationCache
 from inca.data import Splits
 from inca.data.views import views_of
@@ -36,14 +36,13 @@ def open_caches(
     ``views`` augmented views of each training image, or each exact view of ``view_set``
     (``inca.data.views``), for validation and test too with ``test_views``."""
     caches, started, built_any = {}, time.perf_counter(), False
-    for split in ("train", "val", "test"):
+    plans = {split: _plan(split, views, view_set, test_views) for split in SPLITS}
+    _check_disk_first(backbone, splits, taps, root, plans, dtype, seed)
+    for split, (v, augment, exact) in plans.items():
         subset = getattr(splits, split)
-        exact = view_set if split == "train" or test_views else "none"
-        v = len(views_of(exact)) if exact != "none" else (views if split == "train" else 1)
-        augment = split == "train" and v > 1 and exact == "none"
         directory = root / split
         built = False
-        if not (directory / "header.json").exists() or not read_header(directory)["complete"]:
+        if not _complete(directory):
             build_cache(
                 backbone,
                 subset,
@@ -70,6 +69,42 @@ def open_caches(
 
 
 BUILD_RECORD = "build.json"
+SPLITS = ("train", "val", "test")
+
+
+def _plan(split: str, views: int, view_set: str, test_views: bool) -> tuple[int, bool, str]:
+    """(views per image, augmented?, exact view set) of ``split``'s cache."""
+    exact = view_set if split == "train" or test_views else "none"
+    v = len(views_of(exact)) if exact != "none" else (views if split == "train" else 1)
+    return v, split == "train" and v > 1 and exact == "none", exact
+
+
+def _complete(directory: Path) -> bool:
+    return (directory / "header.json").exists() and read_header(directory)["complete"]
+
+
+def _check_disk_first(
+    backbone: Backbone,
+    splits: Splits,
+    taps: list[str],
+    root: Path,
+    plans: dict[str, tuple[int, bool, str]],
+    dtype: str,
+    seed: int,
+) -> None:
+    """Refuse the whole run's caches before the first is extracted when the disk cannot hold
+    them all (with views, the validation and test caches come after hours of training ones)."""
+    needed, parts = 0, []
+    for split, (v, augment, exact) in plans.items():
+        if (root / split / "header.json").exists():  # allocated already (or complete)
+            continue
+        subset = getattr(splits, split)
+        request = cache_request(backbone, subset, taps, dtype, v, augment, seed, exact)
+        needed += v * len(subset) * row_bytes(request["taps"], request["dtype"]) + 16 * len(subset)
+        parts.append(f"{split} {len(subset)} x {v} views" if v > 1 else f"{split} {len(subset)}")
+    if needed and world().is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        check_disk(root, needed, f" ({', '.join(parts)} images)")
 
 
 def build_seconds(root: Path) -> float | None:

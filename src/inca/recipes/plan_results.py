@@ -176,6 +176,8 @@ def _run_record(
             "stopped": p.stopped or "epoch cap",
             "budget": budget.describe(),
             "augment": trainer.config.augment,
+            "views": trainer.config.views,
+            "test_views": trainer.config.test_views,
             "train_time_s": p.train_seconds,
             "val_time_s": p.val_seconds,
             "train_images_per_s": p.images_seen / train_s,

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from inca.data.views import VIEW_SETS
 from inca.report.class_report import (
     _confusion_tables,
     _recall_table,
@@ -123,9 +124,45 @@ def _summary_table(results: Mapping[str, Any], adapters: Sequence[Adapter]) -> s
         key = "val_acc" if metric == "accuracy" else "val_score"
         steps = ", ".join(f"k={c['k']} {_pct(c.get(key, c.get('val_acc')))}" for c in curve)
         text += f"\n\nEnsemble validation {metric} by k: {steps}."
+    if views := _views_line(selection):
+        text += "\n\n" + views
     if seeds := results.get("seeds"):
         text += "\n\n" + _seeds_table(seeds)
     return text
+
+
+def _views_words(run: Mapping[str, Any]) -> str:
+    """ ", 8 dihedral views per image (at test time too)" where the run used exact views."""
+    views = run.get("views", "none")
+    if views == "none" or views not in VIEW_SETS:
+        return ""
+    return (f", {len(VIEW_SETS[views])} {views} views per image"
+            + (" (at test time too)" if run.get("test_views") else ""))  # fmt: skip
+
+
+def _views_line(selection: Mapping[str, Any]) -> str:
+    """What the test-time views buy: each pick's accuracy with the views averaged (as selected
+    and served) and on the images as they are, from the same trained adapters."""
+    views = selection.get("test_views")
+    if not views:
+        return ""
+    parts = []
+    for key, label in (("best", "best single adapter"), ("ensemble", "ensemble")):
+        pick = selection.get(key) or {}
+        if one := pick.get("one_view"):
+            gain = (pick["test_acc"] - one["test_acc"]) * 100
+            parts.append(
+                f"{label}: test {_pct(pick.get('test_acc'))} with them, "
+                f"{_pct(one.get('test_acc'))} without ({gain:+.2f} points; validation "
+                f"{_pct(pick.get('val_acc'))} vs {_pct(one.get('val_acc'))})"
+            )
+    if not parts:
+        return ""
+    return (
+        f"Test-time views ({views}): the probabilities are averaged over each image's "
+        f"{len(VIEW_SETS.get(views, ()))} views, one backbone pass per view. "
+        f"{'; '.join(parts)}."
+    )
 
 
 def _seeds_table(seeds: Mapping[str, Any]) -> str:
@@ -239,7 +276,8 @@ def run_summary(results: Mapping[str, Any]) -> str:
     parts.append(
         f"{len(adapters) - solved} adapters on {n_taps} taps trained together for {epochs} "
         f"(batch {run.get('batch_size', '?')}, seed {run.get('seed', '?')}, augmentation "
-        f"{'on' if run.get('augment') else 'off'}, {run.get('precision', '?')} on "
+        f"{'on' if run.get('augment') else 'off'}{_views_words(run)}, "
+        f"{run.get('precision', '?')} on "
         f"{run.get('device', '?')})"
         + (f", {solved} linear probes fitted by L-BFGS" if solved else "")
     )

@@ -110,9 +110,12 @@ class PixelSource:
             (self.config.seed * 1000 + epoch) * 64 + self.world.rank
         )
 
-    def eval_views(self, split: str, one_view: bool = False) -> tuple[int, ...]:
-        """The views a batch of ``split`` holds: the set on val and test with test views."""
-        if self.config.test_views and split != "train" and not one_view:
+    def eval_views(
+        self, split: str, one_view: bool = False, every_view: bool = False
+    ) -> tuple[int, ...]:
+        """The views a batch of ``split`` holds: the set on val and test with test views, and
+        on any split with ``every_view`` (a probe fitted on every training view)."""
+        if every_view or (self.config.test_views and split != "train" and not one_view):
             return self.views
         return (0,)
 
@@ -121,10 +124,12 @@ class PixelSource:
         for pixels, labels, _ in self._train_loader(epoch):
             yield random_views(pixels, self.views, gen), labels
 
-    def evaluate(self, split: str, one_view: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+    def evaluate(
+        self, split: str, one_view: bool = False, every_view: bool = False
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         """Split ``split`` in order, not augmented (``train`` too: features to select on); each
-        batch with every test view (``eval_views``) unless ``one_view``."""
-        views = self.eval_views(split, one_view)
+        batch (V * b rows, view-major) with the views of ``eval_views``."""
+        views = self.eval_views(split, one_view, every_view)
         for pixels, labels, _ in self._eval_loader(split):
             yield expand_views(pixels, views), labels
 
@@ -166,8 +171,10 @@ class TokenSource(PixelSource):
             self._train_loader(epoch), lambda x: random_views(x, self.views, gen)
         )
 
-    def evaluate(self, split: str, one_view: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
-        views = self.eval_views(split, one_view)
+    def evaluate(
+        self, split: str, one_view: bool = False, every_view: bool = False
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        views = self.eval_views(split, one_view, every_view)
         if split in self.caches:
             cache = self.caches[split]
             if len(views) > cache.views:

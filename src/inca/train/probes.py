@@ -29,15 +29,16 @@ from inca.utils.io import write_json
 
 
 def pooled_features(
-    source: TokenSource, split: str, progress: bool = True
+    source: TokenSource, split: str, progress: bool = True, every_view: bool = False
 ) -> tuple[dict[str, dict[str, Tensor]], Tensor]:
     """{tap: {"cls": (V, N, D), "mean": (V, N, D), "max": (V, N, D)}} float32 for every image
     of ``split`` (in the split's order, unaugmented; "cls" where the backbone has a prefix
-    token; V: the test views of the split, 1 without), and the labels (N,)."""
+    token; V: the test views of the split, or with ``every_view`` the run's views, 1
+    without), and the labels (N,)."""
     prefix = source.backbone.num_prefix_tokens
     parts: dict[str, dict[str, list[Tensor]]] = {t: {} for t in source.taps}
     labels = []
-    batches = source.evaluate(split)
+    batches = source.evaluate(split, every_view=every_view)
     for x, y in tqdm(batches, desc=f"probe features {split}", leave=False, disable=not progress):
         for i, tap in enumerate(source.taps):  # x: (n_taps, V * b, T, D) normalised tokens
             for pool, f in pool_tokens(x[i], prefix, POOL_PARTS).items():
@@ -61,11 +62,13 @@ def fit_linear_probes(
     """Fit every linear probe of ``specs`` (solver lbfgs) on ``source``'s splits; write
     ``probes.json`` (each fit's L2 curve) in ``out``; return them as members."""
     start = time.perf_counter()
-    feats = {s: pooled_features(source, s, progress) for s in ("train", "val", "test")}
+    feats = {s: pooled_features(source, s, progress, every_view=s == "train")
+             for s in ("train", "val", "test")}  # fmt: skip
     (tr, ytr), (va, yva), (te, _) = feats["train"], feats["val"], feats["test"]
-    fits = fit_probes(  # on the images as they are (view 0); test views average below
-        {s.name: _select(tr, s)[0] for s in specs},
-        ytr,
+    views = len(source.views)
+    fits = fit_probes(  # on every training view (the views as augmentation); the L2 is picked
+        {s.name: _select(tr, s).flatten(0, 1) for s in specs},  # (V * N, F), view-major
+        ytr.repeat(views),  # on validation's first view; test views average below
         {s.name: _select(va, s)[0] for s in specs},
         yva,
         num_classes,
