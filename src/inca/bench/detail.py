@@ -94,7 +94,7 @@ def run_small_detail(
                              train=TrainConfig(**FROZEN_DEFAULTS, workers=None),
                              cache=str(run / "cache"))  # fmt: skip
         results = run_plan(options, run, resume=(run / "plan.json").exists())
-        rows.append(_row(size, image_size, results, time.perf_counter() - started))
+        rows.append(run_row(size, image_size, results, time.perf_counter() - started))
     report = {"data": data, "counts": dict(zip(CLASSES, COUNTS, strict=True)), "rows": rows}
     write_json(out, report)
     Path(out).with_suffix(".md").write_text(detail_table(report) + "\n")
@@ -102,7 +102,7 @@ def run_small_detail(
     return report
 
 
-def _row(asked: int | str, size: int, results: dict[str, Any], seconds: float) -> dict:
+def run_row(asked: int | str, size: int, results: dict[str, Any], seconds: float) -> dict:
     best, ens = results["selection"]["best"], results["selection"]["ensemble"]
     members = {a["name"]: a for a in results["adapters"]}
     training = results["run"]

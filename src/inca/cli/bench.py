@@ -44,6 +44,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="benchmarks/results/small_detail.json")
     p.set_defaults(func=run_detail)
 
+    p = sub.add_parser(
+        "bench-views", help="orientation-free data: --views, --test-views and --crop measured"
+    )
+    p.add_argument("--folder", default="runs/views/data", help="where the set is made")
+    p.add_argument("--runs", default="runs/views", help="run directories (resumable)")
+    p.add_argument("--only", default="", help="comma-separated run labels (default: all)")
+    p.add_argument("--out", default="benchmarks/results/views.json")
+    p.set_defaults(func=run_views)
+
     p = sub.add_parser("bench", help="measure the one-to-many claims (R1-R4, the curve)")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--data", default=DEFAULT_DATA)
@@ -104,3 +113,10 @@ def run_detail(args: argparse.Namespace) -> None:
     from inca.bench.detail import run_small_detail
 
     run_small_detail(args.folder, args.runs, out=args.out)
+
+
+def run_views(args: argparse.Namespace) -> None:
+    from inca.bench.views import run_views as measure
+
+    only = [x.strip() for x in args.only.split(",") if x.strip()] or None
+    measure(args.folder, args.runs, out=args.out, only=only)
