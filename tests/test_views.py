@@ -278,3 +278,31 @@ def test_a_crop_is_saved_with_the_task_and_applied_at_serve_time(tmp_path) -> No
     with TestClient(app) as client:
         got = served_probabilities(client, [png_bytes(im) for im in images], "small")
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_without_views_or_crop_the_files_are_as_before(tmp_path) -> None:
+    """Views and crops off (the defaults): cache requests, preprocessing and task files hold no
+    new field, so caches and tasks made before them still match and load."""
+    from inca.cache import cache_request
+
+    backbone = inca.load_backbone("tiny-vit", precision="fp32")
+    splits = make_splits("digits", train_size=20, val_size=10, test_size=10, seed=0)
+    request = cache_request(backbone, splits.train, TAPS, "float16", 1, False, 0)
+    assert "view_set" not in request and "crop" not in request["backbone"]["preprocess"]
+    assert request == cache_request(backbone, splits.train, TAPS, "float16", 1, False, 0, "none")
+    random_task(backbone, "plain").save(tmp_path / "plain")
+    text = (tmp_path / "plain" / "task.json").read_text()
+    assert '"views"' not in text and '"crop"' not in text
+    assert load_task(tmp_path / "plain").view_set == (0,)
+
+
+def test_inca_cache_builds_the_view_sets_train_reads(tmp_path) -> None:
+    from inca.cli import main
+
+    main(["cache", "--model", "tiny-vit", "--data", "digits", "--out", str(tmp_path),
+          "--train-size", "20", "--val-size", "10", "--test-size", "10", "--views", "flip",
+          "--test-views", "--taps", "final", "--no-progress", "--workers", "0"])  # fmt: skip
+    assert [ActivationCache(tmp_path / s).views for s in ("train", "val", "test")] == [2, 2, 2]
+    assert ActivationCache(tmp_path / "val").view_set == "flip"
+    with pytest.raises(SystemExit):
+        main(["cache", "--out", str(tmp_path / "x"), "--views", "sideways"])

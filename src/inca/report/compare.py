@@ -75,7 +75,45 @@ def compare_table(summary: dict[str, Any]) -> str:
         if mixed:
             row.append(label[id(r)])
         table.append(row)
-    return note + "\n\n" + markdown_table(header, table)
+    text = note + "\n\n" + markdown_table(header, table)
+    return text + ("\n\n" + line if (line := decision_line(rows)) else "")
+
+
+DECISION_MARGIN = 0.005  # "as good": within half a point of the best validation accuracy
+
+
+def decision(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The row with the best validation accuracy, and the cheapest (wall time) whose
+    validation accuracy is within ``DECISION_MARGIN`` of it (the best itself when none is
+    cheaper), among the rows timed on the best's machine. Test accuracy decides nothing: it is
+    read once, after."""
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: (r["val_acc"], -r["train_time_s"]))
+    where = machine_label(best.get("machine"))
+    close = [r for r in rows if r["val_acc"] >= best["val_acc"] - DECISION_MARGIN - 1e-12
+             and machine_label(r.get("machine")) == where]  # fmt: skip
+    return best, min(close, key=lambda r: (r["train_time_s"], -r["val_acc"]))
+
+
+def decision_line(rows: list[dict[str, Any]]) -> str:
+    """The answer the comparison is run for, in one line under the table."""
+    picked = decision(rows)
+    if picked is None:
+        return ""
+    best, cheap = picked
+
+    def said(r: dict[str, Any]) -> str:
+        return (f"**{r['method']}** (validation {100 * r['val_acc']:.2f}%, test "
+                f"{100 * r['test_acc']:.2f}%, {r['train_time_s']:.0f} s)")  # fmt: skip
+
+    line = f"Decision: the best on validation is {said(best)}"
+    if cheap is best:
+        return line + f"; no method within {100 * DECISION_MARGIN:.1f} points costs less."
+    return (
+        line + f"; the cheapest within {100 * DECISION_MARGIN:.1f} points of it is {said(cheap)}, "
+        f"{cheap['train_time_s'] / best['train_time_s']:.2f}x its time."
+    )
 
 
 def plot_cost(summary: dict[str, Any], path: Path) -> Path:
