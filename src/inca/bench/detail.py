@@ -15,6 +15,7 @@ stop a flat run), and the time.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +48,27 @@ def make_small_detail_folder(
 ) -> Path:
     """Write the data set under ``root/<class>/<n>.png`` (skipped when it is there already);
     returns ``root``."""
+    return made_once(root, seed, lambda *a: _write_small_detail(*a, counts))
+
+
+def made_once(root: str | Path, seed: int, write: Callable[..., None]) -> Path:
+    """``write(root, images, labels, rng)`` a data set made from Fashion-MNIST's training
+    images once: a folder marked complete is kept as it is. Returns ``root``."""
     from inca.data._fashion_mnist import read_fashion_mnist
 
     root = Path(root)
     done = root / ".complete"
-    if done.exists():
-        return root
-    images, labels = read_fashion_mnist("train")  # (60000, 28, 28) uint8, (60000,)
-    rng = np.random.default_rng(seed)
+    if not done.exists():
+        images, labels = read_fashion_mnist("train")  # (60000, 28, 28) uint8, (60000,)
+        write(root, images, labels, np.random.default_rng(seed))
+        done.touch()
+    return root
+
+
+def _write_small_detail(
+    root: Path, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+    counts: tuple[int, ...],
+) -> None:  # fmt: skip
     for (name, label), count in zip(CLASSES.items(), counts, strict=True):
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -68,8 +82,6 @@ def make_small_detail_folder(
             canvas[y : y + ITEM, x : x + ITEM] = patch * (1 - alpha) + ink * alpha
             pixels = np.clip(canvas, 0, 255).astype(np.uint8)
             Image.fromarray(pixels, mode="L").save(folder / f"{n:05d}.png")
-    done.touch()
-    return root
 
 
 def run_small_detail(

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from inca.bench.detail import run_row
+from inca.bench.detail import made_once, run_row
 from inca.utils.io import write_json
 
 NAMES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -58,14 +58,12 @@ def make_orientation_free_folder(
 ) -> Path:
     """Write the data set under ``root/<class>/<n>.png`` (skipped when it is there already);
     returns ``root``."""
-    from inca.data._fashion_mnist import read_fashion_mnist
+    return made_once(root, seed, lambda *a: _write(*a, per_class))
 
-    root = Path(root)
-    done = root / ".complete"
-    if done.exists():
-        return root
-    images, labels = read_fashion_mnist("train")  # (60000, 28, 28) uint8, (60000,)
-    rng = np.random.default_rng(seed)
+
+def _write(
+    root: Path, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, per_class: int
+) -> None:
     lo = CANVAS // 2 - ITEM // 2 - JITTER
     for label, name in enumerate(NAMES):
         folder = root / name
@@ -81,8 +79,6 @@ def make_orientation_free_folder(
             Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), mode="L").save(
                 folder / f"{n:05d}.png"
             )
-    done.touch()
-    return root
 
 
 def run_views(
