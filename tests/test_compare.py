@@ -139,3 +139,77 @@ def test_wall_times_from_other_machines_are_not_compared() -> None:
     assert "other machine" in lines["inca"] and "B, 2 cores, no native bf16" in lines["inca"]
     one = {"budget": "b", "rows": summary["rows"][:2]}
     assert "Measured on one machine: A, 2 cores, AVX512-BF16" in compare_table(one)
+
+
+def _row(method, val, test, seconds, machine="A", **more):
+    return {"method": method, "val_acc": val, "test_acc": test, "train_time_s": seconds,
+            "peak_rss_mib": 1.0, "trainable_params": 1, "task_bytes": 1, "selected": "x",
+            "sweep": [], "machine": {"cpu": machine, "cores": 2, "native_bf16": True},
+            **more}  # fmt: skip
+
+
+def test_decision_is_the_best_on_validation_and_the_cheapest_within_half_a_point() -> None:
+    from inca.report.compare import compare_table, decision
+
+    full, inca = _row("full", 0.911, 0.909, 4308), _row("inca-ensemble", 0.929, 0.909, 640)
+    lora, linear = _row("lora", 0.907, 0.903, 3298), _row("linear", 0.925, 0.87, 400)
+    far = _row("vqt", 0.9286, 0.95, 10, machine="B")  # close and cheap, but timed elsewhere
+    # the best on validation; the cheapest within 0.5 points (its test score decides nothing)
+    assert decision([full, inca, lora, linear, far]) == (inca, linear)
+    slow = _row("linear", 0.9239, 0.99, 100)  # 0.51 points below: not as good
+    assert decision([full, inca, slow]) == (inca, inca)
+    text = compare_table({"budget": "b", "rows": [full, inca, linear]})
+    assert text.splitlines()[-1] == (
+        "Decision (accuracy): the best on validation is **inca-ensemble** (validation 92.90%, "
+        "test 90.90%, 640 s); the cheapest within 0.5 points of it is **linear** (validation "
+        "92.50%, test 87.00%, 400 s), 0.62x its time."
+    )
+    assert compare_table({"budget": "b", "rows": [full, inca]}).endswith(
+        "no method within 0.5 points costs less."
+    )
+
+
+def test_imbalanced_rows_are_judged_by_balanced_accuracy() -> None:
+    from inca.report.compare import compare_table, decision
+
+    # the majority class flatters "full": more accurate, fewer classes recalled
+    full = _row("full", 0.95, 0.94, 1000, val_balanced_acc=0.70, test_balanced_acc=0.71)
+    inca = _row("inca", 0.90, 0.90, 100, val_balanced_acc=0.85, test_balanced_acc=0.86)
+    assert decision([full, inca]) == (inca, inca)
+    text = compare_table({"budget": "b", "rows": [full, inca]})
+    header = next(line for line in text.splitlines() if line.startswith("| method"))
+    assert header.startswith("| method | test bal. acc | val bal. acc | test acc |")
+    body = [line for line in text.splitlines() if line.startswith("| inca") or
+            line.startswith("| full")]  # fmt: skip
+    assert body[0].startswith("| inca | 86.00% | 85.00% | 90.00%")  # ranked by balanced
+    assert "+15.00 pp" in body[0] and "Decision (balanced accuracy)" in text
+    even = [_row("full", 0.95, 0.94, 1000, test_balanced_acc=0.9395), _row("lora", 0.9, 0.9, 1)]
+    assert "bal. acc" not in compare_table({"budget": "b", "rows": even})
+
+
+def test_compare_rows_are_the_main_jobs_to_the_digit(tmp_path, monkeypatch) -> None:
+    """No plans given: compare's inca, inca-ensemble and linear rows are the main job's best
+    member, ensemble and reference probe, from the same taps."""
+    base = ARGS[: ARGS.index("--plans")]
+    base[base.index("--epochs") + 1] = "2"  # the default halving after epoch 2, then one more
+    base = base[: base.index("--halving-epochs")]
+    assert main(["train", *base, "--out", str(tmp_path / "train")]) == 0
+    results = json.loads((tmp_path / "train" / "results.json").read_text())
+    compare_in_process(monkeypatch)
+    out = tmp_path / "cmp"
+    assert main(["compare", *base, "--methods", "linear,inca", "--out", str(out)]) == 0
+    summary = json.loads((out / "compare.json").read_text())
+    rows = {r["method"]: r for r in summary["rows"]}
+    sel = results["selection"]
+    picks = {"inca": sel["best"], "inca-ensemble": sel["ensemble"], "linear": results["reference"]}
+    for method, pick in picks.items():
+        for key in ("val_acc", "test_acc", "val_balanced_acc", "test_balanced_acc"):
+            assert rows[method][key] == pick[key], (method, key)
+    assert rows["inca"]["selected"] == sel["best"]["name"]
+    assert rows["linear"]["selected"] == results["reference"]["name"]
+    assert rows["inca-ensemble"]["selected"] == f"{sel['ensemble']['method']} {sel['ensemble']['k']}"
+    taps = {a["tap"] for a in results["adapters"]}  # what the main job read, and cached
+    assert summary["options"]["cache_taps"] == [t for t in results["run"]["taps_order"] if t in taps]
+    # the linear probes the inca plan fits too are the linear row's cost, not InCA's
+    assert rows["inca"]["probes_time_s"] > 0 and "linear row's" in rows["inca"]["note"]
+    assert "Decision (accuracy)" in (out / "compare.md").read_text()

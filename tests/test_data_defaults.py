@@ -180,3 +180,17 @@ def test_single_image_classes_say_what_to_do_about_validation(tmp_path) -> None:
     with pytest.raises(IncaError, match="single training image.*--val-size 0"):
         make_splits(f"imagefolder:{root}")
     assert len(make_splits(f"imagefolder:{root}", val_size=0).val) == 0
+
+
+def test_imbalanced_classes_are_ranked_by_balanced_accuracy_unless_told(tmp_path, capsys) -> None:
+    from inca.cli.options import resolve_metric
+
+    even = folder(tmp_path / "even", {"a": 10, "b": 7})
+    uneven = folder(tmp_path / "uneven", {"a": 30, "b": 10, "c": 12})
+    for data, metric, want in ((even, None, "accuracy"), (uneven, None, "balanced-accuracy"),
+                               (uneven, "accuracy", "accuracy")):  # fmt: skip
+        args = argparse.Namespace(data=f"imagefolder:{data}", metric=metric)
+        resolve_metric(args)
+        assert args.metric == want, data
+    out = capsys.readouterr().out
+    assert out.count("metric balanced-accuracy (auto)") == 1 and "'a' has 24" in out

@@ -45,9 +45,9 @@ def cached_cost(
     job's InCA grid at batch 64, at its default batch of 128, at 512 (the weights' traffic
     spread over 4x the images: what the per-image work alone costs) and at 128 through
     torch.compile (``--compile``; its compile time reported apart)."""
-    from inca.train import DEFAULT_PLAN, FROZEN_DEFAULTS
+    from inca.methods.inca import INCA_GRID as grid
+    from inca.train import FROZEN_DEFAULTS
 
-    grid = DEFAULT_PLAN.split(";")[0]  # the SGD part: the InCA grid
     default = FROZEN_DEFAULTS["batch_size"]
     rows = []
     for what, member_plan, batch, compiled in (

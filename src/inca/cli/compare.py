@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="plans replacing methods' defaults, separated by |: \"inca:inca taps=block.5 "
         'lr=1e-3 | linear taps=block.* solver=lbfgs | full lr=1e-5,3e-5 layer_decay=0.8" '
-        "(defaults: the main job's grid for inca, every block and pooling for linear, each "
+        "(defaults: the main job's grid for inca, its reference probes for linear, each "
         "fine-tuning method's default rates; see `inca methods`)",
     )
     add_replaced_options(p, "--lrs", "--finetune")

@@ -68,8 +68,9 @@ def compare_options(args: argparse.Namespace, plans: dict[str, str]) -> CompareO
     from inca.cli.options import data_options_of
     from inca.recipes.compare_options import CompareOptions
 
+    shared = data_options_of(args)  # first: it resolves the data-driven defaults into args
     return CompareOptions(
-        **data_options_of(args),
+        **shared,
         train=train_config(args),
         frozen=train_config(args, frozen=True),
         plans=plans,

@@ -199,8 +199,9 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         default=None,
         choices=["accuracy", "balanced-accuracy"],  # inca.train.metrics.METRICS
         help="what ranks members on validation (best epoch, halving, the best adapter and "
-        "ensemble): accuracy, or balanced-accuracy (the mean recall per class, for imbalanced "
-        "data; default: accuracy)",
+        "ensemble): accuracy, or balanced-accuracy (the mean recall per class; default: "
+        "balanced-accuracy when the largest class has twice the training images of the "
+        "smallest, else accuracy)",
     )
     g = p.add_argument_group("the budget of frozen-feature methods (adapter plans)")
     g.add_argument(
@@ -293,7 +294,17 @@ def data_options_of(args: argparse.Namespace) -> dict[str, Any]:
     resolved: what ``RunOptions`` and ``CompareOptions`` are made from."""
     fill_default_sizes(args)
     resolve_image_size(args)
+    resolve_metric(args)
     return {name: getattr(args, name) for name in DATA_FIELDS}
+
+
+def resolve_metric(args: argparse.Namespace) -> None:
+    """No ``--metric`` given: the one the data call for (``inca.recipes.data_fit.auto_metric``:
+    balanced accuracy on imbalanced classes), written into ``args`` for the training configs."""
+    if hasattr(args, "metric") and args.metric is None:
+        from inca.recipes.data_fit import auto_metric
+
+        args.metric = auto_metric(args.data)
 
 
 def backbone_of(args: argparse.Namespace, name: str | None = None) -> Backbone:

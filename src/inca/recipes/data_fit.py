@@ -50,3 +50,27 @@ def auto_image_size(model: str, data: str, precision: str = "auto", device: str 
         cost += f" ({other_size} px: {costs[other_size]:.3g})"
     print(f"image size {size} px (auto): {why}; {cost}; --image-size N chooses another")
     return size
+
+
+IMBALANCE_RATIO = 2.0  # largest class at least this many times the smallest: imbalanced
+
+
+def auto_metric(data: str) -> str:
+    """What ranks members on validation when the user names no ``--metric``: accuracy on data
+    whose classes are about the same size, balanced accuracy (the mean recall per class) when
+    the training images' largest class is ``IMBALANCE_RATIO`` times the smallest or more; there
+    accuracy rewards answering the majority class. Printed with why when it is not accuracy."""
+    import numpy as np
+
+    dataset = load_dataset(data, "train")
+    counts = np.bincount(dataset.labels, minlength=dataset.num_classes)
+    smallest, largest = int(counts.min()), int(counts.max())
+    if largest < IMBALANCE_RATIO * max(smallest, 1):
+        return "accuracy"
+    big = dataset.class_names[int(counts.argmax())]
+    small = dataset.class_names[int(counts.argmin())]
+    print(
+        f"metric balanced-accuracy (auto): the classes are imbalanced ({big!r} has {largest} "
+        f"training images, {small!r} {smallest}); --metric accuracy chooses accuracy"
+    )
+    return "balanced-accuracy"

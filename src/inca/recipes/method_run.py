@@ -86,7 +86,10 @@ def run_method(
 def frozen_rows(
     method: str, options: CompareOptions, out: Path, backbone: Any, resume: bool, start: float
 ) -> tuple[list[dict[str, Any]], int]:
-    """A frozen-feature method: its plan, one-to-many from the comparison's shared cache."""
+    """A frozen-feature method: its plan, one-to-many from the comparison's shared cache, run
+    by the main job's recipe (``run_plan`` with the main job's budget, halving, patience and
+    selection), so its rows are the main job's picks to the digit: ``inca`` the best member
+    and the ensemble, ``linear`` the reference probe."""
     from inca.recipes.plan_run import run_plan
     from inca.recipes.run_options import RunOptions
 
@@ -101,34 +104,58 @@ def frozen_rows(
     if not results:
         return [], 1  # a torchrun rank other than 0: rank 0 reports the rows
     run, sel = results["run"], results["selection"]
-    cache = run.get("cache", {})
-    build = cache.get("build_seconds") or 0.0
+    params = {a["name"]: a["params"] for a in results["adapters"]}
+    picks = [("linear", results.get("reference"), "best")] if method == "linear" else [
+        (method, sel["best"], "best")]  # fmt: skip
+    if method == "inca":
+        picks.append(("inca-ensemble", sel["ensemble"], "ensemble"))
+    rows = []
+    for name, pick, task in picks:
+        pick = pick or sel["best"]  # a linear plan of other kinds only: its best member
+        members = pick["members"] if "members" in pick else [pick["name"]]
+        rows.append({
+            "method": name, **{k: pick[k] for k in SCORES if k in pick},
+            "trainable_params": sum(params[m] for m in set(members)),
+            "selected": f"{pick.get('method', 'top-k')} {pick['k']}" if "k" in pick
+            else pick["name"], "task": str(out / "tasks" / task),
+        })  # fmt: skip
+    seconds, probes_s, note = frozen_cost(method, run, out)
+    build = run.get("cache", {}).get("build_seconds") or 0.0
     curve = [{"seconds": build + p["seconds"], "val_acc": p["val_acc"]}
              for p in run.get("curve", [])]  # fmt: skip
-    best = next(a for a in results["adapters"] if a["name"] == sel["best"]["name"])
-    rows = [{"method": method, "val_acc": sel["best"]["val_acc"],
-             "test_acc": sel["best"]["test_acc"], "trainable_params": best["params"],
-             "selected": best["name"], "task": str(out / "tasks" / "best")}]  # fmt: skip
-    if method == "inca":
-        ens = sel["ensemble"]
-        params = sum(a["params"] for a in results["adapters"] if a["name"] in ens["members"])
-        rows.append({"method": "inca-ensemble", "val_acc": ens["val_acc"],
-                     "test_acc": ens["test_acc"], "trainable_params": params,
-                     "selected": f"{ens.get('method', 'top-k')} {ens['k']}",
-                     "task": str(out / "tasks" / "ensemble")})  # fmt: skip
     common = {
         "sweep": [{"name": a["name"], "val_acc": a["val_acc"]} for a in results["adapters"]],
-        "note": f"{len(results['adapters'])} members "
-        f"({run.get('budget', 'linear probes by L-BFGS')}), from an activation cache built in "
-        f"{build:.0f} s",
-        # the cost of this method alone: its run, less the time it spent opening (or building)
-        # the cache, plus what building the cache cost, whichever method built it
-        "train_time_s": run["wall_time_s"] - cache.get("seconds", 0.0) + build,
+        "note": note,
+        "train_time_s": seconds,
         "epochs": run.get("epochs", 0),
+        "metric": sel.get("metric", "accuracy"),
     }
+    if probes_s:
+        common["probes_time_s"] = probes_s
     for row in rows:
         row |= common | ({"curve": curve} if curve else {})
     return rows, 1
+
+
+SCORES = ("val_acc", "test_acc", "val_balanced_acc", "test_balanced_acc")
+
+
+def frozen_cost(method: str, run: dict[str, Any], out: Path) -> tuple[float, float, str]:
+    """What a frozen-feature method cost (seconds), the linear probes' share of its run, and
+    the note saying so. Its run less the time it spent opening (or building) the shared cache,
+    plus what building the cache cost, whichever method built it: the main job's cost. InCA's
+    rows leave out the reference probes its plan fits too (the linear row counts them)."""
+    cache = run.get("cache", {})
+    build = cache.get("build_seconds") or 0.0
+    seconds = run["wall_time_s"] - cache.get("seconds", 0.0) + build
+    probes = out / "probes.json"
+    probes_s = json.loads(probes.read_text())["seconds"] if probes.exists() else 0.0
+    what = run.get("budget", "linear probes by L-BFGS")
+    note = f"{run['num_adapters']} members ({what}), from an activation cache built in {build:.0f} s"
+    if method != "linear" and probes_s and "budget" in run:
+        seconds -= probes_s
+        note += f"; the {probes_s:.0f} s of its plan's linear probes are the linear row's"
+    return seconds, probes_s, note
 
 
 def finetune_rows(
@@ -141,6 +168,7 @@ def finetune_rows(
     from inca.tasks.finetuned import FineTunedTask
     from inca.train.pixel_members import predict_model
     from inca.train.pixel_sweep import fine_tune_sweep
+    from inca.train.metrics import balanced_accuracy
     from inca.train.select import accuracy
 
     cfg = options.train
@@ -161,6 +189,7 @@ def finetune_rows(
     best_model, best = max(trained, key=lambda t: t[1].get("val_score", t[1]["val_acc"]))
     probs, labels = predict_model(best_model, backbone, splits, cfg, "test")  # test once
     test_acc = accuracy(probs, labels)
+    test_balanced = balanced_accuracy(probs, labels)
     task = FineTunedTask(
         f"{options.data}-{method}",
         method,
@@ -168,7 +197,8 @@ def finetune_rows(
         splits.class_names,
         best_model.config,
         best_model.changed_state(),
-        metrics={"val_acc": best["val_acc"], "test_acc": test_acc},
+        metrics={"val_acc": best["val_acc"], "test_acc": test_acc,
+                 "test_balanced_acc": test_balanced},  # fmt: skip
         data=data_record(options.data, splits, cfg.seed),
     )
     if world().is_main:  # under torchrun every rank holds the same model; rank 0 saves it
@@ -179,6 +209,9 @@ def finetune_rows(
         "method": method,
         "val_acc": best["val_acc"],
         "test_acc": test_acc,
+        **({"val_balanced_acc": best["val_balanced_acc"]} if "val_balanced_acc" in best else {}),
+        "test_balanced_acc": test_balanced,
+        "metric": cfg.metric,
         "trainable_params": best["trainable_params"],
         "selected": f"lr {best['config']['lr']:g}",
         "task": str(out / "task"),

@@ -137,10 +137,11 @@ def _adapter_records(
 
 def _reference(adapters: list[dict], val_score: dict[str, float], metric: str) -> dict | None:
     """The reference row: the linear probe with the best validation ``metric``, if any."""
-    linear = [a for a in adapters if a["kind"] == "linear"]
+    linear = {a["name"]: a for a in adapters if a["kind"] == "linear"}
     if not linear:
         return None
-    ref = max(linear, key=lambda a: (val_score[a["name"]], a["tap_index"]))
+    # ranked as the best member is (ties by name): a run of probes alone picks its best as this
+    ref = linear[rank({n: val_score[n] for n in linear})[0]]
     keys = ("name", "val_acc", "test_acc", "val_balanced_acc", "test_balanced_acc")
     return {k: ref[k] for k in keys} | {
         "note": f"the linear probe with the best validation {metric.replace('-', ' ')}"

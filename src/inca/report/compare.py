@@ -35,11 +35,33 @@ def memory_cell(row: dict[str, Any]) -> str:
     return cell + (f" per rank, max of {ranks}" if ranks > 1 else "")
 
 
+BALANCED_GAP = 0.01  # accuracy this far above balanced accuracy: the classes' sizes matter
+
+
+def balanced(rows: list[dict[str, Any]]) -> bool:
+    """Whether the rows are judged by balanced accuracy (the mean recall per class): selection
+    ranked by it (``--metric balanced-accuracy``), or a test set so imbalanced that some row's
+    accuracy stands a point or more above it, flattered by the majority class."""
+    if any(r.get("metric") == "balanced-accuracy" for r in rows):
+        return True
+    gaps = [r["test_acc"] - r["test_balanced_acc"] for r in rows if "test_balanced_acc" in r]
+    return bool(gaps) and max(gaps) >= BALANCED_GAP
+
+
+def score(row: dict[str, Any], split: str, by_balanced: bool) -> float:
+    """A row's ``split`` ("val" or "test") score: balanced accuracy where the table is judged
+    by it and the row has it (rows made before it was recorded: accuracy), else accuracy."""
+    key = f"{split}_balanced_acc"
+    return row[key] if by_balanced and key in row else row[f"{split}_acc"]
+
+
 def compare_table(summary: dict[str, Any]) -> str:
-    """The table, best test accuracy first. Wall times compare only on one machine: rows from
-    another machine than full fine-tuning's get no time ratio, and a machine column says which
-    machine each row ran on whenever the rows ran on more than one."""
+    """The table, best test score first, and the decision line under it. Wall times compare
+    only on one machine: rows from another machine than full fine-tuning's get no time ratio,
+    and a machine column says which machine each row ran on whenever they ran on more than
+    one. On imbalanced data the balanced accuracies join the table and rank it."""
     rows = summary["rows"]
+    by_bal = balanced(rows)
     full = next((r for r in rows if r["method"] == "full"), None)
     label = {id(r): machine_label(r.get("machine")) for r in rows}
     mixed = len(set(label.values())) > 1
@@ -54,24 +76,30 @@ def compare_table(summary: dict[str, Any]) -> str:
         f"frozen-feature methods, building the activation cache; per run, one configuration. "
         f"{where}"
     )
+    if by_bal:
+        note += (" The data are imbalanced: rows are ranked by balanced accuracy (the mean "
+                 "recall per class), which accuracy overstates here.")  # fmt: skip
+    pct = lambda r, k: f"{100 * r[k]:.2f}%" if k in r else "—"  # noqa: E731
     header = [
-        "method", "test acc", "val acc", "epochs run", "wall time (s)", "per run (s)",
-        "peak memory (MiB)", "trainable params", "stored task", "selected",
-        *(["test vs full", "time vs full"] if full else []),
+        "method", *(["test bal. acc", "val bal. acc"] if by_bal else []), "test acc", "val acc",
+        "epochs run", "wall time (s)", "per run (s)", "peak memory (MiB)", "trainable params",
+        "stored task", "selected", *(["test vs full", "time vs full"] if full else []),
         *(["machine"] if mixed else []),
     ]  # fmt: skip
     table = []
-    for r in sorted(rows, key=lambda r: -r["test_acc"]):
+    for r in sorted(rows, key=lambda r: -score(r, "test", by_bal)):
         row = [
-            r["method"], f"{100 * r['test_acc']:.2f}%", f"{100 * r['val_acc']:.2f}%",
-            r.get("epochs", "—"), f"{r['train_time_s']:.0f}",
-            f"{r['train_time_s'] / runs(r):.0f}", memory_cell(r),
+            r["method"],
+            *([pct(r, "test_balanced_acc"), pct(r, "val_balanced_acc")] if by_bal else []),
+            pct(r, "test_acc"), pct(r, "val_acc"), r.get("epochs", "—"),
+            f"{r['train_time_s']:.0f}", f"{r['train_time_s'] / runs(r):.0f}", memory_cell(r),
             f"{r['trainable_params']:,}", f"{r['task_bytes'] / 2**20:.2f} MiB", r["selected"],
         ]  # fmt: skip
         if full:
             same = label[id(r)] == label[id(full)]
             ratio = f"{r['train_time_s'] / full['train_time_s']:.0%}" if same else "other machine"
-            row += [f"{100 * (r['test_acc'] - full['test_acc']):+.2f} pp", ratio]
+            gain = score(r, "test", by_bal) - score(full, "test", by_bal)
+            row += [f"{100 * gain:+.2f} pp", ratio]
         if mixed:
             row.append(label[id(r)])
         table.append(row)
@@ -79,21 +107,23 @@ def compare_table(summary: dict[str, Any]) -> str:
     return text + ("\n\n" + line if (line := decision_line(rows)) else "")
 
 
-DECISION_MARGIN = 0.005  # "as good": within half a point of the best validation accuracy
+DECISION_MARGIN = 0.005  # "as good": within half a point of the best validation score
 
 
 def decision(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The row with the best validation accuracy, and the cheapest (wall time) whose
-    validation accuracy is within ``DECISION_MARGIN`` of it (the best itself when none is
-    cheaper), among the rows timed on the best's machine. Test accuracy decides nothing: it is
-    read once, after."""
+    """The row with the best validation score (balanced accuracy where the table is judged by
+    it), and the cheapest (wall time) whose validation score is within ``DECISION_MARGIN`` of
+    it (the best itself when none is cheaper), among the rows timed on the best's machine.
+    Test scores decide nothing: they are read once, after."""
     if not rows:
         return None
-    best = max(rows, key=lambda r: (r["val_acc"], -r["train_time_s"]))
+    by_bal = balanced(rows)
+    val = {id(r): score(r, "val", by_bal) for r in rows}
+    best = max(rows, key=lambda r: (val[id(r)], -r["train_time_s"]))
     where = machine_label(best.get("machine"))
-    close = [r for r in rows if r["val_acc"] >= best["val_acc"] - DECISION_MARGIN - 1e-12
+    close = [r for r in rows if val[id(r)] >= val[id(best)] - DECISION_MARGIN - 1e-12
              and machine_label(r.get("machine")) == where]  # fmt: skip
-    return best, min(close, key=lambda r: (r["train_time_s"], -r["val_acc"]))
+    return best, min(close, key=lambda r: (r["train_time_s"], -val[id(r)]))
 
 
 def decision_line(rows: list[dict[str, Any]]) -> str:
@@ -102,12 +132,14 @@ def decision_line(rows: list[dict[str, Any]]) -> str:
     if picked is None:
         return ""
     best, cheap = picked
+    by_bal = balanced(rows)
+    what = "balanced accuracy" if by_bal else "accuracy"
 
     def said(r: dict[str, Any]) -> str:
-        return (f"**{r['method']}** (validation {100 * r['val_acc']:.2f}%, test "
-                f"{100 * r['test_acc']:.2f}%, {r['train_time_s']:.0f} s)")  # fmt: skip
+        return (f"**{r['method']}** (validation {100 * score(r, 'val', by_bal):.2f}%, test "
+                f"{100 * score(r, 'test', by_bal):.2f}%, {r['train_time_s']:.0f} s)")  # fmt: skip
 
-    line = f"Decision: the best on validation is {said(best)}"
+    line = f"Decision ({what}): the best on validation is {said(best)}"
     if cheap is best:
         return line + f"; no method within {100 * DECISION_MARGIN:.1f} points costs less."
     return (

@@ -20,6 +20,7 @@ from inca.methods.pixel_config import FineTuneConfig
 from inca.methods.pixel_method import PixelMethod, pixel_method
 from inca.train.batch_sources import PixelSource
 from inca.train.config import TrainConfig
+from inca.train.metrics import balanced_accuracy
 from inca.train.pixel_members import ModelMembers, predict_model
 from inca.train.select import accuracy
 from inca.train.trainer import Trainer
@@ -141,8 +142,14 @@ def _record(
         print(f"{ft.method}: refitted ({done}): val {100 * best_acc:.2f}%")
     if name in progress.diverged:
         refit["diverged_at"] = progress.diverged[name]
+    balanced = {}  # the best epoch's, unless a refit changed the model since
+    if name in trainer.best_val_probs and "val_acc_before_selection" not in refit:
+        balanced["val_balanced_acc"] = balanced_accuracy(
+            trainer.best_val_probs[name], trainer.val_labels
+        )
     return {
         **refit,
+        **balanced,
         "val_acc": best_acc,
         "val_score": score,
         "metric": config.metric,
