@@ -6,9 +6,10 @@ test once), and each runs as its own literature runs it. Fine-tuning methods (an
 needs the backbone every step) get an epoch budget and a small learning-rate sweep chosen on
 validation. Frozen-feature methods (the linear probe, InCA) train from one activation cache
 until validation stops improving: their epochs cost a few percent of a backbone pass, so a
-fixed few epochs would under-train them. The linear probe is fitted by L-BFGS on every block and
-pooling; InCA trains its grid one-to-many with successive halving. Their reported cost includes
-building the cache. Each method runs in its own process (its own peak memory) and writes
+fixed few epochs would under-train them. Both run by the main job's recipe (its plan, taps,
+budget, halving, patience and selection): the ``inca`` rows are the main job's best adapter and
+ensemble, the ``linear`` row its reference probe. Their reported cost includes building the
+cache. Each method runs in its own process (its own peak memory) and writes
 ``<out>/<method>/result.json``: a finished method is never rerun while the options it was run
 with are unchanged.
 

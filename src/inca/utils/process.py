@@ -109,8 +109,8 @@ def run_fresh(target: str, *args: Any, stream: bool = False) -> Any:
     code = (
         "import importlib, json, sys; m, f = sys.argv[1].split(':'); "
         "r = getattr(importlib.import_module(m), f)(*json.loads(sys.argv[2])); "
-        f"print({_RESULT!r} + json.dumps(r), flush=True)"
-    )
+        + ("" if stream else f"print({_RESULT!r} + json.dumps(r), flush=True)")
+    )  # a streamed child's output is the user's: no result line in it
     command = [sys.executable, "-c", code, target, json.dumps(list(args))]
     done = subprocess.run(command, capture_output=not stream, text=True)
     if done.returncode != 0:
