@@ -194,3 +194,20 @@ def test_imbalanced_classes_are_ranked_by_balanced_accuracy_unless_told(tmp_path
         assert args.metric == want, data
     out = capsys.readouterr().out
     assert out.count("metric balanced-accuracy (auto)") == 1 and "'a' has 24" in out
+
+
+def test_compare_takes_the_main_jobs_data_driven_defaults(tmp_path, capsys) -> None:
+    from inca.cli import build_parser
+    from inca.cli.compare_flags import compare_options
+    from inca.cli.options import data_options_of, train_config
+
+    root = folder(tmp_path / "d", {"a": 40, "b": 10, "c": 12}, size=(20, 20))
+    common = ["--model", "tiny-vit", "--data", f"imagefolder:{root}", "--precision", "fp32",
+              "--device", "cpu"]  # fmt: skip
+    compare = compare_options(build_parser().parse_args(["compare", *common]), {})
+    args = build_parser().parse_args(["train", *common])
+    shared, frozen = data_options_of(args), train_config(args, frozen=True)
+    assert {k: getattr(compare, k) for k in shared} == shared  # sizes, image size: the folder's
+    assert compare.image_size == 24 and compare.train_size is None
+    assert compare.frozen == frozen and frozen.metric == "balanced-accuracy"
+    assert compare.train.metric == "balanced-accuracy"  # fine-tuning picks its rate by it too

@@ -108,3 +108,20 @@ def test_a_batch_or_patience_the_user_gives_is_kept() -> None:
     chosen = train_config(parse(["train", "--batch-size", "128", "--patience", "2000"]), True)
     assert not chosen.fit_batch and chosen.patience_cap_epochs == 0
     assert chosen.budget(14).patience_steps == 2000
+
+
+def test_a_refused_resume_says_what_changed() -> None:
+    """A default that follows the data (the metric) may differ on resume: the refusal names
+    the value then and now, so the user knows what to pass."""
+    from pathlib import Path
+
+    from inca.errors import IncaError
+    from inca.train.resume import differences, refuse_other_signature
+
+    then = {"train": {"metric": "accuracy", "epochs": 20}, "plan": [{"tap": "block.1"}]}
+    now = {"train": {"metric": "balanced-accuracy", "epochs": 20}, "plan": [{"tap": "block.3"}]}
+    assert differences(then, now) == [
+        "plan differs", "train.metric: accuracy then, balanced-accuracy now"
+    ]  # fmt: skip
+    with pytest.raises(IncaError, match="train.metric: accuracy then, balanced-accuracy now"):
+        refuse_other_signature(Path("run"), then, now)

@@ -109,42 +109,46 @@ def frozen_rows(
         (method, sel["best"], "best")]  # fmt: skip
     if method == "inca":
         picks.append(("inca-ensemble", sel["ensemble"], "ensemble"))
-    rows = []
-    for name, pick, task in picks:
-        pick = pick or sel["best"]  # a linear plan of other kinds only: its best member
-        members = pick["members"] if "members" in pick else [pick["name"]]
-        rows.append({
-            "method": name, **{k: pick[k] for k in SCORES if k in pick},
-            "trainable_params": sum(params[m] for m in set(members)),
-            "selected": f"{pick.get('method', 'top-k')} {pick['k']}" if "k" in pick
-            else pick["name"], "task": str(out / "tasks" / task),
-        })  # fmt: skip
-    seconds, probes_s, note = frozen_cost(method, run, out)
+    kinds = {a["name"]: a["kind"] for a in results["adapters"]}
+    seconds, probes_s, note = frozen_cost(run, out)
     build = run.get("cache", {}).get("build_seconds") or 0.0
     curve = [{"seconds": build + p["seconds"], "val_acc": p["val_acc"]}
              for p in run.get("curve", [])]  # fmt: skip
     common = {
         "sweep": [{"name": a["name"], "val_acc": a["val_acc"]} for a in results["adapters"]],
-        "note": note,
-        "train_time_s": seconds,
         "epochs": run.get("epochs", 0),
         "metric": sel.get("metric", "accuracy"),
+        **({"probes_time_s": probes_s} if probes_s else {}),
+        **({"curve": curve} if curve else {}),
     }
-    if probes_s:
-        common["probes_time_s"] = probes_s
-    for row in rows:
-        row |= common | ({"curve": curve} if curve else {})
+    rows = []
+    for name, pick, task in picks:
+        pick = pick or sel["best"]  # a linear plan of other kinds only: its best member
+        members = pick["members"] if "members" in pick else [pick["name"]]
+        # the reference probes an InCA plan fits too are the linear row's cost, unless this
+        # pick uses one (a greedy ensemble may)
+        unused = name != "linear" and "budget" in run and probes_s and all(
+            kinds[m] != "linear" for m in members)  # fmt: skip
+        rows.append({
+            "method": name, **{k: pick[k] for k in SCORES if k in pick},
+            "trainable_params": sum(params[m] for m in set(members)),
+            "selected": f"{pick.get('method', 'top-k')} {pick['k']}" if "k" in pick
+            else pick["name"], "task": str(out / "tasks" / task),
+            "train_time_s": seconds - probes_s if unused else seconds,
+            "note": note + (f"; its plan's linear probes ({probes_s:.0f} s) are the linear "
+                            "row's cost" if unused else ""),
+            **common,
+        })  # fmt: skip
     return rows, 1
 
 
 SCORES = ("val_acc", "test_acc", "val_balanced_acc", "test_balanced_acc")
 
 
-def frozen_cost(method: str, run: dict[str, Any], out: Path) -> tuple[float, float, str]:
-    """What a frozen-feature method cost (seconds), the linear probes' share of its run, and
-    the note saying so. Its run less the time it spent opening (or building) the shared cache,
-    plus what building the cache cost, whichever method built it: the main job's cost. InCA's
-    rows leave out the reference probes its plan fits too (the linear row counts them)."""
+def frozen_cost(run: dict[str, Any], out: Path) -> tuple[float, float, str]:
+    """What a frozen-feature run cost (seconds): the run less the time it spent opening (or
+    building) the shared cache, plus what building the cache cost, whichever method built it
+    (the main job's cost); the linear probes' share of it; the note saying so."""
     cache = run.get("cache", {})
     build = cache.get("build_seconds") or 0.0
     seconds = run["wall_time_s"] - cache.get("seconds", 0.0) + build
@@ -152,9 +156,6 @@ def frozen_cost(method: str, run: dict[str, Any], out: Path) -> tuple[float, flo
     probes_s = json.loads(probes.read_text())["seconds"] if probes.exists() else 0.0
     what = run.get("budget", "linear probes by L-BFGS")
     note = f"{run['num_adapters']} members ({what}), from an activation cache built in {build:.0f} s"
-    if method != "linear" and probes_s and "budget" in run:
-        seconds -= probes_s
-        note += f"; the {probes_s:.0f} s of its plan's linear probes are the linear row's"
     return seconds, probes_s, note
 
 

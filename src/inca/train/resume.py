@@ -29,11 +29,28 @@ def signed(signature: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
 
 def refuse_other_signature(out_dir: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
     if saved != now:
-        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         raise IncaError(
             f"cannot resume {out_dir}: the run was started with other options "
-            f"({', '.join(diff)} differ); use the same options or another --out"
+            f"({'; '.join(differences(saved, now))}); use the same options or another --out"
         )
+
+
+def differences(then: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """What differs, a level into nested options: ``train.metric: accuracy then,
+    balanced-accuracy now`` for short values (what to pass to resume: a default that follows
+    the data may have changed since), ``key differs`` for long ones."""
+    out = []
+    for key in sorted(set(then) | set(now)):
+        a, b = then.get(key), now.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict) and not prefix:
+            out += differences(a, b, f"{key}.")
+        elif all(v is None or isinstance(v, str | int | float) for v in (a, b)):
+            out.append(f"{prefix}{key}: {a} then, {b} now")
+        else:
+            out.append(f"{prefix}{key} differs")
+    return out
 
 
 def holds_checkpoint(out_dir: Path) -> bool:
