@@ -207,9 +207,11 @@ def test_compare_rows_are_the_main_jobs_to_the_digit(tmp_path, monkeypatch) -> N
             assert rows[method][key] == pick[key], (method, key)
     assert rows["inca"]["selected"] == sel["best"]["name"]
     assert rows["linear"]["selected"] == results["reference"]["name"]
-    assert rows["inca-ensemble"]["selected"] == f"{sel['ensemble']['method']} {sel['ensemble']['k']}"
+    ens = sel["ensemble"]
+    assert rows["inca-ensemble"]["selected"] == f"{ens['method']} {ens['k']}"
     taps = {a["tap"] for a in results["adapters"]}  # what the main job read, and cached
-    assert summary["options"]["cache_taps"] == [t for t in results["run"]["taps_order"] if t in taps]
+    cached = summary["options"]["cache_taps"]
+    assert cached == [t for t in results["run"]["taps_order"] if t in taps]
     # the linear probes the inca plan fits too are the linear row's cost, unless a pick uses one
     kind = {a["name"]: a["kind"] for a in results["adapters"]}
     for method, members in (("inca", [sel["best"]["name"]]),

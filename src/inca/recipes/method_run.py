@@ -155,7 +155,8 @@ def frozen_cost(run: dict[str, Any], out: Path) -> tuple[float, float, str]:
     probes = out / "probes.json"
     probes_s = json.loads(probes.read_text())["seconds"] if probes.exists() else 0.0
     what = run.get("budget", "linear probes by L-BFGS")
-    note = f"{run['num_adapters']} members ({what}), from an activation cache built in {build:.0f} s"
+    note = f"{run['num_adapters']} members ({what}), from an activation cache built in "
+    note += f"{build:.0f} s"
     return seconds, probes_s, note
 
 
@@ -167,9 +168,9 @@ def finetune_rows(
     from inca.data import make_splits
     from inca.data.splits import data_record, scan_images
     from inca.tasks.finetuned import FineTunedTask
+    from inca.train.metrics import balanced_accuracy
     from inca.train.pixel_members import predict_model
     from inca.train.pixel_sweep import fine_tune_sweep
-    from inca.train.metrics import balanced_accuracy
     from inca.train.select import accuracy
 
     cfg = options.train
@@ -198,8 +199,11 @@ def finetune_rows(
         splits.class_names,
         best_model.config,
         best_model.changed_state(),
-        metrics={"val_acc": best["val_acc"], "test_acc": test_acc,
-                 "test_balanced_acc": test_balanced},  # fmt: skip
+        metrics={
+            "val_acc": best["val_acc"],
+            "test_acc": test_acc,
+            "test_balanced_acc": test_balanced,
+        },  # fmt: skip
         data=data_record(options.data, splits, cfg.seed),
     )
     if world().is_main:  # under torchrun every rank holds the same model; rank 0 saves it
