@@ -82,8 +82,10 @@ def run(args: argparse.Namespace) -> None:
     for split in [s.strip() for s in args.splits.split(",")]:
         subset = getattr(splits, split)
         view_set = exact if split == "train" or args.test_views else "none"
-        views = len(views_of(view_set)) if view_set != "none" else (
-            args.views if split == "train" and exact == "none" else 1)  # fmt: skip
+        if view_set != "none":
+            views = len(views_of(view_set))
+        else:  # augmented views of the training images only
+            views = args.views if split == "train" else 1
         directory = build_cache(
             backbone,
             subset,

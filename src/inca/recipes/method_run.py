@@ -125,10 +125,9 @@ def frozen_rows(
     for name, pick, task in picks:
         pick = pick or sel["best"]  # a linear plan of other kinds only: its best member
         members = pick["members"] if "members" in pick else [pick["name"]]
-        # the reference probes an InCA plan fits too are the linear row's cost, unless this
-        # pick uses one (a greedy ensemble may)
-        unused = name != "linear" and "budget" in run and probes_s and all(
-            kinds[m] != "linear" for m in members)  # fmt: skip
+        # the reference probes a plan fits too are the linear row's cost, not a pick's that
+        # uses none of them (an InCA pick; a greedy ensemble may use one)
+        unused = probes_s > 0 and all(kinds[m] != "linear" for m in members)
         rows.append({
             "method": name, **{k: pick[k] for k in SCORES if k in pick},
             "trainable_params": sum(params[m] for m in set(members)),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from inca.methods import get_method
-from inca.report.format import markdown_table
+from inca.report.format import _pct, markdown_table
 from inca.report.plot import new_figure, save_png
 from inca.utils.device import machine_label
 from inca.utils.io import atomic_write
@@ -79,7 +79,6 @@ def compare_table(summary: dict[str, Any]) -> str:
     if by_bal:
         note += (" The data are imbalanced: rows are ranked by balanced accuracy (the mean "
                  "recall per class), which accuracy overstates here.")  # fmt: skip
-    pct = lambda r, k: f"{100 * r[k]:.2f}%" if k in r else "—"  # noqa: E731
     header = [
         "method", *(["test bal. acc", "val bal. acc"] if by_bal else []), "test acc", "val acc",
         "epochs run", "wall time (s)", "per run (s)", "peak memory (MiB)", "trainable params",
@@ -90,8 +89,9 @@ def compare_table(summary: dict[str, Any]) -> str:
     for r in sorted(rows, key=lambda r: -score(r, "test", by_bal)):
         row = [
             r["method"],
-            *([pct(r, "test_balanced_acc"), pct(r, "val_balanced_acc")] if by_bal else []),
-            pct(r, "test_acc"), pct(r, "val_acc"), r.get("epochs", "—"),
+            *([_pct(r.get("test_balanced_acc")), _pct(r.get("val_balanced_acc"))] if by_bal
+              else []),
+            _pct(r["test_acc"]), _pct(r["val_acc"]), r.get("epochs", "—"),
             f"{r['train_time_s']:.0f}", f"{r['train_time_s'] / runs(r):.0f}", memory_cell(r),
             f"{r['trainable_params']:,}", f"{r['task_bytes'] / 2**20:.2f} MiB", r["selected"],
         ]  # fmt: skip
